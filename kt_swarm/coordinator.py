@@ -1,0 +1,197 @@
+"""A whole run: data, participants (zoo included), accuracy before, the transfer arm,
+the CE-only control arm, selection on validation, accuracy after, summary.json."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from kt_swarm.config import Config, to_dict
+from kt_swarm.data import Dataset, load_dataset, steps_per_epoch
+from kt_swarm.errors import UserError
+from kt_swarm.local import LocalEngine, LossSpec
+from kt_swarm.metrics import accuracy, teach_share
+from kt_swarm.models import create_model, default_weights, preprocess_for
+from kt_swarm.participant import Participant, resolve_device
+from kt_swarm.roles import role_matrix
+from kt_swarm.rundir import RunDir
+from kt_swarm import zoo
+
+
+def build_participants(cfg: Config, data: Dataset) -> list[Participant]:
+    dtype = getattr(torch, cfg.dtype)
+    device = resolve_device(cfg.device)
+    participants = []
+    for i, spec in enumerate(cfg.participants):
+        member_seed = cfg.seed * 1000 + i
+        model = create_model(spec, num_classes=data.num_classes, in_chans=data.channels, seed=member_seed)
+        model = model.to(device=device, dtype=dtype)
+        prep = preprocess_for(model, spec, in_chans=data.channels, image_size=data.image_size, dtype=dtype)
+        participants.append(Participant(spec.name, model, prep, device))
+    # Participants must agree with each other (and the data) on the classes: check the real output.
+    widths = {}
+    for p in participants:
+        probe = torch.zeros(2, data.channels, data.image_size, data.image_size, dtype=torch.uint8)
+        p.model.eval()
+        with torch.no_grad():
+            widths[p.name] = p.model(p.preprocess(probe, device)).shape[-1]
+    if len(set(widths.values())) > 1 or data.num_classes not in widths.values():
+        listed = ", ".join(f"{k}={v}" for k, v in widths.items())
+        raise UserError(f"participants disagree on the number of classes ({listed}; the data has {data.num_classes})")
+    for i, (spec, p) in enumerate(zip(cfg.participants, participants)):
+        if default_weights(spec) == "zoo":
+            zoo.pretrain(spec, p, data, cfg.zoo, cfg.data.augment, seed=cfg.seed * 1000 + i)
+    return participants
+
+
+@dataclass
+class ArmResult:
+    steps: int
+    role_matrix: list[list[int]]  # last epoch
+    teach_share: list[list[float]]  # per epoch
+    final_train_loss: list[float]  # mean share over the last epoch
+    val_acc: list[list[float]]  # per epoch
+    best_epoch: list[int]
+    seconds: float
+
+
+def train_arm(engine: LocalEngine, cfg: Config, data: Dataset, states: list[dict], arm: str, loss: LossSpec, log) -> ArmResult:
+    """Train every participant for cfg.transfer.epochs from `states`; keep each one's best-on-validation epoch."""
+    t0 = time.perf_counter()
+    n = len(cfg.participants)
+    lrs = [p.lr for p in cfg.participants]
+    wds = [p.weight_decay if p.weight_decay is not None else cfg.transfer.weight_decay for p in cfg.participants]
+    engine.reset(states, cfg.transfer.optimizer, lrs, wds)
+    steps = steps_per_epoch(len(data.splits["train"]), cfg.transfer.batch_size)
+    if steps == 0:
+        raise UserError(f"transfer.batch_size {cfg.transfer.batch_size} is larger than the {len(data.splits['train'])} transfer samples")
+    best_acc, best_state, best_epoch = [-1.0] * n, list(states), [0] * n
+    shares, val_history = [], []
+    names = [p.name for p in cfg.participants]
+    bar = tqdm(total=cfg.transfer.epochs * steps, desc=arm, unit="step", leave=False, dynamic_ncols=True)
+    for epoch in range(cfg.transfer.epochs):
+        matrix = torch.zeros(n, n, dtype=torch.long)
+        losses = torch.zeros(n, dtype=torch.float64)
+        for step in range(steps):
+            result = engine.train_step(epoch, step, loss)
+            matrix += role_matrix(result.teachers, n)
+            losses += torch.tensor(result.losses, dtype=torch.float64)
+            if step % cfg.transfer.log_every == 0 or step == steps - 1:
+                log({"arm": arm, "epoch": epoch, "step": step, "global_step": epoch * steps + step,
+                     "loss": sum(result.losses), "losses": dict(zip(names, result.losses)),
+                     "taught": dict(zip(names, torch.bincount(result.teachers[result.teachers >= 0], minlength=n).tolist()))})
+            bar.set_postfix(epoch=epoch, loss=f"{sum(result.losses):.3f}", refresh=False)
+            bar.update()
+        val = accuracy(engine.predict("val", cfg.eval_batch_size), data.labels[data.splits["val"]])
+        share = teach_share(matrix, steps * cfg.transfer.batch_size)
+        log({"arm": arm, "epoch": epoch, "event": "epoch_end", "val_acc": dict(zip(names, val)),
+             "teach_share": dict(zip(names, share)), "role_matrix": matrix.tolist()})
+        shares.append(share)
+        val_history.append(val)
+        current = engine.states() if cfg.selection == "best_val" else None
+        for i in range(n):
+            if cfg.selection == "last" or val[i] > best_acc[i]:
+                best_acc[i], best_epoch[i] = val[i], epoch + 1
+                best_state[i] = current[i] if current else None
+    bar.close()
+    if cfg.selection == "best_val":
+        engine.reset(best_state, cfg.transfer.optimizer, lrs, wds)
+    return ArmResult(
+        steps=cfg.transfer.epochs * steps,
+        role_matrix=matrix.tolist(),
+        teach_share=shares,
+        final_train_loss=(losses / steps).tolist(),
+        val_acc=val_history,
+        best_epoch=best_epoch,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def make_engine(name: str, participants: list[Participant], data: Dataset, cfg: Config) -> LocalEngine:
+    if name == "ray":
+        raise UserError("--engine ray is not available yet (the Ray swarm is issue 3); use --engine local")
+    return LocalEngine(participants, data, seed=cfg.seed, batch_size=cfg.transfer.batch_size, augment=cfg.data.augment)
+
+
+def run(cfg: Config, out: RunDir, engine_name: str = "local") -> dict:
+    """The main job. Writes config.yaml, metrics.jsonl and summary.json into `out`; returns the summary."""
+    import yaml
+
+    t_start = time.perf_counter()
+    out.write_text("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    data = load_dataset(cfg.data)
+    if any(default_weights(p) == "zoo" for p in cfg.participants) and len(data.splits["pretrain"]) == 0:
+        raise UserError("participants use weights: zoo but data.pretrain_fraction is 0 (no pretraining split)")
+    t0 = time.perf_counter()
+    participants = build_participants(cfg, data)
+    t_zoo = time.perf_counter() - t0
+    engine = make_engine(engine_name, participants, data, cfg)
+    try:
+        names = [p.name for p in cfg.participants]
+        test_labels = data.labels[data.splits["test"]]
+        start = engine.states()
+        before = accuracy(engine.predict("test", cfg.eval_batch_size), test_labels)
+        out.log({"arm": "start", "event": "test", "test_acc": dict(zip(names, before))})
+        t = cfg.transfer
+        transfer = train_arm(engine, cfg, data, start, "transfer", LossSpec(t.temperature, t.weight, t.detach_teacher), out.log)
+        after = accuracy(engine.predict("test", cfg.eval_batch_size), test_labels)
+        out.log({"arm": "transfer", "event": "test", "test_acc": dict(zip(names, after))})
+        control_acc, control = [None] * len(names), None
+        if cfg.control:
+            control = train_arm(engine, cfg, data, start, "control", LossSpec(t.temperature, 0.0, t.detach_teacher), out.log)
+            control_acc = accuracy(engine.predict("test", cfg.eval_batch_size), test_labels)
+            out.log({"arm": "control", "event": "test", "test_acc": dict(zip(names, control_acc))})
+        nodes = engine.nodes()
+    finally:
+        engine.close()
+    summary = {
+        "engine": engine.name,
+        "steps": transfer.steps,
+        "seed": cfg.seed,
+        "gradient_mode": "detached" if cfg.transfer.detach_teacher else "exact",
+        "participants": {
+            name: {
+                "acc_before": before[i],
+                "acc_after": after[i],
+                "acc_control": control_acc[i],
+                "final_train_loss": transfer.final_train_loss[i],
+                "teach_share": transfer.teach_share[-1][i],
+                "node": nodes[i],
+                "best_epoch": transfer.best_epoch[i],
+                "val_acc": [v[i] for v in transfer.val_acc],
+                "control_best_epoch": control.best_epoch[i] if control else None,
+            }
+            for i, name in enumerate(names)
+        },
+        "role_matrix": transfer.role_matrix,
+        "data": {"source": data.source, "skipped_corrupt": data.skipped,
+                 **{f"{k}_samples": len(v) for k, v in data.splits.items()}},
+        "seconds": {"zoo_and_setup": t_zoo, "transfer": transfer.seconds,
+                    "control": control.seconds if control else None, "total": time.perf_counter() - t_start},
+    }
+    out.write_json("summary.json", summary)
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    """The readable end-of-run table (fits 100 columns)."""
+
+    def pct(x: float | None, signed: bool = False) -> str:
+        return "-" if x is None else f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
+
+    rows = [f"{'participant':<16} {'before':>8} {'after':>8} {'control':>8} {'delta':>8} {'vs ctrl':>8} {'taught':>7} {'loss':>7}"]
+    for name, p in summary["participants"].items():
+        ctrl = p["acc_control"]
+        rows.append(
+            f"{name[:16]:<16} {pct(p['acc_before']):>8} {pct(p['acc_after']):>8} {pct(ctrl):>8} "
+            f"{pct(p['acc_after'] - p['acc_before'], True):>8} "
+            f"{pct(None if ctrl is None else p['acc_after'] - ctrl, True):>8} "
+            f"{100 * p['teach_share']:6.1f}% {p['final_train_loss']:7.3f}"
+        )
+    rows.append(
+        f"test accuracy in %; engine {summary['engine']}, {summary['steps']} transfer steps, "
+        f"{summary['gradient_mode']} gradients, {summary['seconds']['total']:.0f} s"
+    )
+    return "\n".join(rows)

@@ -1,0 +1,270 @@
+"""Datasets, deterministic batch plans, and each participant's own preprocessing.
+
+Images are held as one uint8 tensor [n, C, H, W] at their native size; a batch is a
+BatchPlan (sample ids + augmentation draws) derived from (seed, epoch, step) alone,
+so every participant, in any process, sees the same samples with the same
+augmentation, then applies its own resize and normalisation.
+
+We do the augmentation with tensor ops rather than timm's PIL transforms because
+timm's random transforms draw from the global RNG per sample, which cannot be
+replayed identically in N processes; timm still supplies each model's mean, std
+and input size (models.data_config).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kt_swarm.config import AugmentConfig, DataConfig
+from kt_swarm.errors import UserError
+
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+FASHION_MNIST_CLASSES = [
+    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot",
+]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+@dataclass
+class Dataset:
+    """All images of a dataset in memory, with named splits as index tensors."""
+
+    images: torch.Tensor  # uint8 [n, C, H, W]
+    labels: torch.Tensor  # int64 [n]
+    classes: list[str]
+    splits: dict[str, torch.Tensor]  # pretrain (may be empty), train, val, test -> ids into images
+    skipped: int = 0  # corrupt files skipped (data.skip_corrupt)
+    source: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[2]
+
+    def fingerprint(self, split: str) -> str:
+        """Content hash of one split (images and labels): a cache key for what was trained on it."""
+        ids = self.splits[split]
+        h = hashlib.sha256()
+        h.update(self.images[ids].numpy().tobytes())
+        h.update(self.labels[ids].numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise UserError(f"dataset file '{path}' cannot be read: {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise UserError(f"dataset file '{path}' is not an idx file of unsigned bytes")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    if len(data) != offset + int(np.prod(dims)):
+        raise UserError(f"dataset file '{path}' is truncated or corrupt")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _find_fashion_mnist(root: str | None) -> Path:
+    candidates = [Path(root)] if root else []
+    if not root:
+        if os.environ.get("KT_SWARM_DATA"):
+            env = Path(os.environ["KT_SWARM_DATA"])
+            candidates += [env / "fashion-mnist", env]
+        candidates += [Path(d) for d in FASHION_MNIST_DIRS]
+    for d in candidates:
+        if all(any((d / (f + s)).exists() for s in ("", ".gz")) for f in FASHION_MNIST_FILES.values()):
+            return d
+    where = ", ".join(str(c) for c in candidates)
+    raise UserError(
+        f"Fashion-MNIST idx files not found in {where}: install the Debian package "
+        "'dataset-fashion-mnist' (apt-get install dataset-fashion-mnist), or put the four "
+        "*-ubyte(.gz) files in a folder and set data.root or $KT_SWARM_DATA"
+    )
+
+
+def _load_fashion_mnist(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], list[str], str]:
+    root = _find_fashion_mnist(cfg.root)
+    arrays = {}
+    for key, name in FASHION_MNIST_FILES.items():
+        path = root / name if (root / name).exists() else root / (name + ".gz")
+        arrays[key] = _read_idx(path)
+    n_train = len(arrays["train_labels"])
+    images = torch.from_numpy(np.concatenate([arrays["train_images"], arrays["test_images"]])).unsqueeze(1)
+    labels = torch.from_numpy(np.concatenate([arrays["train_labels"], arrays["test_labels"]]).astype(np.int64))
+    splits = {"train": torch.arange(n_train), "test": torch.arange(n_train, len(labels))}
+    return images, labels, splits, list(FASHION_MNIST_CLASSES), str(root)
+
+
+def _load_folder(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], list[str], int]:
+    from PIL import Image, UnidentifiedImageError
+
+    if not cfg.root:
+        raise UserError("config key 'data.root' is required for data.kind: folder")
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise UserError(f"dataset folder '{root}' does not exist")
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise UserError(f"dataset folder '{root}' has no '{split}' subfolder (expected {split}/<class>/*)")
+    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+    if not classes:
+        raise UserError(f"dataset folder '{root / 'train'}' has no class folders")
+    present = [s for s in ("train", "val", "test") if (root / s).is_dir()]
+    pictures, labels, split_ids, skipped = [], [], {}, 0
+    for split in present:
+        ids = []
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+            if not files:
+                raise UserError(f"class folder '{folder}' is empty or missing (no image files)")
+            for path in files:
+                try:
+                    with Image.open(path) as im:
+                        im.load()
+                        picture = im.copy()
+                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                    if cfg.skip_corrupt:
+                        skipped += 1
+                        continue
+                    raise UserError(f"image '{path}' is corrupt ({e}); set data.skip_corrupt: true to skip such files") from None
+                ids.append(len(pictures))
+                pictures.append(picture)
+                labels.append(label)
+        extra = sorted(d.name for d in (root / split).iterdir() if d.is_dir() and d.name not in classes)
+        if extra:
+            raise UserError(f"dataset folder '{root / split}' has classes not in train: {', '.join(extra)}")
+        split_ids[split] = torch.tensor(ids, dtype=torch.long)
+    # Channels and size come from the data: grayscale stays one channel; mixed sizes go to the most common one.
+    gray = all(p.mode in ("L", "1", "I;16", "I") for p in pictures)
+    sizes = [p.size for p in pictures]
+    size = max(set(sizes), key=sizes.count)
+    mode = "L" if gray else "RGB"
+    arrays = [np.asarray(p.convert(mode).resize(size) if p.size != size or p.mode != mode else p) for p in pictures]
+    images = torch.from_numpy(np.stack(arrays))
+    images = images.unsqueeze(1) if gray else images.permute(0, 3, 1, 2).contiguous()
+    return images, torch.tensor(labels, dtype=torch.long), split_ids, classes, skipped
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    skipped = 0
+    if cfg.kind == "fashion_mnist":
+        images, labels, splits, classes, source = _load_fashion_mnist(cfg)
+    else:
+        images, labels, splits, classes, skipped = _load_folder(cfg)
+        source = cfg.root
+    if images.shape[2] != images.shape[3]:
+        raise UserError(f"dataset '{source}': images must be square, got {tuple(images.shape[2:])}")
+    # Carve val (if absent) and the zoo's pretraining part from train, with a seed of their own so
+    # that every run seed sees the same splits (and shares one zoo).
+    g = torch.Generator().manual_seed(cfg.split_seed)
+    train = splits["train"][torch.randperm(len(splits["train"]), generator=g)]
+    n = len(train)
+    n_val = 0 if "val" in splits else round(cfg.val_fraction * n)
+    n_pre = round(cfg.pretrain_fraction * n)
+    if "val" not in splits:
+        splits["val"] = train[:n_val]
+    splits["pretrain"] = train[n_val : n_val + n_pre]
+    splits["train"] = train[n_val + n_pre :]
+    if cfg.max_per_split:
+        splits = {k: v[: cfg.max_per_split] for k, v in splits.items()}
+    for name in ("train", "val", "test"):
+        if len(splits[name]) == 0:
+            raise UserError(f"dataset '{source}': the {name} split is empty (check data.val_fraction / pretrain_fraction)")
+    return Dataset(images, labels, classes, splits, skipped, source)
+
+
+# ----------------------------------------------------------------------------- batch plans
+
+
+@dataclass
+class BatchPlan:
+    """One training batch, identical for every participant: ids and augmentation draws."""
+
+    ids: torch.Tensor  # [B] ids into Dataset.images
+    shifts: torch.Tensor  # [B, 2] (dy, dx) in pixels
+    flips: torch.Tensor  # [B] bool
+
+
+def _generator(*keys: int) -> torch.Generator:
+    # A fixed mix of the keys, so (seed, epoch, step) name one stream in every process.
+    value = 0
+    for k in keys:
+        value = (value * 1_000_003 + int(k) + 1) % (2**63 - 1)
+    return torch.Generator().manual_seed(value)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Training drops the last partial batch (fixed batch shapes; BatchNorm-safe)."""
+    return n // batch_size
+
+
+def batch_plan(split_ids: torch.Tensor, *, seed: int, epoch: int, step: int, batch_size: int, augment: AugmentConfig) -> BatchPlan:
+    order = torch.randperm(len(split_ids), generator=_generator(seed, epoch))
+    ids = split_ids[order[step * batch_size : (step + 1) * batch_size]]
+    g = _generator(seed, epoch, step, 7)
+    shifts = torch.randint(-augment.shift, augment.shift + 1, (len(ids), 2), generator=g)
+    flips = torch.rand(len(ids), generator=g) < 0.5 if augment.hflip else torch.zeros(len(ids), dtype=torch.bool)
+    return BatchPlan(ids, shifts, flips)
+
+
+def augment_images(images: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
+    """Apply the plan's shifts (zero padding) and flips to uint8 images [B, C, H, W]."""
+    pad = int(plan.shifts.abs().max()) if len(plan.shifts) else 0
+    if pad:
+        b, _, h, w = images.shape
+        padded = F.pad(images, (pad, pad, pad, pad))
+        rows = torch.arange(h).unsqueeze(0) + pad - plan.shifts[:, :1]  # [B, H]
+        cols = torch.arange(w).unsqueeze(0) + pad - plan.shifts[:, 1:]  # [B, W]
+        batch = torch.arange(b).view(b, 1, 1)
+        images = padded.permute(0, 2, 3, 1)[batch, rows.unsqueeze(2), cols.unsqueeze(1)].permute(0, 3, 1, 2)
+    if plan.flips.any():
+        images = torch.where(plan.flips.view(-1, 1, 1, 1), images.flip(-1), images)
+    return images
+
+
+@dataclass
+class Preprocess:
+    """One participant's view of a batch: channels, resolution, normalisation, dtype."""
+
+    in_chans: int
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dtype: torch.dtype = torch.float32
+
+    def __call__(self, images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+        x = images.to(device=device).to(self.dtype) / 255.0
+        if x.shape[1] != self.in_chans:
+            x = x.mean(dim=1, keepdim=True) if self.in_chans == 1 else x.expand(-1, self.in_chans, -1, -1)
+        if x.shape[-1] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True)
+        mean = torch.tensor(self.mean, dtype=self.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=self.dtype, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std

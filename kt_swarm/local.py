@@ -1,0 +1,74 @@
+"""The single-process engine: every participant in one process, one after another.
+
+Each step: forward all, score, partition, the global loss, one backward, every
+optimizer steps. It is the reference the distributed swarm must match exactly.
+"""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+import torch
+
+from kt_swarm.config import AugmentConfig
+from kt_swarm.data import Dataset, batch_plan
+from kt_swarm.objectives import swarm_loss_terms
+from kt_swarm.participant import Participant
+
+
+@dataclass
+class LossSpec:
+    temperature: float = 1.0
+    weight: float = 1.0  # 0 = the CE-only control arm
+    detach_teacher: bool = True
+
+
+@dataclass
+class StepResult:
+    losses: list[float]  # each participant's share of the global loss
+    teachers: torch.Tensor  # [B], -1 where tied
+
+
+class LocalEngine:
+    name = "local"
+
+    def __init__(self, participants: list[Participant], data: Dataset, *, seed: int, batch_size: int, augment: AugmentConfig):
+        self.participants = participants
+        self.data = data
+        self.seed = seed
+        self.batch_size = batch_size
+        self.augment = augment
+
+    def reset(self, states: list[dict], optimizer: str, lrs: list[float], weight_decays: list[float]) -> None:
+        """Load weights and start fresh optimizers: the start of an arm."""
+        for p, state, lr, wd in zip(self.participants, states, lrs, weight_decays):
+            p.load_state(state)
+            p.reset_optimizer(optimizer, lr, wd)
+
+    def train_step(self, epoch: int, step: int, loss: LossSpec) -> StepResult:
+        plan = batch_plan(self.data.splits["train"], seed=self.seed, epoch=epoch, step=step, batch_size=self.batch_size, augment=self.augment)
+        logits = [p.forward(self.data, plan) for p in self.participants]
+        target = self.data.labels[plan.ids].to(logits[0].device)
+        shares, teachers = swarm_loss_terms(
+            logits, target, temperature=loss.temperature, weight=loss.weight, detach_teacher=loss.detach_teacher
+        )
+        for p in self.participants:
+            p.optimizer.zero_grad(set_to_none=True)
+        shares.sum().backward()
+        for p in self.participants:
+            p.optimizer.step()
+        return StepResult([float(s) for s in shares.detach()], teachers.cpu())
+
+    def predict(self, split: str, batch_size: int) -> torch.Tensor:
+        """[N, n] predicted classes of every participant on a split."""
+        ids = self.data.splits[split]
+        return torch.stack([p.predict(self.data, ids, batch_size) for p in self.participants])
+
+    def states(self) -> list[dict]:
+        return [p.state() for p in self.participants]
+
+    def nodes(self) -> list[str]:
+        return [socket.gethostname()] * len(self.participants)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,119 @@
+"""Participant models by name: timm names, local weight files, or import paths.
+
+    resnet18 / timm/resnet18     timm.create_model; weights default to the hub's pretrained ones
+    weights: path/to/file        timm's pretrained_cfg_overlay(file=...) loads a local file
+    pkg.module:factory           factory(num_classes=..., in_chans=..., **model_args)
+
+Every model is built for the data's channels and classes; timm adapts a pretrained
+first convolution and re-initialises the classifier when those differ.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from kt_swarm.config import ParticipantConfig
+from kt_swarm.data import Preprocess
+from kt_swarm.errors import UserError
+
+
+def default_weights(spec: ParticipantConfig) -> str:
+    """`pretrained` for timm names (what a timm user expects), `none` for import paths."""
+    if spec.weights:
+        return spec.weights
+    return "none" if ":" in spec.model else "pretrained"
+
+
+def _import_factory(path: str, who: str):
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"participant '{who}': cannot import '{module_name}' for model '{path}': {e}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UserError(f"participant '{who}': '{path}' is not a callable in {module_name}")
+    return factory
+
+
+def create_model(spec: ParticipantConfig, *, num_classes: int, in_chans: int, seed: int) -> nn.Module:
+    """Build one participant's model. Random initialisation is seeded, so a zoo member is reproducible."""
+    weights = default_weights(spec)
+    torch.manual_seed(seed)
+    if ":" in spec.model:
+        factory = _import_factory(spec.model, spec.name)
+        try:
+            model = factory(num_classes=num_classes, in_chans=in_chans, **spec.model_args)
+        except TypeError as e:
+            raise UserError(f"participant '{spec.name}': model '{spec.model}' rejected its arguments: {e}") from None
+        if not isinstance(model, nn.Module):
+            raise UserError(f"participant '{spec.name}': '{spec.model}' did not return a torch.nn.Module")
+        if weights not in ("none", "zoo"):
+            load_weight_file(model, weights, spec.name)
+        return model
+
+    name = spec.model.removeprefix("timm/")
+    if not timm.is_model(name):
+        raise UserError(f"participant '{spec.name}': unknown model '{spec.model}' (not a timm model name or pkg.module:factory)")
+    kwargs = dict(num_classes=num_classes, in_chans=in_chans, **spec.model_args)
+    if weights == "pretrained":
+        kwargs["pretrained"] = True
+    elif weights not in ("none", "zoo"):
+        path = Path(weights)
+        if not path.is_file():
+            raise UserError(f"participant '{spec.name}': weight file '{weights}' does not exist")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path.resolve())))
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as e:
+        raise UserError(f"participant '{spec.name}': model '{spec.model}' rejected model_args: {e}") from None
+    except (OSError, RuntimeError, ValueError) as e:
+        if weights == "pretrained":
+            raise UserError(
+                f"participant '{spec.name}': cannot load pretrained weights for '{spec.model}' "
+                f"(offline? set weights: none, zoo, or a local file): {str(e).splitlines()[0]}"
+            ) from None
+        raise UserError(f"participant '{spec.name}': cannot build '{spec.model}': {str(e).splitlines()[0]}") from None
+
+
+def load_weight_file(model: nn.Module, path: str, who: str) -> None:
+    """A state dict from .safetensors or a torch file (weights_only: a weight file never runs code)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"participant '{who}': weight file '{path}' does not exist")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(p))
+        else:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+        model.load_state_dict(state)
+    except Exception as e:  # any failure here is the file's fault: say which file
+        raise UserError(f"participant '{who}': cannot load weight file '{path}': {str(e).splitlines()[0]}") from None
+
+
+def preprocess_for(model: nn.Module, spec: ParticipantConfig, *, in_chans: int, image_size: int, dtype: torch.dtype) -> Preprocess:
+    """Input size and mean/std from the model's timm data config, overridable per participant.
+
+    A model trained here (zoo, none) sees the data at its native size; a pretrained one
+    at the size its data config names.
+    """
+    cfg = timm.data.resolve_model_data_config(model) if hasattr(model, "pretrained_cfg") else {}
+    pretrained = default_weights(spec) not in ("none", "zoo")
+    size = spec.input_size or (cfg.get("input_size", (0, image_size))[-1] if pretrained else image_size)
+
+    def fit(values, default):
+        values = tuple(values if values is not None else cfg.get(default[0], default[1]))
+        if len(values) == in_chans:
+            return values
+        return (sum(values) / len(values),) * in_chans if in_chans == 1 else (values[0],) * in_chans
+
+    mean = fit(spec.mean, ("mean", (0.5,)))
+    std = fit(spec.std, ("std", (0.5,)))
+    return Preprocess(in_chans=in_chans, input_size=int(size), mean=mean, std=std, dtype=dtype)

@@ -1,0 +1,63 @@
+"""One participant: a model, its preprocessing and its optimizer, on its own device.
+
+The engines (local.py now, a Ray actor per participant later) drive participants only
+through these methods, so both run the same numbers.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kt_swarm.data import BatchPlan, Dataset, Preprocess, augment_images
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_optimizer(kind: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind]
+    return cls(params, lr=lr, weight_decay=weight_decay)
+
+
+@dataclass
+class Participant:
+    name: str
+    model: nn.Module
+    preprocess: Preprocess
+    device: torch.device
+    optimizer: torch.optim.Optimizer | None = None
+
+    def reset_optimizer(self, kind: str, lr: float, weight_decay: float) -> None:
+        self.optimizer = make_optimizer(kind, self.model.parameters(), lr, weight_decay)
+
+    def forward(self, data: Dataset, plan: BatchPlan) -> torch.Tensor:
+        """Training-mode logits [B, C] of the planned batch, graph kept for the backward."""
+        self.model.train()
+        images = augment_images(data.images[plan.ids], plan)
+        return self.model(self.preprocess(images, self.device))
+
+    @torch.no_grad()
+    def predict(self, data: Dataset, ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Eval-mode predicted classes for the given ids (no augmentation), on the CPU."""
+        self.model.eval()
+        out = [
+            self.model(self.preprocess(data.images[ids[i : i + batch_size]], self.device)).argmax(dim=-1).cpu()
+            for i in range(0, len(ids), batch_size)
+        ]
+        return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """A detached CPU copy of the model's weights (for selection and for the control arm)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+    def clone(self) -> "Participant":
+        return Participant(self.name, copy.deepcopy(self.model), self.preprocess, self.device)

@@ -1,0 +1,90 @@
+"""The embedded zoo: pretrain participants with `weights: zoo` here, cached on disk by content.
+
+There is no model hub offline, so the quickstart makes its own pretrained models:
+each member trains alone (CE, AdamW, cosine schedule) on the pretraining split, with
+its own seed. The cache key covers the model, its arguments and preprocessing, the
+zoo settings, the seed and a hash of the pretraining data, so another dataset or
+another setting gets its own zoo.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from kt_swarm.config import AugmentConfig, ParticipantConfig, ZooConfig
+from kt_swarm.data import Dataset, batch_plan, steps_per_epoch
+from kt_swarm.participant import Participant
+
+
+def cache_dir(cfg: ZooConfig) -> Path:
+    root = cfg.cache_dir or os.environ.get("KT_SWARM_CACHE") or Path.home() / ".cache" / "kt_swarm"
+    return Path(root) / "zoo"
+
+
+def cache_key(spec: ParticipantConfig, participant: Participant, cfg: ZooConfig, data: Dataset, augment: AugmentConfig, seed: int) -> str:
+    p = participant.preprocess
+    fields = dict(
+        model=spec.model,
+        model_args=spec.model_args,
+        preprocess=[p.in_chans, p.input_size, list(p.mean), list(p.std), str(p.dtype)],
+        zoo=[cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size],
+        augment=[augment.shift, augment.hflip],
+        data=data.fingerprint("pretrain"),
+        seed=seed,
+    )
+    text = json.dumps(fields, sort_keys=True, default=str)
+    return f"{spec.model.replace('/', '_').replace(':', '_')}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def pretrain(spec: ParticipantConfig, participant: Participant, data: Dataset, cfg: ZooConfig, augment: AugmentConfig, seed: int) -> Path:
+    """Train (or load from the cache) one zoo member in place; returns its cache file."""
+    from safetensors.torch import load_file
+
+    path = cache_dir(cfg) / f"{cache_key(spec, participant, cfg, data, augment, seed)}.safetensors"
+    if path.exists():
+        participant.load_state(load_file(str(path)))
+        return path
+    ids = data.splits["pretrain"]
+    steps = steps_per_epoch(len(ids), cfg.batch_size)
+    if steps == 0:
+        from kt_swarm.errors import UserError
+
+        raise UserError(f"zoo: the pretraining split has {len(ids)} samples, fewer than zoo.batch_size; raise data.pretrain_fraction")
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(participant.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
+    bar = tqdm(total=cfg.epochs * steps, desc=f"zoo {spec.name}", unit="step", leave=False, dynamic_ncols=True)
+    for epoch in range(cfg.epochs):
+        for step in range(steps):
+            plan = batch_plan(ids, seed=seed, epoch=epoch, step=step, batch_size=cfg.batch_size, augment=augment)
+            loss = F.cross_entropy(participant.forward(data, plan), data.labels[plan.ids].to(participant.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
+            bar.update()
+    bar.close()
+    _save_atomic(participant.state(), path)
+    return path
