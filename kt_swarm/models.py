@@ -47,7 +47,7 @@ def create_model(spec: ParticipantConfig, *, num_classes: int, in_chans: int, se
     if ":" in spec.model:
         factory = _import_factory(spec.model, spec.name)
         try:
-            model = factory(num_classes=num_classes, in_chans=in_chans, **spec.model_args)
+            model = factory(**{"num_classes": num_classes, "in_chans": in_chans, **spec.model_args})
         except TypeError as e:
             raise UserError(f"participant '{spec.name}': model '{spec.model}' rejected its arguments: {e}") from None
         if not isinstance(model, nn.Module):
@@ -59,14 +59,20 @@ def create_model(spec: ParticipantConfig, *, num_classes: int, in_chans: int, se
     name = spec.model.removeprefix("timm/")
     if not timm.is_model(name):
         raise UserError(f"participant '{spec.name}': unknown model '{spec.model}' (not a timm model name or pkg.module:factory)")
-    kwargs = dict(num_classes=num_classes, in_chans=in_chans, **spec.model_args)
+    kwargs = {"num_classes": num_classes, "in_chans": in_chans, **spec.model_args}
     if weights == "pretrained":
         kwargs["pretrained"] = True
     elif weights not in ("none", "zoo"):
         path = Path(weights)
         if not path.is_file():
             raise UserError(f"participant '{spec.name}': weight file '{weights}' does not exist")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path.resolve())))
+        # Tell timm how many classes the file was trained for, so a head that already fits is
+        # kept and a foreign one (say ImageNet's 1000) is replaced.
+        overlay = dict(file=str(path.resolve()))
+        file_classes = _classifier_width(read_state(path, spec.name), name)
+        if file_classes:
+            overlay["num_classes"] = file_classes
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
     try:
         return timm.create_model(name, **kwargs)
     except TypeError as e:
@@ -80,7 +86,7 @@ def create_model(spec: ParticipantConfig, *, num_classes: int, in_chans: int, se
         raise UserError(f"participant '{spec.name}': cannot build '{spec.model}': {str(e).splitlines()[0]}") from None
 
 
-def load_weight_file(model: nn.Module, path: str, who: str) -> None:
+def read_state(path: str | Path, who: str) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors or a torch file (weights_only: a weight file never runs code)."""
     p = Path(path)
     if not p.is_file():
@@ -89,13 +95,28 @@ def load_weight_file(model: nn.Module, path: str, who: str) -> None:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(p))
-        else:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state) if isinstance(state, dict) else state
-        model.load_state_dict(state)
+            return load_file(str(p))
+        state = torch.load(p, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise ValueError("not a state dict")
+        return state
     except Exception as e:  # any failure here is the file's fault: say which file
         raise UserError(f"participant '{who}': cannot load weight file '{path}': {str(e).splitlines()[0]}") from None
+
+
+def _classifier_width(state: dict[str, torch.Tensor], timm_name: str) -> int | None:
+    classifier = timm.models.get_pretrained_cfg(timm_name)
+    key = f"{getattr(classifier, 'classifier', None) or 'head'}.weight"
+    return int(state[key].shape[0]) if key in state and state[key].dim() >= 1 else None
+
+
+def load_weight_file(model: nn.Module, path: str, who: str) -> None:
+    state = read_state(path, who)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"participant '{who}': weight file '{path}' does not fit the model: {str(e).splitlines()[0]}") from None
 
 
 def preprocess_for(model: nn.Module, spec: ParticipantConfig, *, in_chans: int, image_size: int, dtype: torch.dtype) -> Preprocess:

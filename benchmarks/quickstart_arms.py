@@ -1,0 +1,93 @@
+"""Measure transfer arms against the CE-only control on the quickstart, over seeds.
+
+    python benchmarks/quickstart_arms.py --seeds 0 1 2 --split test \
+        --arm detached:transfer.detach_teacher=true --arm exact:transfer.detach_teacher=false
+
+Per seed: the zoo (cached), accuracy before, the control arm, then every named arm from the
+same starting weights. `--split val` is for choosing settings (never choose on test);
+`--split test` reports. Writes JSON and a markdown table (mean and std over seeds).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kt_swarm.config import apply_override, load_config, parse_config, to_dict  # noqa: E402
+from kt_swarm.coordinator import build_participants, make_engine, train_arm  # noqa: E402
+from kt_swarm.data import load_dataset  # noqa: E402
+from kt_swarm.local import LossSpec  # noqa: E402
+from kt_swarm.metrics import accuracy  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="configs/quickstart.yaml")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--split", choices=["val", "test"], required=True)
+    ap.add_argument("--arm", action="append", required=True, help="NAME:key=v,key=v (config overrides)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="override for every arm")
+    ap.add_argument("--out", default="benchmarks/results/quickstart_arms")
+    args = ap.parse_args()
+
+    base = to_dict(load_config(args.config, args.overrides))
+    results = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+               "config": args.config, "overrides": args.overrides, "split": args.split, "seeds": {}}
+    for seed in args.seeds:
+        raw = copy.deepcopy(base)
+        raw["seed"] = seed
+        cfg = parse_config(raw)
+        data = load_dataset(cfg.data)
+        t0 = time.perf_counter()
+        engine = make_engine("local", build_participants(cfg, data), data, cfg)
+        names = [p.name for p in cfg.participants]
+        labels = data.labels[data.splits[args.split]]
+        start = engine.states()
+        rows = {"start": accuracy(engine.predict(args.split, cfg.eval_batch_size), labels)}
+        print(f"seed {seed}: zoo ready in {time.perf_counter() - t0:.0f} s; start {rows['start']}", flush=True)
+        arms = [("control", "transfer.weight=0")] + [tuple(a.split(":", 1)) if ":" in a else (a, "") for a in args.arm]
+        for name, overrides in arms:
+            arm_raw = copy.deepcopy(raw)
+            for o in filter(None, overrides.split(",")):
+                apply_override(arm_raw, o)
+            arm_cfg = parse_config(arm_raw)
+            t = arm_cfg.transfer
+            engine.batch_size = t.batch_size
+            res = train_arm(engine, arm_cfg, data, start, name, LossSpec(t.temperature, t.weight, t.detach_teacher), lambda r: None)
+            rows[name] = accuracy(engine.predict(args.split, cfg.eval_batch_size), labels)
+            gain = statistics.mean(a - c for a, c in zip(rows[name], rows["control"]))
+            print(f"  {name:24s} {[round(100 * a, 2) for a in rows[name]]} mean vs control {100 * gain:+.2f} "
+                  f"({res.seconds:.0f} s)", flush=True)
+        results["seeds"][seed] = {"names": names, "acc": rows}
+
+    # Mean and std over seeds, in points, per participant and arm.
+    names = results["seeds"][args.seeds[0]]["names"]
+    arm_names = list(results["seeds"][args.seeds[0]]["acc"])
+    lines = [f"| arm | {' | '.join(names)} | mean vs control | mean vs start |", "|---" * (len(names) + 3) + "|"]
+    for arm in arm_names:
+        cells = []
+        for i in range(len(names)):
+            vals = [100 * results["seeds"][s]["acc"][arm][i] for s in args.seeds]
+            cells.append(f"{statistics.mean(vals):.2f} ± {statistics.pstdev(vals):.2f}")
+        def gain(ref):
+            per_seed = [100 * statistics.mean(a - r for a, r in zip(results["seeds"][s]["acc"][arm], results["seeds"][s]["acc"][ref])) for s in args.seeds]
+            return f"{statistics.mean(per_seed):+.2f} ± {statistics.pstdev(per_seed):.2f}"
+        lines.append(f"| {arm} | {' | '.join(cells)} | {gain('control')} | {gain('start')} |")
+    table = "\n".join(lines)
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(f"{args.split} accuracy (%), seeds {args.seeds}, {results['machine']}\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()

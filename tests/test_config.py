@@ -1,0 +1,128 @@
+"""Config validation and the CLI's answer to bad input: one line, exit code 2, nothing left in --out."""
+import textwrap
+
+import pytest
+import yaml
+
+from conftest import ROOT, kt_swarm
+from kt_swarm.config import load_config, parse_config
+from kt_swarm.errors import UserError
+
+SMOKE = ROOT / "configs" / "smoke.yaml"
+
+
+def raw_smoke():
+    return yaml.safe_load(SMOKE.read_text())
+
+
+def test_shipped_configs_validate():
+    for path in (ROOT / "configs").glob("*.yaml"):
+        cfg = load_config(path)
+        assert len(cfg.participants) >= 3 and cfg.control
+
+
+def test_overrides_reach_nested_keys_and_list_items():
+    cfg = parse_config(raw_smoke(), ["participants.0.lr=3e-4", "transfer.temperature=2", "data.augment.shift=0",
+                                     "participants.2.model_args.num_blocks=2", "control=false"])
+    assert cfg.participants[0].lr == pytest.approx(3e-4)
+    assert cfg.transfer.temperature == 2.0 and cfg.data.augment.shift == 0 and not cfg.control
+    assert cfg.participants[2].model_args["num_blocks"] == 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("participants.0.lr=0", "'participants.0.lr': must be positive"),
+    ("participants.1.lr=-1e-3", "'participants.1.lr': must be positive"),
+    ("participants.9.lr=1", "not an index"),
+    ("transfer.epochs=two", "'transfer.epochs': expected int"),
+    ("transfer.epochs=1.5", "'transfer.epochs': expected int"),
+    ("transfer.detach_teacher=maybe", "'transfer.detach_teacher': expected bool"),
+    ("data.kind=imagenet", "'data.kind': expected one of"),
+    ("data.colour=red", "'data.colour' is unknown"),
+    ("dtype=float16", "'dtype'"),
+    ("participants.0.name=vit", "'vit' is used twice"),
+    ("data.val_fraction=1.5", "'data.val_fraction'"),
+    ("noequals", "expected KEY=VALUE"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        parse_config(raw_smoke(), [override])
+
+
+def test_required_keys():
+    with pytest.raises(UserError, match="'participants' is required"):
+        parse_config({})
+    with pytest.raises(UserError, match="'participants.0.lr' is required"):
+        parse_config({"participants": [{"name": "a", "model": "resnet10t"}]})
+
+
+def _cli_error(tmp_path, config_text=None, *args, config=None):
+    if config is None:
+        config = tmp_path / "c.yaml"
+        config.write_text(config_text)
+    out = tmp_path / "out"
+    proc = kt_swarm("run", config, "--out", out, *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kt-swarm: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+    return lines[0]
+
+
+def test_cli_missing_config(tmp_path):
+    assert "does not exist" in _cli_error(tmp_path, config=tmp_path / "nope.yaml")
+
+
+def test_cli_unreadable_config(tmp_path):
+    assert "cannot be read" in _cli_error(tmp_path, config=tmp_path)  # a directory is not a file
+
+
+def test_cli_yaml_syntax_error(tmp_path):
+    assert "YAML syntax error at line 2" in _cli_error(tmp_path, "seed: 1\ndata: kind: x\n")
+
+
+def test_cli_unknown_key_and_wrong_type(tmp_path):
+    text = SMOKE.read_text()
+    assert "'transfer.epochz' is unknown" in _cli_error(tmp_path, text, "--set", "transfer.epochz=2")
+    assert "'seed': expected int" in _cli_error(tmp_path, text, "--set", "seed=abc")
+
+
+def test_cli_non_positive_learning_rate(tmp_path):
+    assert "'participants.1.lr': must be positive" in _cli_error(tmp_path, SMOKE.read_text(), "--set", "participants.1.lr=0")
+
+
+def test_cli_unknown_model(tmp_path):
+    assert "unknown model 'resnet_nonexistent'" in _cli_error(tmp_path, SMOKE.read_text(), "--set", "participants.0.model=resnet_nonexistent")
+    assert "cannot import 'no_such_pkg.m'" in _cli_error(tmp_path, SMOKE.read_text(), "--set", "participants.2.model=no_such_pkg.m:f")
+
+
+def test_cli_participants_disagree_on_classes(tmp_path):
+    msg = _cli_error(tmp_path, SMOKE.read_text(), "--set", "participants.1.model_args.num_classes=7")
+    assert "participants disagree on the number of classes (resnet=10, vit=7, mixer=10" in msg
+
+
+def test_cli_missing_dataset(tmp_path):
+    assert "dataset-fashion-mnist" in _cli_error(tmp_path, SMOKE.read_text(), "--set", f"data.root={tmp_path}")
+
+
+def test_cli_hub_weights_offline(tmp_path):
+    text = textwrap.dedent("""
+        participants:
+          - {name: a, model: timm/resnet10t, lr: 1.0e-4}
+          - {name: b, model: resnet10t, weights: none, lr: 1.0e-4}
+        data: {max_per_split: 64}
+    """)
+    assert "cannot load pretrained weights for 'timm/resnet10t'" in _cli_error(tmp_path, text)
+
+
+def test_cli_engine_ray_not_there_yet(tmp_path):
+    assert "not available yet" in _cli_error(tmp_path, SMOKE.read_text(), "--engine", "ray")
+
+
+def test_cli_refuses_a_non_empty_out(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    proc = kt_swarm("run", SMOKE, "--out", out)
+    assert proc.returncode == 2 and "already exists" in proc.stderr
+    assert (out / "keep.txt").read_text() == "mine"

@@ -1,0 +1,128 @@
+"""Batch plans are the same for every participant; datasets load from idx files and folders."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kt_swarm.config import AugmentConfig, DataConfig
+from kt_swarm.data import Preprocess, augment_images, batch_plan, load_dataset
+from kt_swarm.errors import UserError
+
+AUG = AugmentConfig(shift=2, hflip=True)
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    return load_dataset(DataConfig(pretrain_fraction=0.4, val_fraction=0.1))
+
+
+def test_fashion_mnist_splits_are_disjoint_and_cover_train(fmnist):
+    s = fmnist.splits
+    assert (len(s["pretrain"]), len(s["val"]), len(s["train"]), len(s["test"])) == (24000, 6000, 30000, 10000)
+    train_side = torch.cat([s["pretrain"], s["val"], s["train"]])
+    assert len(set(train_side.tolist())) == 60000 and train_side.max() < 60000
+    assert s["test"].min() == 60000
+    assert fmnist.images.shape[1:] == (1, 28, 28) and fmnist.num_classes == 10
+
+
+def test_plans_depend_only_on_seed_epoch_step(fmnist):
+    ids = fmnist.splits["train"]
+    a = batch_plan(ids, seed=3, epoch=1, step=5, batch_size=64, augment=AUG)
+    b = batch_plan(ids, seed=3, epoch=1, step=5, batch_size=64, augment=AUG)
+    c = batch_plan(ids, seed=3, epoch=2, step=5, batch_size=64, augment=AUG)
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.shifts, b.shifts) and torch.equal(a.flips, b.flips)
+    assert not torch.equal(a.ids, c.ids)
+    # An epoch visits each sample at most once.
+    epoch = torch.cat([batch_plan(ids, seed=3, epoch=0, step=s, batch_size=1000, augment=AUG).ids for s in range(30)])
+    assert len(set(epoch.tolist())) == 30000
+
+
+def test_plans_are_identical_in_another_process():
+    code = (
+        "import torch; from kt_swarm.config import AugmentConfig; from kt_swarm.data import batch_plan;"
+        "p = batch_plan(torch.arange(5000), seed=11, epoch=2, step=7, batch_size=32, augment=AugmentConfig(shift=3, hflip=True));"
+        "print(p.ids.tolist(), p.shifts.tolist(), p.flips.tolist())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    p = batch_plan(torch.arange(5000), seed=11, epoch=2, step=7, batch_size=32, augment=AugmentConfig(shift=3, hflip=True))
+    assert out == str(p.ids.tolist()) + " " + str(p.shifts.tolist()) + " " + str(p.flips.tolist())
+
+
+def test_participants_see_the_same_augmented_samples_through_their_own_preprocessing(fmnist):
+    plan = batch_plan(fmnist.splits["train"], seed=0, epoch=0, step=0, batch_size=16, augment=AUG)
+    images = augment_images(fmnist.images[plan.ids], plan)
+    small = Preprocess(in_chans=1, input_size=28, mean=(0.5,), std=(0.25,), dtype=torch.float64)
+    rgb_big = Preprocess(in_chans=3, input_size=56, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), dtype=torch.float64)
+    xa, xb = small(images), rgb_big(images)
+    assert xa.shape == (16, 1, 28, 28) and xb.shape == (16, 3, 56, 56)
+    # Undo each participant's normalisation and resolution: the same pixels come back.
+    raw_a = xa * 0.25 + 0.5
+    raw_b = xb * torch.tensor(rgb_big.std, dtype=torch.float64).view(1, 3, 1, 1) + torch.tensor(rgb_big.mean, dtype=torch.float64).view(1, 3, 1, 1)
+    up = torch.nn.functional.interpolate(raw_a, size=(56, 56), mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(raw_b[:, :1], up)
+    torch.testing.assert_close(raw_b[:, 0], raw_b[:, 2])
+
+
+def test_shift_moves_content_and_flip_mirrors(fmnist):
+    img = fmnist.images[fmnist.splits["train"][:1]]
+    from kt_swarm.data import BatchPlan
+
+    plan = BatchPlan(torch.tensor([0]), torch.tensor([[2, -1]]), torch.tensor([False]))
+    shifted = augment_images(img, plan)
+    assert torch.equal(shifted[0, 0, 2:, :-1], img[0, 0, :-2, 1:])
+    assert (shifted[0, 0, :2] == 0).all()
+    flipped = augment_images(img, BatchPlan(torch.tensor([0]), torch.zeros(1, 2, dtype=torch.long), torch.tensor([True])))
+    assert torch.equal(flipped, img.flip(-1))
+
+
+def write_folder(root, fmnist, per_class=12, classes=3, val=False):
+    """A folder dataset of real 28x28 grayscale PNGs cut from Fashion-MNIST."""
+    ids = fmnist.splits["train"]
+    for split in ["train", "test"] + (["val"] if val else []):
+        for c in range(classes):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            picks = ids[fmnist.labels[ids] == c][: per_class]
+            for k, i in enumerate(picks.tolist()):
+                Image.fromarray(fmnist.images[i, 0].numpy()).save(d / f"{k}.png")
+    return root
+
+
+def test_folder_dataset_reads_pngs_and_carves_val(tmp_path, fmnist):
+    root = write_folder(tmp_path / "ds", fmnist)
+    data = load_dataset(DataConfig(kind="folder", root=str(root), val_fraction=0.25))
+    assert data.classes == ["class0", "class1", "class2"]
+    assert data.images.shape[1:] == (1, 28, 28) and data.images.dtype == torch.uint8
+    assert len(data.splits["val"]) == 9 and len(data.splits["train"]) == 27 and len(data.splits["test"]) == 36
+    # Pixels survive the round trip through PNG.
+    first = np.asarray(Image.open(root / "test" / "class0" / "0.png"))
+    assert torch.equal(data.images[data.splits["test"][0], 0], torch.from_numpy(first.copy()))
+
+
+def test_folder_with_own_val_split(tmp_path, fmnist):
+    root = write_folder(tmp_path / "ds", fmnist, val=True)
+    data = load_dataset(DataConfig(kind="folder", root=str(root), val_fraction=0.25))
+    assert len(data.splits["val"]) == 36 and len(data.splits["train"]) == 36
+
+
+def test_folder_errors_name_the_problem(tmp_path, fmnist):
+    root = write_folder(tmp_path / "ds", fmnist)
+    (root / "train" / "class1" / "0.png").write_bytes(b"not a png at all")
+    with pytest.raises(UserError, match="0.png' is corrupt"):
+        load_dataset(DataConfig(kind="folder", root=str(root)))
+    data = load_dataset(DataConfig(kind="folder", root=str(root), skip_corrupt=True))
+    assert data.skipped == 1 and len(data.splits["train"]) + len(data.splits["val"]) == 35
+    (root / "test" / "class2").rename(root / "elsewhere")
+    (root / "test" / "class2").mkdir()
+    with pytest.raises(UserError, match="class2' is empty"):
+        load_dataset(DataConfig(kind="folder", root=str(root), skip_corrupt=True))
+    with pytest.raises(UserError, match="does not exist"):
+        load_dataset(DataConfig(kind="folder", root=str(tmp_path / "nope")))
+
+
+def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
+    with pytest.raises(UserError, match="dataset-fashion-mnist"):
+        load_dataset(DataConfig(root=str(tmp_path)))

@@ -1,0 +1,126 @@
+"""End to end: `kt-swarm run` on the smoke config, the zoo cache, folder data, and the engine's numbers."""
+import copy
+import json
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, kt_swarm
+from kt_swarm.config import DataConfig, load_config
+from kt_swarm.coordinator import build_participants, make_engine
+from kt_swarm.data import batch_plan, load_dataset
+from kt_swarm.local import LossSpec
+from kt_swarm.objectives import participant_loss
+from test_data import write_folder
+
+SMOKE = ROOT / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, zoo_cache):
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    proc = kt_swarm("run", SMOKE, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, proc
+
+
+def test_smoke_run_writes_a_complete_run_directory(smoke_run):
+    out, proc = smoke_run
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.jsonl", "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["engine"] == "local" and summary["gradient_mode"] in ("detached", "exact")
+    names = ["resnet", "vit", "mixer"]
+    assert list(summary["participants"]) == names
+    for p in summary["participants"].values():
+        for key in ("acc_before", "acc_after", "acc_control"):
+            assert 0.0 <= p[key] <= 1.0
+        assert p["final_train_loss"] > 0 and 0 <= p["teach_share"] <= 1 and p["node"]
+    matrix = torch.tensor(summary["role_matrix"])
+    assert matrix.shape == (3, 3) and (matrix.diagonal() == 0).all()
+    # Each taught sample has N-1 = 2 students; shares come from the same matrix.
+    samples = summary["steps"] * 64  # one epoch, batch 64
+    for i, name in enumerate(names):
+        assert summary["participants"][name]["teach_share"] == pytest.approx(matrix[i].sum().item() / 2 / samples)
+    assert matrix.sum() <= 2 * samples
+    # The resolved config round-trips through the loader.
+    assert load_config(out / "config.yaml").participants[0].name == "resnet"
+    # The readable table names every participant.
+    assert all(name in proc.stdout for name in names) and "vs ctrl" in proc.stdout
+
+
+def test_metrics_log_one_line_per_step_for_each_arm(smoke_run):
+    out, _ = smoke_run
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "summary.json").read_text())
+    steps = [l for l in lines if "step" in l and "event" not in l]
+    assert len([l for l in steps if l["arm"] == "transfer"]) == summary["steps"]
+    assert len([l for l in steps if l["arm"] == "control"]) == summary["steps"]
+    assert all(l["loss"] == pytest.approx(sum(l["losses"].values())) for l in steps)
+    assert all(sum(l["taught"].values()) == 0 for l in steps if l["arm"] == "control") is False  # teachers are still scored
+    tests = {l["arm"]: l["test_acc"] for l in lines if l.get("event") == "test"}
+    assert tests["start"]["vit"] == pytest.approx(summary["participants"]["vit"]["acc_before"])
+    assert tests["control"]["mixer"] == pytest.approx(summary["participants"]["mixer"]["acc_control"])
+
+
+def test_zoo_is_cached_and_reused(smoke_run, zoo_cache, tmp_path):
+    files = sorted((zoo_cache / "zoo").glob("*.safetensors"))
+    assert len(files) == 3
+    stamps = [f.stat().st_mtime_ns for f in files]
+    proc = kt_swarm("run", SMOKE, "--out", tmp_path / "again")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted((zoo_cache / "zoo").glob("*.safetensors")) == files
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    first = json.loads((smoke_run[0] / "summary.json").read_text())
+    second = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert second["participants"]["resnet"]["acc_before"] == first["participants"]["resnet"]["acc_before"]
+
+
+def test_folder_of_pngs_works_with_the_zoo_unchanged(smoke_run, zoo_cache, tmp_path):
+    fm = load_dataset(DataConfig())
+    root = write_folder(tmp_path / "pngs", fm, per_class=40, classes=10)
+    before = set((zoo_cache / "zoo").glob("*.safetensors"))
+    proc = kt_swarm("run", SMOKE, "--out", tmp_path / "run", "--set", "data.kind=folder", "--set", f"data.root={root}",
+                    "--set", "data.val_fraction=0.2", "--set", "data.pretrain_fraction=0.4", "--set", "zoo.batch_size=32",
+                    "--set", "transfer.batch_size=32")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["data"]["test_samples"] == 400
+    assert len(set((zoo_cache / "zoo").glob("*.safetensors")) - before) == 3  # another dataset, its own zoo
+
+
+def test_local_engine_equals_each_participant_stepping_its_own_share():
+    """The contract the distributed swarm relies on, with real models in float64: one global
+    backward equals every participant back-propagating participant_loss on its own."""
+    cfg = load_config(SMOKE, ["dtype=float64", "data.augment.hflip=true"])
+    for detach in (True, False):
+        data = load_dataset(cfg.data)
+        for p in cfg.participants:
+            p.weights = "none"
+        engine = make_engine("local", build_participants(cfg, data), data, cfg)
+        start = engine.states()
+        lrs = [1e-3] * 3
+        engine.reset(start, "adam", lrs, [0.0] * 3)
+        solo = [p.clone() for p in engine.participants]
+        for p in solo:
+            p.reset_optimizer("adam", 1e-3, 0.0)
+        loss = LossSpec(temperature=2.0, weight=1.0, detach_teacher=detach)
+        for step in range(3):
+            result = engine.train_step(0, step, loss)
+            plan = batch_plan(data.splits["train"], seed=cfg.seed, epoch=0, step=step, batch_size=cfg.transfer.batch_size,
+                              augment=cfg.data.augment)
+            target = data.labels[plan.ids]
+            own = [p.forward(data, plan) for p in solo]
+            peers = torch.stack([z.detach() for z in own])
+            values = []
+            for m, p in enumerate(solo):
+                value, teachers = participant_loss(own[m], peers, m, target, temperature=2.0, weight=1.0, detach_teacher=detach)
+                p.optimizer.zero_grad()
+                value.backward(retain_graph=True)
+                p.optimizer.step()
+                values.append(value.item())
+            assert torch.equal(teachers, result.teachers)
+            assert values == pytest.approx(result.losses, rel=1e-12)
+        for a, b in zip(engine.participants, solo):
+            for (k, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+                torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-12, msg=f"{a.name}.{k} (detach={detach})")
