@@ -70,7 +70,7 @@ def train_arm(engine: LocalEngine, cfg: Config, data: Dataset, states: list[dict
     best_acc, best_state, best_epoch = [-1.0] * n, list(states), [0] * n
     shares, val_history = [], []
     names = [p.name for p in cfg.participants]
-    bar = tqdm(total=cfg.transfer.epochs * steps, desc=arm, unit="step", leave=False, dynamic_ncols=True)
+    bar = tqdm(total=cfg.transfer.epochs * steps, desc=arm, unit="step", leave=False, dynamic_ncols=True, disable=None)
     for epoch in range(cfg.transfer.epochs):
         matrix = torch.zeros(n, n, dtype=torch.long)
         losses = torch.zeros(n, dtype=torch.float64)

@@ -1,0 +1,40 @@
+# The two commands of the README, with all set-up included:
+#   make quickstart   a fresh clone -> a finished quickstart run (zoo trained and cached on first use)
+#   make test         the test suite
+# The Python environment lives outside the clone, keyed by what it is built from, so a new clone
+# (or CI) reuses it while pyproject.toml and this file are unchanged.
+PYTHON ?= python3
+ENV_KEY := $(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
+VENV ?= $(HOME)/.cache/kt_swarm/venv-$(ENV_KEY)
+BIN := $(VENV)/bin
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup quickstart smoke test dataset
+
+setup: $(VENV)/.ready dataset
+	@$(BIN)/pip install -q --no-deps -e . >/dev/null
+
+# torch 2.14.1 with torchvision 0.29.1: the pair this machine's pip serves from disk; the CPU-only
+# torch 2.13.0 found there cannot import timm (torchvision::nms does not exist).
+$(VENV)/.ready: pyproject.toml Makefile
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+dataset:
+	@test -e $(FASHION_MNIST)/train-images-idx3-ubyte.gz || { \
+	  echo "installing the Debian package dataset-fashion-mnist"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null; }; }
+
+quickstart: setup
+	$(BIN)/kt-swarm run configs/quickstart.yaml
+
+smoke: setup
+	$(BIN)/kt-swarm run configs/smoke.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
