@@ -16,7 +16,7 @@ setup: $(VENV)/.ready dataset
 
 # torch 2.14.1 with torchvision 0.29.1: the pair this machine's pip serves from disk; the CPU-only
 # torch 2.13.0 found there cannot import timm (torchvision::nms does not exist).
-$(VENV)/.ready: pyproject.toml Makefile
+$(VENV)/.ready:  # no file prerequisites: the path itself is keyed by their content
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
@@ -24,7 +24,8 @@ $(VENV)/.ready: pyproject.toml Makefile
 	touch $@
 
 dataset:
-	@test -e $(FASHION_MNIST)/train-images-idx3-ubyte.gz || { \
+	@test -e $(FASHION_MNIST)/train-images-idx3-ubyte.gz || ls "$${KT_SWARM_DATA:-/nonexistent}"/*train-images-idx3-ubyte* >/dev/null 2>&1 || \
+	  ls "$${KT_SWARM_DATA:-/nonexistent}"/fashion-mnist/*train-images-idx3-ubyte* >/dev/null 2>&1 || { \
 	  echo "installing the Debian package dataset-fashion-mnist"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null || \

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -44,15 +44,20 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C, so the partial run directory is removed
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return _run(args)
     except UserError as e:
         print(f"kt-swarm: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("kt-swarm: interrupted; nothing was written", file=sys.stderr)
+        print("kt-swarm: interrupted; the run directory was not written", file=sys.stderr)
         return 130
 
 

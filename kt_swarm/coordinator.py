@@ -13,36 +13,46 @@ from kt_swarm.data import Dataset, load_dataset, steps_per_epoch
 from kt_swarm.errors import UserError
 from kt_swarm.local import LocalEngine, LossSpec
 from kt_swarm.metrics import accuracy, teach_share
-from kt_swarm.models import create_model, default_weights, preprocess_for
+from kt_swarm.models import check_model_name, create_model, default_weights, preprocess_for
 from kt_swarm.participant import Participant, resolve_device
 from kt_swarm.roles import role_matrix
 from kt_swarm.rundir import RunDir
 from kt_swarm import zoo
 
 
-def build_participants(cfg: Config, data: Dataset) -> list[Participant]:
+def build_participant(cfg: Config, index: int, data: Dataset) -> Participant:
+    """Participant `index`: its model (seeded), preprocessing, dtype and device; not yet pretrained.
+
+    Called in the driver by the local engine and inside each actor by the Ray swarm.
+    """
+    spec = cfg.participants[index]
     dtype = getattr(torch, cfg.dtype)
     device = resolve_device(cfg.device)
-    participants = []
-    for i, spec in enumerate(cfg.participants):
-        member_seed = cfg.seed * 1000 + i
-        model = create_model(spec, num_classes=data.num_classes, in_chans=data.channels, seed=member_seed)
-        model = model.to(device=device, dtype=dtype)
-        prep = preprocess_for(model, spec, in_chans=data.channels, image_size=data.image_size, dtype=dtype)
-        participants.append(Participant(spec.name, model, prep, device))
-    # Participants must agree with each other (and the data) on the classes: check the real output.
-    widths = {}
-    for p in participants:
-        probe = torch.zeros(2, data.channels, data.image_size, data.image_size, dtype=torch.uint8)
-        p.model.eval()
-        with torch.no_grad():
-            widths[p.name] = p.model(p.preprocess(probe, device)).shape[-1]
-    if len(set(widths.values())) > 1 or data.num_classes not in widths.values():
+    model = create_model(spec, num_classes=data.num_classes, in_chans=data.channels, seed=cfg.seed * 1000 + index)
+    model = model.to(device=device, dtype=dtype)
+    prep = preprocess_for(model, spec, in_chans=data.channels, image_size=data.image_size, dtype=dtype)
+    return Participant(spec.name, model, prep, device)
+
+
+def pretrain_if_zoo(cfg: Config, index: int, participant: Participant, data: Dataset) -> None:
+    spec = cfg.participants[index]
+    if default_weights(spec) == "zoo":
+        zoo.pretrain(spec, participant, data, cfg.zoo, cfg.data.augment, seed=cfg.seed * 1000 + index)
+
+
+def check_classes(widths: dict[str, int], num_classes: int) -> None:
+    """Participants must agree with each other, and with the data, on the classes."""
+    if len(set(widths.values())) > 1 or num_classes not in widths.values():
         listed = ", ".join(f"{k}={v}" for k, v in widths.items())
-        raise UserError(f"participants disagree on the number of classes ({listed}; the data has {data.num_classes})")
-    for i, (spec, p) in enumerate(zip(cfg.participants, participants)):
-        if default_weights(spec) == "zoo":
-            zoo.pretrain(spec, p, data, cfg.zoo, cfg.data.augment, seed=cfg.seed * 1000 + i)
+        raise UserError(f"participants disagree on the number of classes ({listed}; the data has {num_classes})")
+
+
+def build_participants(cfg: Config, data: Dataset) -> list[Participant]:
+    participants = [build_participant(cfg, i, data) for i in range(len(cfg.participants))]
+    # Every model is checked before the (slow) pretraining of any.
+    check_classes({p.name: p.output_width(data.channels, data.image_size) for p in participants}, data.num_classes)
+    for i, p in enumerate(participants):
+        pretrain_if_zoo(cfg, i, p, data)
     return participants
 
 
@@ -57,17 +67,21 @@ class ArmResult:
     seconds: float
 
 
-def train_arm(engine: LocalEngine, cfg: Config, data: Dataset, states: list[dict], arm: str, loss: LossSpec, log) -> ArmResult:
-    """Train every participant for cfg.transfer.epochs from `states`; keep each one's best-on-validation epoch."""
+def train_arm(engine: LocalEngine, cfg: Config, data: Dataset, arm: str, loss: LossSpec, log) -> ArmResult:
+    """Train every participant for cfg.transfer.epochs from the "start" snapshot; keep each one's
+    best-on-validation epoch (selection: best_val) or its last."""
     t0 = time.perf_counter()
     n = len(cfg.participants)
-    lrs = [p.lr for p in cfg.participants]
-    wds = [p.weight_decay if p.weight_decay is not None else cfg.transfer.weight_decay for p in cfg.participants]
-    engine.reset(states, cfg.transfer.optimizer, lrs, wds)
+    engine.restore("start")
+    engine.reset_optimizers(
+        cfg.transfer.optimizer,
+        [p.lr for p in cfg.participants],
+        [p.weight_decay if p.weight_decay is not None else cfg.transfer.weight_decay for p in cfg.participants],
+    )
     steps = steps_per_epoch(len(data.splits["train"]), cfg.transfer.batch_size)
     if steps == 0:
         raise UserError(f"transfer.batch_size {cfg.transfer.batch_size} is larger than the {len(data.splits['train'])} transfer samples")
-    best_acc, best_state, best_epoch = [-1.0] * n, list(states), [0] * n
+    best_acc, best_epoch = [-1.0] * n, [0] * n
     shares, val_history = [], []
     names = [p.name for p in cfg.participants]
     bar = tqdm(total=cfg.transfer.epochs * steps, desc=arm, unit="step", leave=False, dynamic_ncols=True, disable=None)
@@ -90,14 +104,14 @@ def train_arm(engine: LocalEngine, cfg: Config, data: Dataset, states: list[dict
              "teach_share": dict(zip(names, share)), "role_matrix": matrix.tolist()})
         shares.append(share)
         val_history.append(val)
-        current = engine.states() if cfg.selection == "best_val" else None
-        for i in range(n):
-            if cfg.selection == "last" or val[i] > best_acc[i]:
-                best_acc[i], best_epoch[i] = val[i], epoch + 1
-                best_state[i] = current[i] if current else None
+        improved = [i for i in range(n) if cfg.selection == "last" or val[i] > best_acc[i]]
+        for i in improved:
+            best_acc[i], best_epoch[i] = val[i], epoch + 1
+        if cfg.selection == "best_val" and cfg.transfer.epochs > 1:
+            engine.snapshot(f"best-{arm}", improved)
     bar.close()
-    if cfg.selection == "best_val":
-        engine.reset(best_state, cfg.transfer.optimizer, lrs, wds)
+    if cfg.selection == "best_val" and cfg.transfer.epochs > 1:
+        engine.restore(f"best-{arm}")
     return ArmResult(
         steps=cfg.transfer.epochs * steps,
         role_matrix=matrix.tolist(),
@@ -121,6 +135,9 @@ def run(cfg: Config, out: RunDir, engine_name: str = "local") -> dict:
 
     t_start = time.perf_counter()
     out.write_text("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    resolve_device(cfg.device)
+    for spec in cfg.participants:
+        check_model_name(spec)
     data = load_dataset(cfg.data)
     if any(default_weights(p) == "zoo" for p in cfg.participants) and len(data.splits["pretrain"]) == 0:
         raise UserError("participants use weights: zoo but data.pretrain_fraction is 0 (no pretraining split)")
@@ -131,16 +148,16 @@ def run(cfg: Config, out: RunDir, engine_name: str = "local") -> dict:
     try:
         names = [p.name for p in cfg.participants]
         test_labels = data.labels[data.splits["test"]]
-        start = engine.states()
+        engine.snapshot("start")
         before = accuracy(engine.predict("test", cfg.eval_batch_size), test_labels)
         out.log({"arm": "start", "event": "test", "test_acc": dict(zip(names, before))})
         t = cfg.transfer
-        transfer = train_arm(engine, cfg, data, start, "transfer", LossSpec(t.temperature, t.weight, t.detach_teacher), out.log)
+        transfer = train_arm(engine, cfg, data, "transfer", LossSpec(t.temperature, t.weight, t.detach_teacher), out.log)
         after = accuracy(engine.predict("test", cfg.eval_batch_size), test_labels)
         out.log({"arm": "transfer", "event": "test", "test_acc": dict(zip(names, after))})
         control_acc, control = [None] * len(names), None
         if cfg.control:
-            control = train_arm(engine, cfg, data, start, "control", LossSpec(t.temperature, 0.0, t.detach_teacher), out.log)
+            control = train_arm(engine, cfg, data, "control", LossSpec(t.temperature, 0.0, t.detach_teacher), out.log)
             control_acc = accuracy(engine.predict("test", cfg.eval_batch_size), test_labels)
             out.log({"arm": "control", "event": "test", "test_acc": dict(zip(names, control_acc))})
         nodes = engine.nodes()

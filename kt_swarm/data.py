@@ -144,6 +144,7 @@ def _load_folder(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str,
             files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
             if not files:
                 raise UserError(f"class folder '{folder}' is empty or missing (no image files)")
+            kept = len(ids)
             for path in files:
                 try:
                     with Image.open(path) as im:
@@ -157,19 +158,32 @@ def _load_folder(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str,
                 ids.append(len(pictures))
                 pictures.append(picture)
                 labels.append(label)
+            if len(ids) == kept:
+                raise UserError(f"class folder '{folder}' has no readable images ({len(files)} corrupt)")
         extra = sorted(d.name for d in (root / split).iterdir() if d.is_dir() and d.name not in classes)
         if extra:
             raise UserError(f"dataset folder '{root / split}' has classes not in train: {', '.join(extra)}")
         split_ids[split] = torch.tensor(ids, dtype=torch.long)
     # Channels and size come from the data: grayscale stays one channel; mixed sizes go to the most common one.
-    gray = all(p.mode in ("L", "1", "I;16", "I") for p in pictures)
+    gray = all(p.mode in ("L", "1", "I;16", "I;16B", "I;16L", "I") for p in pictures)
     sizes = [p.size for p in pictures]
     size = max(set(sizes), key=sizes.count)
-    mode = "L" if gray else "RGB"
-    arrays = [np.asarray(p.convert(mode).resize(size) if p.size != size or p.mode != mode else p) for p in pictures]
+    arrays = [_to_uint8(p, gray, size) for p in pictures]
     images = torch.from_numpy(np.stack(arrays))
     images = images.unsqueeze(1) if gray else images.permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor(labels, dtype=torch.long), split_ids, classes, skipped
+
+
+def _to_uint8(picture, gray: bool, size: tuple[int, int]) -> np.ndarray:
+    """One PIL image as uint8 HxW (gray) or HxWx3, at `size`; 16/32-bit grayscale is scaled, not clipped."""
+    from PIL import Image
+
+    if picture.mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(picture, dtype=np.int64)
+        top = 65535 if picture.mode.startswith("I;16") or wide.max() > 255 else 255
+        picture = Image.fromarray((wide.clip(0, top) * 255 // top).astype(np.uint8), mode="L")
+    picture = picture.convert("L" if gray else "RGB")
+    return np.asarray(picture.resize(size) if picture.size != size else picture)
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:

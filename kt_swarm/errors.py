@@ -3,3 +3,9 @@
 
 class UserError(Exception):
     """Bad input (config, data, model, CLI). The CLI prints it as one line and exits with code 2."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (or its type): third-party errors in one line."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -38,11 +38,20 @@ class LocalEngine:
         self.seed = seed
         self.batch_size = batch_size
         self.augment = augment
+        self._saved: dict[str, list[dict | None]] = {}
 
-    def reset(self, states: list[dict], optimizer: str, lrs: list[float], weight_decays: list[float]) -> None:
-        """Load weights and start fresh optimizers: the start of an arm."""
-        for p, state, lr, wd in zip(self.participants, states, lrs, weight_decays):
+    def snapshot(self, tag: str, which: list[int] | None = None) -> None:
+        """Keep a copy of the weights of participants `which` (all by default) under `tag`."""
+        saved = self._saved.setdefault(tag, [None] * len(self.participants))
+        for i in range(len(self.participants)) if which is None else which:
+            saved[i] = self.participants[i].state()
+
+    def restore(self, tag: str) -> None:
+        for p, state in zip(self.participants, self._saved[tag]):
             p.load_state(state)
+
+    def reset_optimizers(self, optimizer: str, lrs: list[float], weight_decays: list[float]) -> None:
+        for p, lr, wd in zip(self.participants, lrs, weight_decays):
             p.reset_optimizer(optimizer, lr, wd)
 
     def train_step(self, epoch: int, step: int, loss: LossSpec) -> StepResult:
@@ -63,9 +72,6 @@ class LocalEngine:
         """[N, n] predicted classes of every participant on a split."""
         ids = self.data.splits[split]
         return torch.stack([p.predict(self.data, ids, batch_size) for p in self.participants])
-
-    def states(self) -> list[dict]:
-        return [p.state() for p in self.participants]
 
     def nodes(self) -> list[str]:
         return [socket.gethostname()] * len(self.participants)

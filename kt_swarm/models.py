@@ -18,7 +18,15 @@ from torch import nn
 
 from kt_swarm.config import ParticipantConfig
 from kt_swarm.data import Preprocess
-from kt_swarm.errors import UserError
+from kt_swarm.errors import UserError, first_line
+
+
+def check_model_name(spec: ParticipantConfig) -> None:
+    """Fail fast on a model that cannot exist, before any data is loaded."""
+    if ":" in spec.model:
+        _import_factory(spec.model, spec.name)
+    elif not timm.is_model(spec.model.removeprefix("timm/")):
+        raise UserError(f"participant '{spec.name}': unknown model '{spec.model}' (not a timm model name or pkg.module:factory)")
 
 
 def default_weights(spec: ParticipantConfig) -> str:
@@ -32,9 +40,9 @@ def _import_factory(path: str, who: str):
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
+    except Exception as e:  # ImportError, or whatever the module raises while importing
         raise UserError(f"participant '{who}': cannot import '{module_name}' for model '{path}': {e}") from None
-    factory = getattr(module, attr, None)
+    factory = getattr(module, attr, None) if attr else None
     if not callable(factory):
         raise UserError(f"participant '{who}': '{path}' is not a callable in {module_name}")
     return factory
@@ -48,17 +56,16 @@ def create_model(spec: ParticipantConfig, *, num_classes: int, in_chans: int, se
         factory = _import_factory(spec.model, spec.name)
         try:
             model = factory(**{"num_classes": num_classes, "in_chans": in_chans, **spec.model_args})
-        except TypeError as e:
-            raise UserError(f"participant '{spec.name}': model '{spec.model}' rejected its arguments: {e}") from None
+        except Exception as e:  # the factory is the user's code: report, don't crash
+            raise UserError(f"participant '{spec.name}': model '{spec.model}' failed to build: {first_line(e)}") from None
         if not isinstance(model, nn.Module):
             raise UserError(f"participant '{spec.name}': '{spec.model}' did not return a torch.nn.Module")
         if weights not in ("none", "zoo"):
             load_weight_file(model, weights, spec.name)
         return model
 
+    check_model_name(spec)
     name = spec.model.removeprefix("timm/")
-    if not timm.is_model(name):
-        raise UserError(f"participant '{spec.name}': unknown model '{spec.model}' (not a timm model name or pkg.module:factory)")
     kwargs = {"num_classes": num_classes, "in_chans": in_chans, **spec.model_args}
     if weights == "pretrained":
         kwargs["pretrained"] = True
@@ -76,14 +83,14 @@ def create_model(spec: ParticipantConfig, *, num_classes: int, in_chans: int, se
     try:
         return timm.create_model(name, **kwargs)
     except TypeError as e:
-        raise UserError(f"participant '{spec.name}': model '{spec.model}' rejected model_args: {e}") from None
-    except (OSError, RuntimeError, ValueError) as e:
-        if weights == "pretrained":
+        raise UserError(f"participant '{spec.name}': model '{spec.model}' rejected model_args: {first_line(e)}") from None
+    except Exception as e:  # hub errors, timm's own asserts on bad model_args
+        if weights == "pretrained" and isinstance(e, (OSError, RuntimeError, ValueError)):
             raise UserError(
                 f"participant '{spec.name}': cannot load pretrained weights for '{spec.model}' "
-                f"(offline? set weights: none, zoo, or a local file): {str(e).splitlines()[0]}"
+                f"(offline? set weights: none, zoo, or a local file): {first_line(e)}"
             ) from None
-        raise UserError(f"participant '{spec.name}': cannot build '{spec.model}': {str(e).splitlines()[0]}") from None
+        raise UserError(f"participant '{spec.name}': cannot build '{spec.model}': {first_line(e)}") from None
 
 
 def read_state(path: str | Path, who: str) -> dict[str, torch.Tensor]:
@@ -102,7 +109,7 @@ def read_state(path: str | Path, who: str) -> dict[str, torch.Tensor]:
             raise ValueError("not a state dict")
         return state
     except Exception as e:  # any failure here is the file's fault: say which file
-        raise UserError(f"participant '{who}': cannot load weight file '{path}': {str(e).splitlines()[0]}") from None
+        raise UserError(f"participant '{who}': cannot load weight file '{path}': {first_line(e)}") from None
 
 
 def _classifier_width(state: dict[str, torch.Tensor], timm_name: str) -> int | None:
@@ -116,7 +123,7 @@ def load_weight_file(model: nn.Module, path: str, who: str) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise UserError(f"participant '{who}': weight file '{path}' does not fit the model: {str(e).splitlines()[0]}") from None
+        raise UserError(f"participant '{who}': weight file '{path}' does not fit the model: {first_line(e)}") from None
 
 
 def preprocess_for(model: nn.Module, spec: ParticipantConfig, *, in_chans: int, image_size: int, dtype: torch.dtype) -> Preprocess:

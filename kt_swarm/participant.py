@@ -12,11 +12,18 @@ import torch
 from torch import nn
 
 from kt_swarm.data import BatchPlan, Dataset, Preprocess, augment_images
+from kt_swarm.errors import UserError, first_line
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        index = name.partition(":")[2]
+        if not torch.cuda.is_available():
+            raise UserError(f"config key 'device': {name} asked for, but CUDA is not available here (use cpu or auto)")
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise UserError(f"config key 'device': {name} does not exist ({torch.cuda.device_count()} CUDA devices)")
     return torch.device(name)
 
 
@@ -51,6 +58,18 @@ class Participant:
             for i in range(0, len(ids), batch_size)
         ]
         return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+    @torch.no_grad()
+    def output_width(self, channels: int, image_size: int) -> int:
+        """Number of classes the model predicts, from a real forward pass on a blank batch."""
+        probe = torch.zeros(2, channels, image_size, image_size, dtype=torch.uint8)
+        self.model.eval()
+        try:
+            return self.model(self.preprocess(probe, self.device)).shape[-1]
+        except Exception as e:  # wrong input size for the architecture, and the like
+            size = self.preprocess.input_size
+            raise UserError(f"participant '{self.name}': the model fails on its {self.preprocess.in_chans}x{size}x{size} input "
+                            f"(check input_size and model_args): {first_line(e)}") from None
 
     def state(self) -> dict[str, torch.Tensor]:
         """A detached CPU copy of the model's weights (for selection and for the control arm)."""

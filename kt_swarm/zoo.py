@@ -9,6 +9,7 @@ another setting gets its own zoo.
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import os
 import tempfile
@@ -21,6 +22,8 @@ from tqdm import tqdm
 from kt_swarm.config import AugmentConfig, ParticipantConfig, ZooConfig
 from kt_swarm.data import Dataset, batch_plan, steps_per_epoch
 from kt_swarm.participant import Participant
+
+log = logging.getLogger(__name__)
 
 
 def cache_dir(cfg: ZooConfig) -> Path:
@@ -63,8 +66,12 @@ def pretrain(spec: ParticipantConfig, participant: Participant, data: Dataset, c
 
     path = cache_dir(cfg) / f"{cache_key(spec, participant, cfg, data, augment, seed)}.safetensors"
     if path.exists():
-        participant.load_state(load_file(str(path)))
-        return path
+        try:
+            participant.load_state(load_file(str(path)))
+            return path
+        except Exception as e:  # a damaged cache entry is retrained, not trusted
+            log.warning("zoo cache file %s is unreadable (%s); training it again", path, e)
+            path.unlink(missing_ok=True)
     ids = data.splits["pretrain"]
     steps = steps_per_epoch(len(ids), cfg.batch_size)
     if steps == 0:

@@ -126,3 +126,37 @@ def test_cli_refuses_a_non_empty_out(tmp_path):
     proc = kt_swarm("run", SMOKE, "--out", out)
     assert proc.returncode == 2 and "already exists" in proc.stderr
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_cli_model_errors_are_one_line(tmp_path):
+    text = SMOKE.read_text()
+    assert "participant 'vit': cannot build" in _cli_error(tmp_path, text, "--set", "participants.1.model_args.num_heads=3")
+    assert "participant 'vit': the model fails on its 1x32x32 input" in _cli_error(tmp_path, text, "--set", "participants.1.input_size=32")
+    assert "participant 'mixer'" in _cli_error(tmp_path, text, "--set", "participants.2.model=:f")
+
+
+def test_cli_unavailable_device(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert "CUDA is not available" in _cli_error(tmp_path, SMOKE.read_text(), "--set", "device=cuda")
+
+
+def test_sigterm_leaves_no_partial_run_directory(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "kt_swarm", "run", str(SMOKE), "--out", str(out), "--set", "transfer.epochs=50"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".out.partial-*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert list(tmp_path.glob(".out.partial-*")), "the run never started writing"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))

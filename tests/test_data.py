@@ -126,3 +126,20 @@ def test_folder_errors_name_the_problem(tmp_path, fmnist):
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
     with pytest.raises(UserError, match="dataset-fashion-mnist"):
         load_dataset(DataConfig(root=str(tmp_path)))
+
+
+def test_all_corrupt_class_is_an_error_even_when_skipping(tmp_path, fmnist):
+    root = write_folder(tmp_path / "ds", fmnist, per_class=2)
+    for f in (root / "train" / "class0").iterdir():
+        f.write_bytes(b"broken")
+    with pytest.raises(UserError, match="class0' has no readable images"):
+        load_dataset(DataConfig(kind="folder", root=str(root), skip_corrupt=True))
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path, fmnist):
+    root = write_folder(tmp_path / "ds", fmnist, per_class=2, val=True)
+    wide = np.array([[0, 32896], [65535, 257]], dtype=np.uint16).repeat(14, 0).repeat(14, 1)
+    Image.fromarray(wide).save(root / "train" / "class1" / "0.png")
+    data = load_dataset(DataConfig(kind="folder", root=str(root), val_fraction=0.0))
+    img = data.images[data.splits["train"]][data.labels[data.splits["train"]] == 1][0, 0]
+    assert img.shape == (28, 28) and img[0, 0] == 0 and img[0, 27] == 128 and img[27, 0] == 255 and img[27, 27] == 1

@@ -76,6 +76,15 @@ def test_zoo_is_cached_and_reused(smoke_run, zoo_cache, tmp_path):
     assert second["participants"]["resnet"]["acc_before"] == first["participants"]["resnet"]["acc_before"]
 
 
+def test_a_damaged_zoo_cache_entry_is_trained_again(smoke_run, zoo_cache, tmp_path):
+    victim = sorted((zoo_cache / "zoo").glob("resnet10t-*.safetensors"))[0]
+    good = victim.read_bytes()
+    victim.write_bytes(good[: len(good) // 3])
+    proc = kt_swarm("run", SMOKE, "--out", tmp_path / "again")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "unreadable" in proc.stderr and victim.stat().st_size == len(good)
+
+
 def test_folder_of_pngs_works_with_the_zoo_unchanged(smoke_run, zoo_cache, tmp_path):
     fm = load_dataset(DataConfig())
     root = write_folder(tmp_path / "pngs", fm, per_class=40, classes=10)
@@ -98,9 +107,7 @@ def test_local_engine_equals_each_participant_stepping_its_own_share():
         for p in cfg.participants:
             p.weights = "none"
         engine = make_engine("local", build_participants(cfg, data), data, cfg)
-        start = engine.states()
-        lrs = [1e-3] * 3
-        engine.reset(start, "adam", lrs, [0.0] * 3)
+        engine.reset_optimizers("adam", [1e-3] * 3, [0.0] * 3)
         solo = [p.clone() for p in engine.participants]
         for p in solo:
             p.reset_optimizer("adam", 1e-3, 0.0)
