@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import sys
@@ -28,6 +29,16 @@ from kt_swarm.local import LossSpec  # noqa: E402
 from kt_swarm.metrics import accuracy  # noqa: E402
 
 
+def machine() -> str:
+    """The CPU by name, its core count and torch's thread count: what the timings were measured on."""
+    name = platform.machine()
+    try:
+        name = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="configs/quickstart.yaml")
@@ -39,7 +50,7 @@ def main() -> None:
     args = ap.parse_args()
 
     base = to_dict(load_config(args.config, args.overrides))
-    results = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+    results = {"machine": machine(),
                "config": args.config, "overrides": args.overrides, "split": args.split, "seeds": {}}
     for seed in args.seeds:
         raw = copy.deepcopy(base)
@@ -50,8 +61,13 @@ def main() -> None:
         engine = make_engine("local", build_participants(cfg, data), data, cfg)
         names = [p.name for p in cfg.participants]
         labels = data.labels[data.splits[args.split]]
-        start = engine.states()
-        rows = {"start": accuracy(engine.predict(args.split, cfg.eval_batch_size), labels)}
+        engine.snapshot("start")
+        preds = engine.predict(args.split, cfg.eval_batch_size)
+        rows = {"start": accuracy(preds, labels)}
+        # Complementary knowledge (Roth et al.): samples some other participant gets right and this one wrong.
+        right = preds == labels
+        comp = [(~right[i] & torch.cat([right[:i], right[i + 1:]]).any(0)).double().mean().item() for i in range(len(names))]
+        print(f"  complementary knowledge at start: {[round(100 * c, 2) for c in comp]}", flush=True)
         print(f"seed {seed}: zoo ready in {time.perf_counter() - t0:.0f} s; start {rows['start']}", flush=True)
         arms = [("control", "transfer.weight=0")] + [tuple(a.split(":", 1)) if ":" in a else (a, "") for a in args.arm]
         for name, overrides in arms:
@@ -61,12 +77,12 @@ def main() -> None:
             arm_cfg = parse_config(arm_raw)
             t = arm_cfg.transfer
             engine.batch_size = t.batch_size
-            res = train_arm(engine, arm_cfg, data, start, name, LossSpec(t.temperature, t.weight, t.detach_teacher), lambda r: None)
+            res = train_arm(engine, arm_cfg, data, name, LossSpec(t.temperature, t.weight, t.detach_teacher), lambda r: None)
             rows[name] = accuracy(engine.predict(args.split, cfg.eval_batch_size), labels)
             gain = statistics.mean(a - c for a, c in zip(rows[name], rows["control"]))
             print(f"  {name:24s} {[round(100 * a, 2) for a in rows[name]]} mean vs control {100 * gain:+.2f} "
                   f"({res.seconds:.0f} s)", flush=True)
-        results["seeds"][seed] = {"names": names, "acc": rows}
+        results["seeds"][seed] = {"names": names, "acc": rows, "complementary": comp}
 
     # Mean and std over seeds, in points, per participant and arm.
     names = results["seeds"][args.seeds[0]]["names"]
@@ -81,12 +97,19 @@ def main() -> None:
             per_seed = [100 * statistics.mean(a - r for a, r in zip(results["seeds"][s]["acc"][arm], results["seeds"][s]["acc"][ref])) for s in args.seeds]
             return f"{statistics.mean(per_seed):+.2f} ± {statistics.pstdev(per_seed):.2f}"
         lines.append(f"| {arm} | {' | '.join(cells)} | {gain('control')} | {gain('start')} |")
+    comp_cells = []
+    for i in range(len(names)):
+        vals = [100 * results["seeds"][s]["complementary"][i] for s in args.seeds]
+        comp_cells.append(f"{statistics.mean(vals):.2f} ± {statistics.pstdev(vals):.2f}")
+    lines.append(f"| complementary knowledge at start | {' | '.join(comp_cells)} | | |")
     table = "\n".join(lines)
     print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    out.with_suffix(".md").write_text(f"{args.split} accuracy (%), seeds {args.seeds}, {results['machine']}\n\n{table}\n")
+    out.with_suffix(".md").write_text(
+        f"{args.split} accuracy (%), mean ± std over seeds {args.seeds}, {results['machine']}\n"
+        f"command: python benchmarks/quickstart_arms.py {' '.join(sys.argv[1:])}\n\n{table}\n")
 
 
 if __name__ == "__main__":
