@@ -23,7 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key (dotted, list indices allowed: participants.0.lr=3e-4)")
     run.add_argument("--out", help="run directory to create (default: runs/<config>-<time>)")
-    run.add_argument("--engine", choices=["local", "ray"], default="local", help="local: one process (default)")
+    run.add_argument("--engine", choices=["local", "ray"], default="ray",
+                     help="ray: one Ray actor per participant (default); local: all in this process")
+    run.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a private local instance)")
     return parser
 
 
@@ -32,13 +34,11 @@ def _run(args: argparse.Namespace) -> int:
     from kt_swarm.rundir import RunDir
 
     cfg = load_config(args.config, args.overrides)
-    if args.engine == "ray":
-        raise UserError("--engine ray is not available yet (the Ray swarm is issue 3); use --engine local")
     out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     from kt_swarm.coordinator import format_table, run
 
     with RunDir(out) as run_dir:
-        summary = run(cfg, run_dir, args.engine)
+        summary = run(cfg, run_dir, args.engine, args.address)
     print(format_table(summary))
     print(f"run directory: {out}")
     return 0

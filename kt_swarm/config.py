@@ -73,11 +73,30 @@ class TransferConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    """What each participant's Ray actor reserves (--engine ray)."""
+
+    gpus_per_participant: float | None = None  # default: 1 when the cluster has GPUs, else 0; fractions allowed
+    cpus_per_participant: float | None = None  # default: the cluster's CPUs shared out (at most 1 each when short)
+    custom: dict[str, float] = field(default_factory=dict)  # custom resources each participant needs
+
+
+@dataclass
+class PlacementConfig:
+    """How the participants' actors are reserved together: one placement group, one bundle each."""
+
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    timeout_s: float = 120.0  # give up (one line, exit 2) when the cluster cannot place them
+
+
+@dataclass
 class Config:
     participants: list[ParticipantConfig]
     data: DataConfig = field(default_factory=DataConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     zoo: ZooConfig = field(default_factory=ZooConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     control: bool = False  # also train a CE-only copy of every participant (same data, steps, lr)
     selection: Literal["best_val", "last"] = "best_val"  # per participant, on the validation split only
     seed: int = 0
@@ -192,6 +211,14 @@ def _check(cfg: Config) -> None:
         ("data.max_per_split", cfg.data.max_per_split),
     ]:
         positive(key, value)
+    r = cfg.resources
+    for key, value in [("resources.gpus_per_participant", r.gpus_per_participant), ("resources.cpus_per_participant", r.cpus_per_participant)]:
+        if value is not None and value < 0:
+            raise UserError(f"config key '{key}': must be >= 0, got {value}")
+    for name, amount in r.custom.items():
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
+            raise UserError(f"config key 'resources.custom.{name}': must be a positive number, got {amount!r}")
+    positive("placement.timeout_s", cfg.placement.timeout_s)
     if cfg.transfer.weight < 0:
         raise UserError(f"config key 'transfer.weight': must be >= 0, got {cfg.transfer.weight}")
     for key, value in [("data.val_fraction", cfg.data.val_fraction), ("data.pretrain_fraction", cfg.data.pretrain_fraction)]:

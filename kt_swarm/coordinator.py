@@ -123,13 +123,17 @@ def train_arm(engine: LocalEngine, cfg: Config, data: Dataset, arm: str, loss: L
     )
 
 
-def make_engine(name: str, participants: list[Participant], data: Dataset, cfg: Config) -> LocalEngine:
+def make_engine(name: str, cfg: Config, data: Dataset, address: str | None = None):
+    """`local`: every participant in this process. `ray`: one Ray actor per participant."""
     if name == "ray":
-        raise UserError("--engine ray is not available yet (the Ray swarm is issue 3); use --engine local")
-    return LocalEngine(participants, data, seed=cfg.seed, batch_size=cfg.transfer.batch_size, augment=cfg.data.augment)
+        from kt_swarm.swarm import RaySwarm
+
+        return RaySwarm(cfg, data, address=address)
+    return LocalEngine(build_participants(cfg, data), data, seed=cfg.seed, batch_size=cfg.transfer.batch_size,
+                       augment=cfg.data.augment)
 
 
-def run(cfg: Config, out: RunDir, engine_name: str = "local") -> dict:
+def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None = None) -> dict:
     """The main job. Writes config.yaml, metrics.jsonl and summary.json into `out`; returns the summary."""
     import yaml
 
@@ -142,9 +146,8 @@ def run(cfg: Config, out: RunDir, engine_name: str = "local") -> dict:
     if any(default_weights(p) == "zoo" for p in cfg.participants) and len(data.splits["pretrain"]) == 0:
         raise UserError("participants use weights: zoo but data.pretrain_fraction is 0 (no pretraining split)")
     t0 = time.perf_counter()
-    participants = build_participants(cfg, data)
+    engine = make_engine(engine_name, cfg, data, address)
     t_zoo = time.perf_counter() - t0
-    engine = make_engine(engine_name, participants, data, cfg)
     try:
         names = [p.name for p in cfg.participants]
         test_labels = data.labels[data.splits["test"]]

@@ -115,10 +115,6 @@ def test_cli_hub_weights_offline(tmp_path):
     assert "cannot load pretrained weights for 'timm/resnet10t'" in _cli_error(tmp_path, text)
 
 
-def test_cli_engine_ray_not_there_yet(tmp_path):
-    assert "not available yet" in _cli_error(tmp_path, SMOKE.read_text(), "--engine", "ray")
-
-
 def test_cli_refuses_a_non_empty_out(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -8,7 +8,7 @@ import yaml
 
 from conftest import ROOT, kt_swarm
 from kt_swarm.config import DataConfig, load_config
-from kt_swarm.coordinator import build_participants, make_engine
+from kt_swarm.coordinator import make_engine
 from kt_swarm.data import batch_plan, load_dataset
 from kt_swarm.local import LossSpec
 from kt_swarm.objectives import participant_loss
@@ -29,7 +29,7 @@ def test_smoke_run_writes_a_complete_run_directory(smoke_run):
     out, proc = smoke_run
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.jsonl", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["engine"] == "local" and summary["gradient_mode"] in ("detached", "exact")
+    assert summary["engine"] == "ray" and summary["gradient_mode"] in ("detached", "exact")
     names = ["resnet", "vit", "mixer"]
     assert list(summary["participants"]) == names
     for p in summary["participants"].values():
@@ -106,7 +106,7 @@ def test_local_engine_equals_each_participant_stepping_its_own_share():
         data = load_dataset(cfg.data)
         for p in cfg.participants:
             p.weights = "none"
-        engine = make_engine("local", build_participants(cfg, data), data, cfg)
+        engine = make_engine("local", cfg, data)
         engine.reset_optimizers("adam", [1e-3] * 3, [0.0] * 3)
         solo = [p.clone() for p in engine.participants]
         for p in solo:

@@ -1,0 +1,206 @@
+"""The Ray swarm: one actor per participant, logits through the object store.
+
+Each step the coordinator makes two calls per actor and moves only references:
+
+1. forward(epoch, step): the actor derives the batch from (seed, epoch, step) itself, runs its
+   model (graph kept), puts its detached logits in the object store, returns the reference;
+2. learn(refs): every actor receives the N references, reads its peers' logits, computes the same
+   partition from the same numbers and back-propagates its own share of the global loss
+   (objectives.participant_loss), then steps its optimizer.
+
+Same interface, and in float64 on the CPU the same numbers, as local.LocalEngine.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from kt_swarm.config import Config
+from kt_swarm.data import Dataset, batch_plan
+from kt_swarm.errors import UserError, first_line
+from kt_swarm.local import LossSpec, StepResult
+from kt_swarm.objectives import participant_loss
+
+
+class ParticipantActor:
+    """Hosts one participant (wrapped with ray.remote by RaySwarm)."""
+
+    def __init__(self, cfg: Config, index: int, data: Dataset):
+        # Nothing that can fail here: errors from setup() reach the driver as the task's own exception.
+        self.cfg, self.index, self.data = cfg, index, data
+        self.p = None
+        self.saved: dict[str, dict] = {}
+        self.pending = None  # (own logits with their graph, target) between forward and learn
+
+    def setup(self) -> int:
+        """Build the participant; returns the number of classes it predicts."""
+        from kt_swarm.coordinator import build_participant
+
+        self.p = build_participant(self.cfg, self.index, self.data)
+        return self.p.output_width(self.data.channels, self.data.image_size)
+
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def pretrain(self) -> None:
+        from kt_swarm.coordinator import pretrain_if_zoo
+
+        pretrain_if_zoo(self.cfg, self.index, self.p, self.data)
+
+    def snapshot(self, tag: str) -> None:
+        self.saved[tag] = self.p.state()
+
+    def restore(self, tag: str) -> None:
+        self.p.load_state(self.saved[tag])
+
+    def reset_optimizer(self, optimizer: str, lr: float, weight_decay: float) -> None:
+        self.p.reset_optimizer(optimizer, lr, weight_decay)
+
+    def forward(self, epoch: int, step: int, batch_size: int) -> ray.ObjectRef:
+        plan = batch_plan(self.data.splits["train"], seed=self.cfg.seed, epoch=epoch, step=step,
+                          batch_size=batch_size, augment=self.cfg.data.augment)
+        logits = self.p.forward(self.data, plan)
+        self.pending = (logits, self.data.labels[plan.ids].to(logits.device))
+        return ray.put(logits.detach().cpu())
+
+    def learn(self, refs: list[ray.ObjectRef], loss: LossSpec) -> tuple[float, torch.Tensor]:
+        own, target = self.pending
+        self.pending = None
+        # Peers' logits are read-only here: participant_loss never writes into them.
+        peers = torch.stack([t.to(device=own.device) for t in ray.get(refs)])
+        value, teachers = participant_loss(own, peers, self.index, target, temperature=loss.temperature,
+                                           weight=loss.weight, detach_teacher=loss.detach_teacher)
+        self.p.optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        self.p.optimizer.step()
+        return value.item(), teachers.cpu()
+
+    def predict(self, split: str, batch_size: int) -> torch.Tensor:
+        return self.p.predict(self.data, self.data.splits[split], batch_size)
+
+
+def init_ray(address: str | None) -> bool:
+    """Join `address` (or $RAY_ADDRESS); without one, start a private instance on 127.0.0.1 with the
+    dashboard and usage statistics off. Returns True when we started it (and so must stop it)."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Actors' own output stays in Ray's session logs: the driver speaks for them, one line per failure.
+    if address:
+        try:
+            ray.init(address=address, configure_logging=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UserError(f"cannot join the Ray cluster at '{address}': {first_line(e)}") from None
+        return False
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Ray 2.60 turns token authentication on for a new local instance (a token is made in
+    # ~/.ray/auth_token if missing) and warns about it on every start; keep it on, without the warning.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False,
+             log_to_driver=False)
+    return True
+
+
+class RaySwarm:
+    """The engine interface of local.LocalEngine, with every participant in its own Ray actor."""
+
+    name = "ray"
+
+    def __init__(self, cfg: Config, data: Dataset, *, address: str | None = None):
+        from kt_swarm.coordinator import check_classes
+
+        self.cfg, self.batch_size = cfg, cfg.transfer.batch_size
+        self.names = [p.name for p in cfg.participants]
+        self.actors, self.pg = [], None
+        self.owns_ray = init_ray(address)
+        try:
+            self._start(cfg, data)
+            check_classes(dict(zip(self.names, self._gather([a.setup.remote() for a in self.actors]))), data.num_classes)
+            self._gather([a.pretrain.remote() for a in self.actors])  # zoo members train in parallel
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, cfg: Config, data: Dataset) -> None:
+        n, res = len(cfg.participants), cfg.resources
+        cluster = ray.cluster_resources()
+        gpus = res.gpus_per_participant
+        if gpus is None:
+            gpus = 1.0 if cluster.get("GPU", 0) >= n else cluster.get("GPU", 0) / n
+        cpus = res.cpus_per_participant
+        if cpus is None:  # share the CPUs out; fractions when there are fewer CPUs than participants
+            total = cluster.get("CPU", 1)
+            cpus = float(total // n) if total >= n else total / n
+        bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **res.custom}
+        self.pg = placement_group([dict(bundle) for _ in range(n)], strategy=cfg.placement.strategy)
+        ready, _ = ray.wait([self.pg.ready()], timeout=cfg.placement.timeout_s)
+        if not ready:
+            raise UserError(f"the Ray cluster cannot place {n} participants with {bundle} each "
+                            f"(placement.strategy {cfg.placement.strategy}) within {cfg.placement.timeout_s:g} s")
+        data_ref = ray.put(data)  # one copy in the object store, read by every actor
+        remote = ray.remote(ParticipantActor)
+        self.actors = [
+            remote.options(
+                num_cpus=cpus, num_gpus=gpus, resources=dict(res.custom),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+            ).remote(cfg, i, data_ref)
+            for i in range(n)
+        ]
+
+    def _gather(self, refs: list) -> list:
+        """ray.get, with an actor's failure turned into one line naming its participant."""
+        try:
+            return ray.get(refs)
+        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError):
+            for i, ref in enumerate(refs):
+                if ray.wait([ref], timeout=0)[0]:
+                    try:
+                        ray.get(ref)
+                    except Exception as e:  # noqa: BLE001 - reported in one line below
+                        raise self._one_line(i, e) from None
+            raise
+
+    def _one_line(self, index: int, error: Exception) -> UserError:
+        cause = getattr(error, "cause", None)
+        if isinstance(error, ray.exceptions.RayTaskError) and cause is not None:
+            error = cause
+        if isinstance(error, UserError):
+            return UserError(str(error))
+        if isinstance(error, ray.exceptions.RayActorError):
+            return UserError(f"participant '{self.names[index]}': its actor died: {first_line(error)}")
+        return UserError(f"participant '{self.names[index]}' failed: {type(error).__name__}: {first_line(error)}")
+
+    def snapshot(self, tag: str, which: list[int] | None = None) -> None:
+        self._gather([self.actors[i].snapshot.remote(tag) for i in (range(len(self.actors)) if which is None else which)])
+
+    def restore(self, tag: str) -> None:
+        self._gather([a.restore.remote(tag) for a in self.actors])
+
+    def reset_optimizers(self, optimizer: str, lrs: list[float], weight_decays: list[float]) -> None:
+        self._gather([a.reset_optimizer.remote(optimizer, lr, wd) for a, lr, wd in zip(self.actors, lrs, weight_decays)])
+
+    def train_step(self, epoch: int, step: int, loss: LossSpec) -> StepResult:
+        refs = self._gather([a.forward.remote(epoch, step, self.batch_size) for a in self.actors])
+        results = self._gather([a.learn.remote(refs, loss) for a in self.actors])
+        return StepResult([r[0] for r in results], results[0][1])
+
+    def predict(self, split: str, batch_size: int) -> torch.Tensor:
+        return torch.stack(self._gather([a.predict.remote(split, batch_size) for a in self.actors]))
+
+    def nodes(self) -> list[str]:
+        return self._gather([a.node.remote() for a in self.actors])
+
+    def close(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+            self.pg = None
+        if self.owns_ray and ray.is_initialized():
+            ray.shutdown()

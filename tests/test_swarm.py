@@ -1,0 +1,147 @@
+"""The Ray swarm: one actor per participant, exact against the local engine, at scale, on failure."""
+import sys
+
+import pytest
+import ray
+import torch
+
+from conftest import ROOT
+from kt_swarm.config import load_config, parse_config
+from kt_swarm.coordinator import make_engine, train_arm
+from kt_swarm.data import load_dataset
+from kt_swarm.errors import UserError
+from kt_swarm.local import LossSpec
+
+HELPERS = ROOT / "tests" / "helpers"
+sys.path.insert(0, str(HELPERS))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    """One Ray instance for the module, on loopback; workers can import the helper models."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": str(HELPERS)}})
+    yield
+    ray.shutdown()
+
+
+def tiny_config(n: int, **overrides) -> "Config":
+    raw = load_config(ROOT / "configs" / "smoke.yaml")
+    from kt_swarm.config import to_dict
+
+    raw = to_dict(raw)
+    fourth = {"name": "resnet_b", "model": "resnet10t", "weights": "none", "lr": 2e-3,
+              "model_args": {"channels": [8, 16, 32, 64], "stem_width": 8}}
+    raw["participants"] = (raw["participants"] + [fourth])[:n]
+    for p in raw["participants"]:
+        p["weights"] = "none"  # random init, seeded: no zoo needed to compare engines
+        p["lr"] = 2e-3
+    raw.update(dtype="float64", control=False)
+    raw["data"].update(max_per_split=192, augment={"shift": 2, "hflip": True})
+    raw["transfer"].update(epochs=2, batch_size=48, temperature=2.0)
+    for key, value in overrides.items():
+        raw[key] = value
+    return parse_config(raw)
+
+
+def trace(engine_name: str, cfg, data):
+    """Per-step logs, arm results and test predictions of both gradient modes on one engine."""
+    engine = make_engine(engine_name, cfg, data)
+    out = {}
+    try:
+        engine.snapshot("start")
+        for mode, detach in (("detached", True), ("exact", False)):
+            logs = []
+            result = train_arm(engine, cfg, data, mode, LossSpec(2.0, 1.0, detach), logs.append)
+            out[mode] = (logs, result, engine.predict("test", 256))
+        nodes = engine.nodes()
+    finally:
+        engine.close()
+    return out, nodes
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_ray_swarm_equals_local_engine_in_float64(n):
+    cfg = tiny_config(n)
+    data = load_dataset(cfg.data)
+    local, _ = trace("local", cfg, data)
+    swarm, nodes = trace("ray", cfg, data)
+    assert len(nodes) == n and all(nodes)
+    for mode in ("detached", "exact"):
+        (l_logs, l_res, l_pred), (s_logs, s_res, s_pred) = local[mode], swarm[mode]
+        assert len(l_logs) == len(s_logs) > 0
+        for a, b in zip(l_logs, s_logs):
+            if "losses" in a:
+                for name in a["losses"]:
+                    assert b["losses"][name] == pytest.approx(a["losses"][name], rel=1e-9, abs=0), (mode, a["step"], name)
+                assert a["taught"] == b["taught"]
+            else:
+                assert a.get("role_matrix") == b.get("role_matrix")
+                assert a.get("val_acc") == b.get("val_acc")
+        assert l_res.role_matrix == s_res.role_matrix and l_res.best_epoch == s_res.best_epoch
+        assert torch.equal(l_pred, s_pred), mode
+
+
+def test_forward_returns_a_reference_not_logits():
+    """The coordinator moves references: what forward hands back is an ObjectRef, whatever C is."""
+    cfg = tiny_config(2)
+    data = load_dataset(cfg.data)
+    engine = make_engine("ray", cfg, data)
+    try:
+        engine.reset_optimizers("adam", [1e-3, 1e-3], [0.0, 0.0])
+        ref = ray.get(engine.actors[0].forward.remote(0, 0, 48))
+        assert isinstance(ref, ray.ObjectRef)
+        logits = ray.get(ref)
+        assert logits.shape == (48, 10) and logits.dtype == torch.float64
+        ray.get(engine.actors[0].learn.remote([ref, ray.get(engine.actors[1].forward.remote(0, 0, 48))], LossSpec()))
+    finally:
+        engine.close()
+
+
+def test_sixteen_tiny_participants():
+    raw = {
+        "participants": [{"name": f"mlp{i:02d}", "model": "faulty_models:tiny_mlp", "lr": 1e-3,
+                          "model_args": {"hidden": 8 + i}} for i in range(16)],
+        "data": {"max_per_split": 128},
+        "transfer": {"batch_size": 32},
+        "selection": "last",
+    }
+    cfg = parse_config(raw)
+    data = load_dataset(cfg.data)
+    engine = make_engine("ray", cfg, data)
+    try:
+        engine.snapshot("start")
+        result = train_arm(engine, cfg, data, "transfer", LossSpec(), lambda r: None)
+        assert len(engine.nodes()) == 16
+    finally:
+        engine.close()
+    matrix = torch.tensor(result.role_matrix)
+    assert matrix.shape == (16, 16) and matrix.sum() > 0
+    assert len({a for a in range(16) if matrix[a].sum() > 0}) > 1  # the roles are spread, not one teacher
+
+
+def test_a_failing_participant_stops_the_run_with_one_line():
+    raw = {
+        "participants": [
+            {"name": "steady", "model": "faulty_models:tiny_mlp", "lr": 1e-3},
+            {"name": "fragile", "model": "faulty_models:failing_mlp", "lr": 1e-3, "model_args": {"fail_after": 2}},
+        ],
+        "data": {"max_per_split": 256},
+        "transfer": {"batch_size": 32},
+    }
+    cfg = parse_config(raw)
+    data = load_dataset(cfg.data)
+    engine = make_engine("ray", cfg, data)
+    engine.snapshot("start")
+    with pytest.raises(UserError, match=r"participant 'fragile' failed: RuntimeError: planted failure in training call 3"):
+        try:
+            train_arm(engine, cfg, data, "transfer", LossSpec(), lambda r: None)
+        finally:
+            engine.close()
+    assert engine.actors == [] and engine.pg is None
+
+
+def test_unplaceable_swarm_is_one_line():
+    cfg = tiny_config(2, placement={"strategy": "STRICT_SPREAD", "timeout_s": 3})
+    with pytest.raises(UserError, match="cannot place 2 participants"):
+        make_engine("ray", cfg, load_dataset(cfg.data))
