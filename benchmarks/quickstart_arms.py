@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kt_swarm.config import apply_override, load_config, parse_config, to_dict  # noqa: E402
-from kt_swarm.coordinator import build_participants, make_engine, train_arm  # noqa: E402
+from kt_swarm.coordinator import make_engine, train_arm  # noqa: E402
 from kt_swarm.data import load_dataset  # noqa: E402
 from kt_swarm.local import LossSpec  # noqa: E402
 from kt_swarm.metrics import accuracy  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> None:
         cfg = parse_config(raw)
         data = load_dataset(cfg.data)
         t0 = time.perf_counter()
-        engine = make_engine("local", build_participants(cfg, data), data, cfg)
+        engine = make_engine("local", cfg, data)
         names = [p.name for p in cfg.participants]
         labels = data.labels[data.splits[args.split]]
         engine.snapshot("start")
