@@ -70,6 +70,7 @@ class TransferConfig:
     optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = 1e-5
     log_every: int = 1
+    exchange_dtype: Literal["float16", "bfloat16"] | None = None  # --engine ray: logits sent at this precision (default: the model's)
 
 
 @dataclass
@@ -101,7 +102,7 @@ class Config:
     selection: Literal["best_val", "last"] = "best_val"  # per participant, on the validation split only
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
-    device: str = "cpu"  # cpu | cuda | auto
+    device: str = "auto"  # auto (cuda where the participant's process sees a GPU, else cpu) | cpu | cuda | cuda:N
     eval_batch_size: int = 1024
 
 

@@ -20,6 +20,11 @@ from kt_swarm.rundir import RunDir
 from kt_swarm import zoo
 
 
+def member_seed(cfg: Config, index: int) -> int:
+    """Participant `index`'s own seed (initialisation, zoo pretraining): distinct, and fixed by the run seed."""
+    return cfg.seed * 1000 + index
+
+
 def build_participant(cfg: Config, index: int, data: Dataset) -> Participant:
     """Participant `index`: its model (seeded), preprocessing, dtype and device; not yet pretrained.
 
@@ -28,7 +33,7 @@ def build_participant(cfg: Config, index: int, data: Dataset) -> Participant:
     spec = cfg.participants[index]
     dtype = getattr(torch, cfg.dtype)
     device = resolve_device(cfg.device)
-    model = create_model(spec, num_classes=data.num_classes, in_chans=data.channels, seed=cfg.seed * 1000 + index)
+    model = create_model(spec, num_classes=data.num_classes, in_chans=data.channels, seed=member_seed(cfg, index))
     model = model.to(device=device, dtype=dtype)
     prep = preprocess_for(model, spec, in_chans=data.channels, image_size=data.image_size, dtype=dtype)
     return Participant(spec.name, model, prep, device)
@@ -37,7 +42,7 @@ def build_participant(cfg: Config, index: int, data: Dataset) -> Participant:
 def pretrain_if_zoo(cfg: Config, index: int, participant: Participant, data: Dataset) -> None:
     spec = cfg.participants[index]
     if default_weights(spec) == "zoo":
-        zoo.pretrain(spec, participant, data, cfg.zoo, cfg.data.augment, seed=cfg.seed * 1000 + index)
+        zoo.pretrain(spec, participant, data, cfg.zoo, cfg.data.augment, seed=member_seed(cfg, index))
 
 
 def check_classes(widths: dict[str, int], num_classes: int) -> None:
@@ -139,7 +144,6 @@ def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None 
 
     t_start = time.perf_counter()
     out.write_text("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    resolve_device(cfg.device)
     for spec in cfg.participants:
         check_model_name(spec)
     data = load_dataset(cfg.data)

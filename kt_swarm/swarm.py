@@ -66,13 +66,16 @@ class ParticipantActor:
                           batch_size=batch_size, augment=self.cfg.data.augment)
         logits = self.p.forward(self.data, plan)
         self.pending = (logits, self.data.labels[plan.ids].to(logits.device))
-        return ray.put(logits.detach().cpu())
+        sent = logits.detach()
+        if self.cfg.transfer.exchange_dtype:  # fewer bytes; every actor partitions the same rounded numbers
+            sent = sent.to(getattr(torch, self.cfg.transfer.exchange_dtype))
+        return ray.put(sent.cpu())
 
     def learn(self, refs: list[ray.ObjectRef], loss: LossSpec) -> tuple[float, torch.Tensor]:
         own, target = self.pending
         self.pending = None
         # Peers' logits are read-only here: participant_loss never writes into them.
-        peers = torch.stack([t.to(device=own.device) for t in ray.get(refs)])
+        peers = torch.stack([t.to(device=own.device, dtype=own.dtype) for t in ray.get(refs)])
         value, teachers = participant_loss(own, peers, self.index, target, temperature=loss.temperature,
                                            weight=loss.weight, detach_teacher=loss.detach_teacher)
         self.p.optimizer.zero_grad(set_to_none=True)

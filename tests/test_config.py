@@ -55,12 +55,14 @@ def test_required_keys():
         parse_config({"participants": [{"name": "a", "model": "resnet10t"}]})
 
 
-def _cli_error(tmp_path, config_text=None, *args, config=None):
+def _cli_error(tmp_path, config_text=None, *args, config=None, engine="local"):
+    """Errors found before or while building participants are the same in both engines; the local
+    one finds them without starting Ray (the Ray path has its own tests in test_swarm.py)."""
     if config is None:
         config = tmp_path / "c.yaml"
         config.write_text(config_text)
     out = tmp_path / "out"
-    proc = kt_swarm("run", config, "--out", out, *args)
+    proc = kt_swarm("run", config, "--out", out, "--engine", engine, *args)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kt-swarm: error: "), proc.stderr
@@ -97,7 +99,7 @@ def test_cli_unknown_model(tmp_path):
 
 
 def test_cli_participants_disagree_on_classes(tmp_path):
-    msg = _cli_error(tmp_path, SMOKE.read_text(), "--set", "participants.1.model_args.num_classes=7")
+    msg = _cli_error(tmp_path, SMOKE.read_text(), "--set", "participants.1.model_args.num_classes=7", engine="ray")
     assert "participants disagree on the number of classes (resnet=10, vit=7, mixer=10" in msg
 
 
@@ -146,7 +148,8 @@ def test_sigterm_leaves_no_partial_run_directory(tmp_path):
     import time
 
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "kt_swarm", "run", str(SMOKE), "--out", str(out), "--set", "transfer.epochs=50"],
+    proc = subprocess.Popen([sys.executable, "-m", "kt_swarm", "run", str(SMOKE), "--out", str(out), "--engine", "local",
+                             "--set", "transfer.epochs=50"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not list(tmp_path.glob(".out.partial-*")) and time.time() < deadline and proc.poll() is None:

@@ -67,7 +67,7 @@ def test_zoo_is_cached_and_reused(smoke_run, zoo_cache, tmp_path):
     files = sorted((zoo_cache / "zoo").glob("*.safetensors"))
     assert len(files) == 3
     stamps = [f.stat().st_mtime_ns for f in files]
-    proc = kt_swarm("run", SMOKE, "--out", tmp_path / "again")
+    proc = kt_swarm("run", SMOKE, "--out", tmp_path / "again", "--engine", "local")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted((zoo_cache / "zoo").glob("*.safetensors")) == files
     assert [f.stat().st_mtime_ns for f in files] == stamps
@@ -80,7 +80,7 @@ def test_a_damaged_zoo_cache_entry_is_trained_again(smoke_run, zoo_cache, tmp_pa
     victim = sorted((zoo_cache / "zoo").glob("resnet10t-*.safetensors"))[0]
     good = victim.read_bytes()
     victim.write_bytes(good[: len(good) // 3])
-    proc = kt_swarm("run", SMOKE, "--out", tmp_path / "again")
+    proc = kt_swarm("run", SMOKE, "--out", tmp_path / "again", "--engine", "local")  # its log reaches stderr
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "unreadable" in proc.stderr and victim.stat().st_size == len(good)
 
@@ -89,7 +89,7 @@ def test_folder_of_pngs_works_with_the_zoo_unchanged(smoke_run, zoo_cache, tmp_p
     fm = load_dataset(DataConfig())
     root = write_folder(tmp_path / "pngs", fm, per_class=40, classes=10)
     before = set((zoo_cache / "zoo").glob("*.safetensors"))
-    proc = kt_swarm("run", SMOKE, "--out", tmp_path / "run", "--set", "data.kind=folder", "--set", f"data.root={root}",
+    proc = kt_swarm("run", SMOKE, "--out", tmp_path / "run", "--engine", "local", "--set", "data.kind=folder", "--set", f"data.root={root}",
                     "--set", "data.val_fraction=0.2", "--set", "data.pretrain_fraction=0.4", "--set", "zoo.batch_size=32",
                     "--set", "transfer.batch_size=32")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -145,3 +145,18 @@ def test_unplaceable_swarm_is_one_line():
     cfg = tiny_config(2, placement={"strategy": "STRICT_SPREAD", "timeout_s": 3})
     with pytest.raises(UserError, match="cannot place 2 participants"):
         make_engine("ray", cfg, load_dataset(cfg.data))
+
+
+def test_half_precision_exchange_keeps_every_actor_on_one_partition():
+    cfg = tiny_config(3, transfer={**tiny_config(3).transfer.__dict__, "exchange_dtype": "float16", "epochs": 1})
+    data = load_dataset(cfg.data)
+    engine = make_engine("ray", cfg, data)
+    try:
+        engine.snapshot("start")
+        engine.reset_optimizers("adam", [1e-3] * 3, [0.0] * 3)
+        refs = ray.get([a.forward.remote(0, 0, 48) for a in engine.actors])
+        assert all(ray.get(r).dtype == torch.float16 for r in refs)
+        teachers = [t for _, t in ray.get([a.learn.remote(refs, LossSpec()) for a in engine.actors])]
+        assert all(torch.equal(teachers[0], t) for t in teachers[1:])
+    finally:
+        engine.close()
