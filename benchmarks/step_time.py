@@ -53,8 +53,9 @@ class Echo:
         return ray.get(refs[0]).shape[0]
 
 
-def exchange_latency(shape, dtype: str, repeats: int) -> float:
-    a, b = Echo.remote(), Echo.remote()
+def exchange_latency(shape, dtype: str, repeats: int, zero_copy: bool) -> float:
+    env = {"env_vars": {"RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1" if zero_copy else "0"}}
+    a, b = Echo.options(runtime_env=env).remote(), Echo.options(runtime_env=env).remote()
     times = []
     for i in range(repeats + 3):
         t = time.perf_counter()
@@ -70,7 +71,7 @@ def exchange_latency(shape, dtype: str, repeats: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="configs/quickstart.yaml")
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=30)  # the swarm's actors read peers' logits zero-copy
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--out", default="benchmarks/results/step_time")
     args = ap.parse_args()
@@ -89,8 +90,9 @@ def main() -> None:
         # The exchange alone, at this run's size and at the class counts of larger tasks
         # (ImageNet, a language-model vocabulary), to see whether bytes or calls dominate.
         results["exchange_ms"] = {
-            f"{t.batch_size}x{c} {dtype}": 1000 * exchange_latency((t.batch_size, c), dtype, args.steps)
+            f"{t.batch_size}x{c} {dtype}{', zero-copy read' if zc else ''}": 1000 * exchange_latency((t.batch_size, c), dtype, args.steps, zc)
             for c, dtype in [(data.num_classes, "float32"), (1000, "float32"), (32000, "float32"), (32000, "float16")]
+            for zc in (False, True)
         }
     finally:
         swarm.close()

@@ -150,6 +150,9 @@ class RaySwarm:
         self.actors = [
             remote.options(
                 num_cpus=cpus, num_gpus=gpus, resources=dict(res.custom),
+                # Peers' logits are read without a copy (they are never written: see learn()); this
+                # halved the exchange of 128 x 32000 logits here (benchmarks/results/step_time.md).
+                runtime_env={"env_vars": {"RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1"}},
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
             ).remote(cfg, i, data_ref)
             for i in range(n)
