@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import ray
 import torch
@@ -25,6 +26,10 @@ from kt_swarm.data import Dataset, batch_plan
 from kt_swarm.errors import UserError, first_line
 from kt_swarm.local import LossSpec, StepResult
 from kt_swarm.objectives import participant_loss
+
+# Tensors read zero-copy from the object store are read-only numpy buffers underneath; torch warns
+# about that on every first read. kt_swarm never writes them in place (see learn()), so say it once, here.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
 
 class ParticipantActor:
