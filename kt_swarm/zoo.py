@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from kt_swarm.config import AugmentConfig, ParticipantConfig, ZooConfig
 from kt_swarm.data import Dataset, batch_plan, steps_per_epoch
+from kt_swarm.errors import UserError
 from kt_swarm.participant import Participant
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,6 @@ def pretrain(spec: ParticipantConfig, participant: Participant, data: Dataset, c
     ids = data.splits["pretrain"]
     steps = steps_per_epoch(len(ids), cfg.batch_size)
     if steps == 0:
-        from kt_swarm.errors import UserError
-
         raise UserError(f"zoo: the pretraining split has {len(ids)} samples, fewer than zoo.batch_size; raise data.pretrain_fraction")
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(participant.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -57,7 +57,7 @@ def test_metrics_log_one_line_per_step_for_each_arm(smoke_run):
     assert len([l for l in steps if l["arm"] == "transfer"]) == summary["steps"]
     assert len([l for l in steps if l["arm"] == "control"]) == summary["steps"]
     assert all(l["loss"] == pytest.approx(sum(l["losses"].values())) for l in steps)
-    assert all(sum(l["taught"].values()) == 0 for l in steps if l["arm"] == "control") is False  # teachers are still scored
+    assert any(sum(l["taught"].values()) > 0 for l in steps if l["arm"] == "control")  # teachers are still scored
     tests = {l["arm"]: l["test_acc"] for l in lines if l.get("event") == "test"}
     assert tests["start"]["vit"] == pytest.approx(summary["participants"]["vit"]["acc_before"])
     assert tests["control"]["mixer"] == pytest.approx(summary["participants"]["mixer"]["acc_control"])
