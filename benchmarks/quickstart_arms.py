@@ -30,13 +30,14 @@ from kt_swarm.metrics import accuracy  # noqa: E402
 
 
 def machine() -> str:
-    """The CPU by name, its core count and torch's thread count: what the timings were measured on."""
+    """The CPU by name, its core count, the GPUs and torch's thread count: what the timings were measured on."""
     name = platform.machine()
     try:
         name = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{name}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
+    gpu = f", {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}" if torch.cuda.is_available() else ""
+    return f"{name}, {os.cpu_count()} cores{gpu}, torch {torch.__version__} with {torch.get_num_threads()} threads"
 
 
 def main() -> None:

@@ -102,6 +102,7 @@ class Config:
     selection: Literal["best_val", "last"] = "best_val"  # per participant, on the validation split only
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
+    autocast: Literal["bfloat16", "float16"] | None = None  # mixed precision: forward passes under torch.autocast
     device: str = "auto"  # auto (cuda where the participant's process sees a GPU, else cpu) | cpu | cuda | cuda:N
     eval_batch_size: int = 1024
 
@@ -231,6 +232,8 @@ def _check(cfg: Config) -> None:
         raise UserError(f"config key 'data.augment.shift': must be >= 0, got {cfg.data.augment.shift}")
     if cfg.device not in ("cpu", "cuda", "auto") and not cfg.device.startswith("cuda:"):
         raise UserError(f"config key 'device': expected cpu, cuda, cuda:N or auto, got {cfg.device!r}")
+    if cfg.autocast and cfg.dtype != "float32":
+        raise UserError(f"config key 'autocast': needs dtype float32 (the master weights), got dtype {cfg.dtype}")
 
 
 def apply_override(raw: dict, assignment: str) -> None:

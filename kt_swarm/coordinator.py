@@ -36,7 +36,8 @@ def build_participant(cfg: Config, index: int, data: Dataset) -> Participant:
     model = create_model(spec, num_classes=data.num_classes, in_chans=data.channels, seed=member_seed(cfg, index))
     model = model.to(device=device, dtype=dtype)
     prep = preprocess_for(model, spec, in_chans=data.channels, image_size=data.image_size, dtype=dtype)
-    return Participant(spec.name, model, prep, device)
+    autocast = getattr(torch, cfg.autocast) if cfg.autocast else None
+    return Participant(spec.name, model, prep, device, autocast=autocast)
 
 
 def pretrain_if_zoo(cfg: Config, index: int, participant: Participant, data: Dataset) -> None:

@@ -278,7 +278,9 @@ class Preprocess:
         if x.shape[1] != self.in_chans:
             x = x.mean(dim=1, keepdim=True) if self.in_chans == 1 else x.expand(-1, self.in_chans, -1, -1)
         if x.shape[-1] != self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True)
+            # Antialiasing matters only when shrinking (and CUDA's kernel rejects large upscales).
+            shrink = x.shape[-1] > self.input_size
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=shrink)
         mean = torch.tensor(self.mean, dtype=self.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=self.dtype, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std

@@ -39,6 +39,10 @@ class Participant:
     preprocess: Preprocess
     device: torch.device
     optimizer: torch.optim.Optimizer | None = None
+    autocast: torch.dtype | None = None  # mixed precision for the forward pass; weights stay float32
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None)
 
     def reset_optimizer(self, kind: str, lr: float, weight_decay: float) -> None:
         self.optimizer = make_optimizer(kind, self.model.parameters(), lr, weight_decay)
@@ -47,16 +51,20 @@ class Participant:
         """Training-mode logits [B, C] of the planned batch, graph kept for the backward."""
         self.model.train()
         images = augment_images(data.images[plan.ids], plan)
-        return self.model(self.preprocess(images, self.device))
+        with self._autocast():
+            logits = self.model(self.preprocess(images, self.device))
+        # The losses (softmax, KL) are computed at the weights' precision, never in bf16/fp16.
+        return logits.to(self.preprocess.dtype)
 
     @torch.no_grad()
     def predict(self, data: Dataset, ids: torch.Tensor, batch_size: int) -> torch.Tensor:
         """Eval-mode predicted classes for the given ids (no augmentation), on the CPU."""
         self.model.eval()
-        out = [
-            self.model(self.preprocess(data.images[ids[i : i + batch_size]], self.device)).argmax(dim=-1).cpu()
-            for i in range(0, len(ids), batch_size)
-        ]
+        with self._autocast():
+            out = [
+                self.model(self.preprocess(data.images[ids[i : i + batch_size]], self.device)).argmax(dim=-1).cpu()
+                for i in range(0, len(ids), batch_size)
+            ]
         return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
     @torch.no_grad()
@@ -79,4 +87,4 @@ class Participant:
         self.model.load_state_dict(state)
 
     def clone(self) -> "Participant":
-        return Participant(self.name, copy.deepcopy(self.model), self.preprocess, self.device)
+        return Participant(self.name, copy.deepcopy(self.model), self.preprocess, self.device, autocast=self.autocast)

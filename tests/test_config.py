@@ -19,6 +19,9 @@ def test_shipped_configs_validate():
     for path in (ROOT / "configs").glob("*.yaml"):
         cfg = load_config(path)
         assert len(cfg.participants) >= 3 and cfg.control
+    for path in (ROOT / "benchmarks" / "configs").glob("*.yaml"):  # the GPU step-time benchmark's
+        cfg = load_config(path)
+        assert cfg.autocast == "bfloat16" and {p.input_size for p in cfg.participants} == {224}
 
 
 def test_overrides_reach_nested_keys_and_list_items():
@@ -46,6 +49,13 @@ def test_overrides_reach_nested_keys_and_list_items():
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
         parse_config(raw_smoke(), [override])
+
+
+def test_autocast_needs_float32_master_weights():
+    with pytest.raises(UserError, match="'autocast': needs dtype float32"):
+        parse_config(raw_smoke(), ["autocast=bfloat16", "dtype=float64"])
+    with pytest.raises(UserError, match="'autocast': expected 'bfloat16' | 'float16' or null"):
+        parse_config(raw_smoke(), ["autocast=int8"])
 
 
 def test_required_keys():

@@ -1,9 +1,13 @@
 """Models by timm name, by import path, from a local weight file; each with its own preprocessing."""
 import pytest
 import torch
+import yaml
 from safetensors.torch import save_file
 
-from kt_swarm.config import ParticipantConfig
+from conftest import ROOT
+from kt_swarm.config import ParticipantConfig, parse_config
+from kt_swarm.coordinator import build_participant
+from kt_swarm.data import augment_images, batch_plan, load_dataset
 from kt_swarm.errors import UserError
 from kt_swarm.models import create_model, preprocess_for
 
@@ -25,6 +29,26 @@ def test_preprocessing_overrides():
     s = spec(model="resnet10t", weights="none", input_size=32, mean=[0.5], std=[0.2])
     prep = preprocess_for(create_model(s, num_classes=10, in_chans=1, seed=0), s, in_chans=1, image_size=28, dtype=torch.float64)
     assert (prep.input_size, prep.mean, prep.std, prep.dtype) == (32, (0.5,), (0.2,), torch.float64)
+
+
+def test_autocast_forward_gives_float32_logits_and_trains(tmp_path):
+    cfg = parse_config(yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text()),
+                       ["autocast=bfloat16", "device=cpu", "data.max_per_split=64"])
+    data = load_dataset(cfg.data)
+    p = build_participant(cfg, 1, data)  # the ViT: its matmuls run in bf16 under autocast
+    plan = batch_plan(data.splits["train"], seed=0, epoch=0, step=0, batch_size=8, augment=cfg.data.augment)
+    p.reset_optimizer("adam", 1e-3, 0.0)
+    logits = p.forward(data, plan)
+    assert logits.dtype == torch.float32  # losses are never computed in bf16
+    with torch.no_grad():
+        plain = p.model(p.preprocess(augment_images(data.images[plan.ids], plan), p.device))
+    assert not torch.equal(logits, plain)  # the forward really ran in bf16 ...
+    torch.testing.assert_close(logits, plain, atol=0.1, rtol=0.1)  # ... and agrees to bf16 precision
+    before = [w.detach().clone() for w in p.model.parameters()]
+    torch.nn.functional.cross_entropy(logits, data.labels[plan.ids]).backward()
+    p.optimizer.step()
+    assert all(w.dtype == torch.float32 for w in p.model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, p.model.parameters()))
 
 
 def test_import_path_factory():
