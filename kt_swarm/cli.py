@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import time
 from pathlib import Path
 
 from kt_swarm.errors import UserError
+
+log = logging.getLogger("kt_swarm")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,7 +29,25 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", choices=["local", "ray"], default="ray",
                      help="ray: one Ray actor per participant (default); local: all in this process")
     run.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a private local instance)")
+    report = sub.add_parser("report", help="rebuild a run's report.png and report.md, or compare runs side by side")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run directories")
+    report.add_argument("--out", help="where several runs' compare.png and compare.md go (default: runs/compare-<time>)")
+    for command in (run, report):
+        loudness = command.add_mutually_exclusive_group()
+        loudness.add_argument("-q", "--quiet", action="store_true", help="warnings, errors and the final table only")
+        loudness.add_argument("-v", "--verbose", action="store_true", help="debug logs, and actors' output and progress bars")
     return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    from kt_swarm.report import write_comparison, write_report
+
+    if len(args.runs) == 1 and not args.out:
+        paths = write_report(args.runs[0])
+    else:
+        paths = write_comparison(args.runs, args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    print("\n".join(str(p) for p in paths))
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -41,6 +62,8 @@ def _run(args: argparse.Namespace) -> int:
         summary = run(cfg, run_dir, args.engine, args.address)
     print(format_table(summary))
     print(f"run directory: {out}")
+    for offline in sorted(Path(out).glob("wandb/offline-run-*")):
+        log.info("W&B logged offline; upload with: wandb sync %s", offline)
     return 0
 
 
@@ -48,11 +71,22 @@ def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C, so the partial ru
     raise KeyboardInterrupt
 
 
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("kt-swarm: %(message)s"))
+    logger = logging.getLogger("kt_swarm")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _setup_logging(args)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        return _run(args)
+        return _report(args) if args.command == "report" else _run(args)
     except UserError as e:
         print(f"kt-swarm: error: {e}", file=sys.stderr)
         return 2

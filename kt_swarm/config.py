@@ -91,6 +91,23 @@ class PlacementConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases: one W&B run per swarm run (see tracking.py)."""
+
+    project: str = "kt_swarm"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    name: str | None = None  # default: W&B's generated name
+    mode: Literal["auto", "online", "offline"] = "auto"  # auto: online with an API key, else offline; WANDB_MODE wins
+
+
+@dataclass
+class TrackingConfig:
+    wandb: WandbConfig | None = None  # set (even to {}) to track the run in W&B
+
+
+@dataclass
 class Config:
     participants: list[ParticipantConfig]
     data: DataConfig = field(default_factory=DataConfig)
@@ -98,6 +115,7 @@ class Config:
     zoo: ZooConfig = field(default_factory=ZooConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     control: bool = False  # also train a CE-only copy of every participant (same data, steps, lr)
     selection: Literal["best_val", "last"] = "best_val"  # per participant, on the validation split only
     seed: int = 0

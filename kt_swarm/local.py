@@ -14,6 +14,7 @@ from kt_swarm.config import AugmentConfig
 from kt_swarm.data import Dataset, batch_plan
 from kt_swarm.objectives import swarm_loss_terms
 from kt_swarm.participant import Participant
+from kt_swarm.progress import progress
 
 
 @dataclass
@@ -68,10 +69,16 @@ class LocalEngine:
             p.optimizer.step()
         return StepResult([float(s) for s in shares.detach()], teachers.cpu())
 
-    def predict(self, split: str, batch_size: int) -> torch.Tensor:
-        """[N, n] predicted classes of every participant on a split."""
+    def predict(self, split: str, batch_size: int, k: int = 1) -> torch.Tensor:
+        """[N, n, k] top-k classes of every participant on a split, best first."""
         ids = self.data.splits[split]
-        return torch.stack([p.predict(self.data, ids, batch_size) for p in self.participants])
+        bar = progress(total=len(self.participants), desc=f"eval {split}", unit="participant")
+        with bar:
+            preds = []
+            for p in self.participants:
+                preds.append(p.predict(self.data, ids, batch_size, k))
+                bar.update()
+        return torch.stack(preds)
 
     def nodes(self) -> list[str]:
         return [socket.gethostname()] * len(self.participants)

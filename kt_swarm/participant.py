@@ -57,15 +57,15 @@ class Participant:
         return logits.to(self.preprocess.dtype)
 
     @torch.no_grad()
-    def predict(self, data: Dataset, ids: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """Eval-mode predicted classes for the given ids (no augmentation), on the CPU."""
+    def predict(self, data: Dataset, ids: torch.Tensor, batch_size: int, k: int = 1) -> torch.Tensor:
+        """[n, k] eval-mode top-k classes, best first, for the given ids (no augmentation), on the CPU."""
         self.model.eval()
         with self._autocast():
             out = [
-                self.model(self.preprocess(data.images[ids[i : i + batch_size]], self.device)).argmax(dim=-1).cpu()
+                self.model(self.preprocess(data.images[ids[i : i + batch_size]], self.device)).topk(k, dim=-1).indices.cpu()
                 for i in range(0, len(ids), batch_size)
             ]
-        return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+        return torch.cat(out) if out else torch.empty(0, k, dtype=torch.long)
 
     @torch.no_grad()
     def output_width(self, channels: int, image_size: int) -> int:

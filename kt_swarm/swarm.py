@@ -26,6 +26,7 @@ from kt_swarm.data import Dataset, batch_plan
 from kt_swarm.errors import UserError, first_line
 from kt_swarm.local import LossSpec, StepResult
 from kt_swarm.objectives import participant_loss
+from kt_swarm.progress import progress
 
 # Tensors read zero-copy from the object store are read-only numpy buffers underneath; torch warns
 # about that on every first read. kt_swarm never writes them in place (see learn()), so say it once, here.
@@ -88,8 +89,12 @@ class ParticipantActor:
         self.p.optimizer.step()
         return value.item(), teachers.cpu()
 
-    def predict(self, split: str, batch_size: int) -> torch.Tensor:
-        return self.p.predict(self.data, self.data.splits[split], batch_size)
+    def predict(self, split: str, batch_size: int, k: int) -> torch.Tensor:
+        return self.p.predict(self.data, self.data.splits[split], batch_size, k)
+
+
+def _verbose() -> bool:
+    return logging.getLogger("kt_swarm").isEnabledFor(logging.DEBUG)
 
 
 def init_ray(address: str | None) -> bool:
@@ -98,10 +103,11 @@ def init_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
-    # Actors' own output stays in Ray's session logs: the driver speaks for them, one line per failure.
+    # Actors' own output (their progress bars too) stays in Ray's session logs unless --verbose: the
+    # driver speaks for them, one line per failure.
     if address:
         try:
-            ray.init(address=address, configure_logging=False, log_to_driver=False)
+            ray.init(address=address, configure_logging=False, log_to_driver=_verbose())
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise UserError(f"cannot join the Ray cluster at '{address}': {first_line(e)}") from None
         return False
@@ -110,7 +116,7 @@ def init_ray(address: str | None) -> bool:
     # ~/.ray/auth_token if missing) and warns about it on every start; keep it on, without the warning.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False,
-             log_to_driver=False)
+             log_to_driver=_verbose())
     return True
 
 
@@ -129,7 +135,7 @@ class RaySwarm:
         try:
             self._start(cfg, data)
             check_classes(dict(zip(self.names, self._gather([a.setup.remote() for a in self.actors]))), data.num_classes)
-            self._gather([a.pretrain.remote() for a in self.actors])  # zoo members train in parallel
+            self._gather([a.pretrain.remote() for a in self.actors], desc="participants ready")  # in parallel
         except BaseException:
             self.close()
             raise
@@ -163,9 +169,17 @@ class RaySwarm:
             for i in range(n)
         ]
 
-    def _gather(self, refs: list) -> list:
-        """ray.get, with an actor's failure turned into one line naming its participant."""
+    def _gather(self, refs: list, desc: str | None = None) -> list:
+        """ray.get, with an actor's failure turned into one line naming its participant; with `desc`, a
+        progress bar that advances as actors finish."""
         try:
+            if desc:
+                with progress(total=len(refs), desc=desc, unit="participant") as bar:
+                    pending = list(refs)
+                    while pending:
+                        done, pending = ray.wait(pending, num_returns=1)
+                        ray.get(done)  # raises at once if that actor failed
+                        bar.update(len(done))
             return ray.get(refs)
         except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError):
             for i, ref in enumerate(refs):
@@ -200,8 +214,8 @@ class RaySwarm:
         results = self._gather([a.learn.remote(refs, loss) for a in self.actors])
         return StepResult([r[0] for r in results], results[0][1])
 
-    def predict(self, split: str, batch_size: int) -> torch.Tensor:
-        return torch.stack(self._gather([a.predict.remote(split, batch_size) for a in self.actors]))
+    def predict(self, split: str, batch_size: int, k: int = 1) -> torch.Tensor:
+        return torch.stack(self._gather([a.predict.remote(split, batch_size, k) for a in self.actors], desc=f"eval {split}"))
 
     def nodes(self) -> list[str]:
         return self._gather([a.node.remote() for a in self.actors])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from kt_swarm.progress import progress
 
 from kt_swarm.config import AugmentConfig, ParticipantConfig, ZooConfig
 from kt_swarm.data import Dataset, batch_plan, steps_per_epoch
@@ -80,7 +80,7 @@ def pretrain(spec: ParticipantConfig, participant: Participant, data: Dataset, c
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(participant.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
-    bar = tqdm(total=cfg.epochs * steps, desc=f"zoo {spec.name}", unit="step", leave=False, dynamic_ncols=True, disable=None)
+    bar = progress(total=cfg.epochs * steps, desc=f"zoo {spec.name}", unit="step")
     for epoch in range(cfg.epochs):
         for step in range(steps):
             plan = batch_plan(ids, seed=seed, epoch=epoch, step=step, batch_size=cfg.batch_size, augment=augment)

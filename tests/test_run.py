@@ -45,8 +45,26 @@ def test_smoke_run_writes_a_complete_run_directory(smoke_run):
     assert matrix.sum() <= 2 * samples
     # The resolved config round-trips through the loader.
     assert load_config(out / "config.yaml").participants[0].name == "resnet"
-    # The readable table names every participant.
+    # The readable table names every participant and fits a 100-column terminal.
     assert all(name in proc.stdout for name in names) and "vs ctrl" in proc.stdout
+    assert max(len(line) for line in proc.stdout.splitlines()) <= 100
+
+
+def test_summary_explains_the_transfer(smoke_run):
+    out, _ = smoke_run
+    summary = json.loads((out / "summary.json").read_text())
+    parts = summary["participants"].values()
+    for p in parts:
+        # Accuracy moves by exactly the flips: gained minus lost, against the same starting predictions.
+        assert p["delta"] == pytest.approx(p["positive_flips"] - p["negative_flips"])
+        assert p["delta"] == pytest.approx(p["acc_after"] - p["acc_before"])
+        assert p["acc_control"] - p["acc_before"] == pytest.approx(p["control_positive_flips"] - p["control_negative_flips"])
+        assert p["delta_vs_control"] == pytest.approx(p["acc_after"] - p["acc_control"])
+        assert p["top5_after"] >= p["acc_after"] and p["top5_before"] >= p["acc_before"]  # 10 classes: top-5 applies
+        assert 0 <= p["complementary"] <= 1 - p["acc_before"] + 1e-9  # only its own mistakes can be learned
+        assert p["teach_share_per_epoch"][-1] == p["teach_share"]
+    assert summary["success_rate"] == pytest.approx(sum(p["delta"] > 0 for p in parts) / 3)
+    assert summary["role_matrix_per_epoch"][-1] == summary["role_matrix"]
 
 
 def test_metrics_log_one_line_per_step_for_each_arm(smoke_run):
@@ -58,6 +76,10 @@ def test_metrics_log_one_line_per_step_for_each_arm(smoke_run):
     assert len([l for l in steps if l["arm"] == "control"]) == summary["steps"]
     assert all(l["loss"] == pytest.approx(sum(l["losses"].values())) for l in steps)
     assert any(sum(l["taught"].values()) > 0 for l in steps if l["arm"] == "control")  # teachers are still scored
+    evals = [l for l in lines if l.get("event") == "eval"]
+    assert [(l["arm"], l["epoch"]) for l in evals] == [("transfer", -1), ("transfer", 0), ("control", -1), ("control", 0)]
+    assert evals[0]["val_acc"] == evals[2]["val_acc"]  # both arms start from the same weights
+    assert evals[1]["role_matrix"] == summary["role_matrix"]
     tests = {l["arm"]: l["test_acc"] for l in lines if l.get("event") == "test"}
     assert tests["start"]["vit"] == pytest.approx(summary["participants"]["vit"]["acc_before"])
     assert tests["control"]["mixer"] == pytest.approx(summary["participants"]["mixer"]["acc_control"])

@@ -1,0 +1,208 @@
+"""report.png and report.md of a run directory, rebuilt from its metrics.jsonl and summary.json alone;
+and several runs side by side (compare.png, compare.md).
+
+matplotlib's object API (Figure, no pyplot): no global state, no display needed.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from kt_swarm.errors import UserError
+
+ARMS = {"transfer": "-", "control": "--"}
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, list[dict], str]:
+    """(summary, metrics records, config text) of a finished run directory."""
+    run_dir = Path(run_dir)
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    except FileNotFoundError as e:
+        raise UserError(f"'{run_dir}' is not a finished kt-swarm run directory: {Path(e.filename).name} is missing") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"'{run_dir}': a metrics or summary file is not valid JSON ({e.msg}, line {e.lineno})") from None
+    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    return summary, records, config
+
+
+def pct(x: float | None, signed: bool = False) -> str:
+    return "-" if x is None else f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
+
+
+def draw_role_matrix(ax, matrix: list[list[int]], names: list[str]) -> None:
+    """Heat map of R[t][s] = samples on which t taught s (rows teach, columns learn)."""
+    image = ax.imshow(matrix, cmap="viridis")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("student")
+    ax.set_ylabel("teacher")
+    peak = max(max(row) for row in matrix) or 1
+    if len(names) <= 8:  # counts stay readable
+        for t, row in enumerate(matrix):
+            for s, count in enumerate(row):
+                ax.text(s, t, str(count), ha="center", va="center", fontsize=8, color="white" if count < peak / 2 else "black")
+    ax.figure.colorbar(image, ax=ax, fraction=0.046)
+
+
+def role_matrix_figure(matrix: list[list[int]], names: list[str], title: str = "role matrix") -> Figure:
+    fig = Figure(figsize=(4.5, 4), layout="constrained")
+    ax = fig.add_subplot()
+    draw_role_matrix(ax, matrix, names)
+    ax.set_title(title)
+    return fig
+
+
+def report_figure(summary: dict, records: list[dict]) -> Figure:
+    names = list(summary["participants"])
+    parts = summary["participants"]
+    fig = Figure(figsize=(13, 9), layout="constrained")
+    (bars, loss), (val, roles) = fig.subplots(2, 2)
+
+    arms = [("before", "acc_before"), ("after transfer", "acc_after"), ("control (CE only)", "acc_control")]
+    width = 0.8 / len(arms)
+    for j, (label, key) in enumerate(arms):
+        values = [100 * (parts[n][key] or 0) for n in names]
+        if any(parts[n][key] is not None for n in names):
+            xs = [i + (j - 1) * width for i in range(len(names))]
+            bars.bar(xs, values, width, label=label)
+    low = min(100 * v for n in names for v in (parts[n]["acc_before"], parts[n]["acc_after"], parts[n]["acc_control"]) if v is not None)
+    bars.set_ylim(max(0, low - 5), None)  # the differences are the point, not the distance from zero
+    bars.set_xticks(range(len(names)), names)
+    bars.set_ylabel("test accuracy (%)")
+    bars.set_title(f"test accuracy; success rate {100 * summary['success_rate']:.0f}%")
+    bars.legend(fontsize=8)
+
+    colours = {n: f"C{i}" for i, n in enumerate(names)}
+    for arm, style in ARMS.items():
+        steps = [r for r in records if r.get("arm") == arm and "losses" in r]
+        for n in names:
+            if steps:
+                loss.plot([r["global_step"] for r in steps], [r["losses"][n] for r in steps], style, color=colours[n],
+                          label=f"{n} ({arm})", linewidth=1)
+        evals = [r for r in records if r.get("arm") == arm and r.get("event") == "eval"]
+        for n in names:
+            if evals:
+                val.plot([r["epoch"] + 1 for r in evals], [100 * r["val_acc"][n] for r in evals], style, marker="o",
+                         color=colours[n], label=f"{n} ({arm})")
+    loss.set_xlabel("step")
+    loss.set_ylabel("training loss (own share)")
+    loss.set_title("training curves (solid: transfer, dashed: control)")
+    loss.legend(fontsize=7, ncol=2)
+    val.set_xlabel("epochs trained")
+    val.set_ylabel("validation accuracy (%)")
+    val.set_title("validation accuracy (selection uses this split only)")
+    val.xaxis.get_major_locator().set_params(integer=True)
+    val.legend(fontsize=7, ncol=2)
+    draw_role_matrix(roles, summary["role_matrix"], names)
+    roles.set_title("role matrix, last epoch: samples t taught s")
+    return fig
+
+
+def summary_table(summary: dict) -> str:
+    rows = ["| participant | before | after | control | delta | vs control | top-5 after | + flips | - flips "
+            "| complementary | taught | best epoch |", "|---|" + "---:|" * 11]
+    for name, p in summary["participants"].items():
+        rows.append(
+            f"| {name} | {pct(p['acc_before'])} | {pct(p['acc_after'])} | {pct(p['acc_control'])} | "
+            f"{pct(p['delta'], True)} | {pct(p['delta_vs_control'], True)} | {pct(p.get('top5_after'))} | "
+            f"{pct(p['positive_flips'])} | {pct(p['negative_flips'])} | {pct(p['complementary'])} | "
+            f"{100 * p['teach_share']:.1f}% | {p['best_epoch']} |"
+        )
+    return "\n".join(rows)
+
+
+def report_markdown(summary: dict, config: str) -> str:
+    names = list(summary["participants"])
+    seconds = summary.get("seconds", {})
+    vs_control = summary.get("success_rate_vs_control")
+    matrix = ["| teacher \\ student | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    matrix += [f"| {t} | " + " | ".join(str(c) for c in row) + " |" for t, row in zip(names, summary["role_matrix"])]
+    shares = ["| epoch | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    epochs = len(next(iter(summary["participants"].values()))["teach_share_per_epoch"])
+    shares += [f"| {e + 1} | " + " | ".join(f"{100 * summary['participants'][n]['teach_share_per_epoch'][e]:.1f}%" for n in names) + " |"
+               for e in range(epochs)]
+    timing = ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in seconds.items() if v is not None)
+    return f"""# kt-swarm run report
+
+{summary['engine']} engine, {summary['steps']} transfer steps, {summary['gradient_mode']} gradients, seed {summary['seed']}.
+Success rate (participants whose test accuracy went up): {100 * summary['success_rate']:.0f}%{'' if vs_control is None else f'; above their CE-only control: {100 * vs_control:.0f}%'}.
+
+Test accuracy in % (the test split is never used for selection). Flips are against each participant's own
+starting predictions: + wrong before and right after, - right before and wrong after (delta = + minus -).
+Complementary: test samples another participant got right and this one wrong, before transfer.
+
+{summary_table(summary)}
+
+![report](report.png)
+
+## Teach share per epoch
+
+{chr(10).join(shares)}
+
+## Role matrix, last epoch (samples on which the row taught the column)
+
+{chr(10).join(matrix)}
+
+## Timings
+
+{timing or '-'}
+
+## Config
+
+```yaml
+{config.rstrip()}
+```
+"""
+
+
+def write_report(run_dir: str | Path) -> list[Path]:
+    """(Re)write report.png and report.md in a run directory from its own files."""
+    run_dir = Path(run_dir)
+    summary, records, config = load_run(run_dir)
+    report_figure(summary, records).savefig(run_dir / "report.png", dpi=110)
+    (run_dir / "report.md").write_text(report_markdown(summary, config))
+    return [run_dir / "report.png", run_dir / "report.md"]
+
+
+def write_comparison(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
+    """compare.png and compare.md: the runs' participants side by side."""
+    labels = [Path(d).name or str(d) for d in run_dirs]
+    if len(set(labels)) < len(labels):  # same directory names: tell them apart by path
+        labels = [str(d) for d in run_dirs]
+    runs = [(label, load_run(d)[0]) for label, d in zip(labels, run_dirs)]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(dict.fromkeys(n for _, s in runs for n in s["participants"]))
+    fig = Figure(figsize=(max(6, 1.6 * len(names) * len(runs) / 2 + 4), 4.5), layout="constrained")
+    delta_ax, control_ax = fig.subplots(1, 2)
+    width = 0.8 / len(runs)
+    for j, (label, s) in enumerate(runs):
+        xs = [i + (j - (len(runs) - 1) / 2) * width for i in range(len(names))]
+        parts = [s["participants"].get(n, {}) for n in names]
+        delta_ax.bar(xs, [100 * (p.get("delta") or 0) for p in parts], width, label=label)
+        control_ax.bar(xs, [100 * (p.get("delta_vs_control") or 0) for p in parts], width, label=label)
+    for ax, title in [(delta_ax, "after - before (test, points)"), (control_ax, "after - CE-only control (test, points)")]:
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.savefig(out / "compare.png", dpi=110)
+    rows = ["| run | participant | before | after | control | delta | vs control | + flips | - flips | taught |",
+            "|---|---|" + "---:|" * 8]
+    for label, s in runs:
+        for n, p in s["participants"].items():
+            rows.append(f"| {label} | {n} | {pct(p['acc_before'])} | {pct(p['acc_after'])} | {pct(p['acc_control'])} | "
+                        f"{pct(p['delta'], True)} | {pct(p['delta_vs_control'], True)} | {pct(p['positive_flips'])} | "
+                        f"{pct(p['negative_flips'])} | {100 * p['teach_share']:.1f}% |")
+    totals = ["| run | engine | steps | gradients | success rate | above control | seconds |", "|---|---|---:|---|---:|---:|---:|"]
+    for label, s in runs:
+        vs = s.get("success_rate_vs_control")
+        totals.append(f"| {label} | {s['engine']} | {s['steps']} | {s['gradient_mode']} | {100 * s['success_rate']:.0f}% | "
+                      f"{'-' if vs is None else f'{100 * vs:.0f}%'} | {s.get('seconds', {}).get('total', 0):.0f} |")
+    (out / "compare.md").write_text("# kt-swarm runs side by side\n\nTest accuracy in %.\n\n" + "\n".join(totals)
+                                    + "\n\n" + "\n".join(rows) + "\n\n![compare](compare.png)\n")
+    return [out / "compare.png", out / "compare.md"]

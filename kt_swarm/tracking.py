@@ -1,0 +1,121 @@
+"""Weights & Biases tracking of a run (config key `tracking.wandb`).
+
+One W&B run per swarm run: the resolved config as its config, every participant's metrics under
+its own prefix (`vit/transfer/loss`, `vit/control/val_acc`, `vit/acc_after`, ...), the role matrix as
+a heat map and a table, the before/after/control table as a W&B table. Without an API key it logs
+offline by itself (and says how to `wandb sync`); WANDB_MODE (offline, disabled) always wins; an
+online start that fails (no network) falls back to offline.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from kt_swarm.config import Config, WandbConfig, to_dict
+
+log = logging.getLogger("kt_swarm")
+
+
+def _has_api_key() -> bool:
+    import wandb
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        wandb.ensure_configured()
+        return bool(wandb.api.api_key)
+    except Exception:  # noqa: BLE001 - an unreadable settings file means no usable key
+        return False
+
+
+class Tracker:
+    """Receives every metrics record and the summary; does nothing when tracking is off."""
+
+    def __init__(self, cfg: Config, run_dir: Path, names: list[str]):
+        self.run, self.names = None, names
+        wb: WandbConfig | None = cfg.tracking.wandb
+        if wb is None and not os.environ.get("WANDB_SWEEP_ID"):  # `wandb agent` runs track without asking
+            return
+        wb = wb or WandbConfig()
+        import wandb
+
+        mode = os.environ.get("WANDB_MODE") or (wb.mode if wb.mode != "auto" else None)
+        if mode == "disabled":
+            return
+        if mode is None:
+            mode = "online" if _has_api_key() else "offline"
+            if mode == "offline":
+                log.info("W&B: no API key here, logging offline (upload later with `wandb sync`)")
+        kwargs = dict(project=wb.project, entity=wb.entity, group=wb.group, tags=wb.tags or None, name=wb.name,
+                      config=to_dict(cfg), dir=str(run_dir), reinit="create_new")
+        try:
+            self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=30, silent=True), **kwargs)
+        except Exception as e:  # noqa: BLE001 - no network, server down: keep the run, log offline
+            if mode != "online":
+                raise
+            log.warning("W&B: online start failed (%s); logging offline instead", str(e).splitlines()[0])
+            self.run = wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
+        self.run.define_metric("step")
+        for name in names:
+            self.run.define_metric(f"{name}/*", step_metric="step")
+        self.run.define_metric("transfer/*", step_metric="step")
+        self.run.define_metric("control/*", step_metric="step")
+
+    def log(self, record: dict) -> None:
+        """One metrics.jsonl record -> one wandb.log call, participants as prefixes."""
+        if self.run is None:
+            return
+        arm = record.get("arm")
+        row = {"step": record.get("global_step", 0)}
+        if "losses" in record:
+            row[f"{arm}/loss"] = record["loss"]
+            for name in self.names:
+                row[f"{name}/{arm}/loss"] = record["losses"][name]
+                row[f"{name}/{arm}/taught"] = record["taught"][name]
+        for key in ("val_acc", "val_positive_flips", "val_negative_flips", "teach_share", "test_acc", "test_top5_acc"):
+            for name, value in record.get(key, {}).items():
+                row[f"{name}/{arm}/{key}"] = value
+        if "role_matrix" in record:
+            row[f"{arm}/role_matrix"] = self._heat_map(record["role_matrix"], f"{arm}, epoch {record['epoch'] + 1}")
+        self.run.log(row)
+
+    def _heat_map(self, matrix: list[list[int]], title: str):
+        import io
+
+        import wandb
+        from PIL import Image
+
+        from kt_swarm.report import role_matrix_figure
+
+        png = io.BytesIO()  # rendered here: wandb.Image would need pyplot for a matplotlib figure
+        role_matrix_figure(matrix, self.names, f"role matrix ({title})").savefig(png, format="png", dpi=100)
+        png.seek(0)
+        return wandb.Image(Image.open(png), caption=title)
+
+    def finish(self, summary: dict) -> None:
+        if self.run is None:
+            return
+        import wandb
+
+        columns = ["participant", "acc_before", "acc_after", "acc_control", "delta", "delta_vs_control", "top5_after",
+                   "positive_flips", "negative_flips", "complementary", "teach_share"]
+        table = wandb.Table(columns=columns, data=[[name] + [p.get(c) for c in columns[1:]]
+                                                   for name, p in summary["participants"].items()])
+        roles = wandb.Table(columns=["teacher"] + self.names,
+                            data=[[t] + row for t, row in zip(self.names, summary["role_matrix"])])
+        self.run.log({"results": table, "role_matrix_table": roles,
+                      "role_matrix": self._heat_map(summary["role_matrix"], "transfer, last epoch")})
+        for name, p in summary["participants"].items():
+            for key, value in p.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.run.summary[f"{name}/{key}"] = value
+        for key in ("success_rate", "success_rate_vs_control", "val_acc_mean", "steps"):
+            if summary.get(key) is not None:
+                self.run.summary[key] = summary[key]
+        self.close()
+
+    def close(self, failed: bool = False) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=1 if failed else 0)
+            self.run = None
