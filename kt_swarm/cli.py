@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run a swarm from a YAML config")
     run.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
+    run.add_argument("assignments", nargs="*", metavar="KEY=VALUE",
+                     help="overrides like --set, without it (the form `wandb agent` passes as ${args_no_hyphens})")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key (dotted, list indices allowed: participants.0.lr=3e-4)")
     run.add_argument("--out", help="run directory to create (default: runs/<config>-<time>)")
@@ -32,7 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild a run's report.png and report.md, or compare runs side by side")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run directories")
     report.add_argument("--out", help="where several runs' compare.png and compare.md go (default: runs/compare-<time>)")
-    for command in (run, report):
+    sweep = sub.add_parser("sweep", help="search config keys with Ray Tune, every trial a full run")
+    sweep.add_argument("sweep", metavar="SWEEP.yaml", help="kt_swarm or `wandb sweep` YAML, e.g. configs/sweeps/transfer.yaml")
+    sweep.add_argument("--out", help="sweep directory to create (default: runs/sweep-<name>-<time>)")
+    sweep.add_argument("--engine", choices=["local", "ray"], default="ray", help="each trial's engine")
+    sweep.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a private local instance)")
+    for command in (run, report, sweep):
         loudness = command.add_mutually_exclusive_group()
         loudness.add_argument("-q", "--quiet", action="store_true", help="warnings, errors and the final table only")
         loudness.add_argument("-v", "--verbose", action="store_true", help="debug logs, and actors' output and progress bars")
@@ -50,11 +57,22 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from kt_swarm.sweep import sweep
+
+    out = args.out or Path("runs") / f"sweep-{Path(args.sweep).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    results = sweep(args.sweep, out, args.engine, args.address)
+    print(Path(out, "sweep.md").read_text())
+    if results["best"] is None:
+        raise UserError(f"no trial of the sweep finished (see {out}/sweep.md)")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from kt_swarm.config import load_config
     from kt_swarm.rundir import RunDir
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides + args.assignments)
     out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     from kt_swarm.coordinator import format_table, run
 
@@ -86,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        return _report(args) if args.command == "report" else _run(args)
+        return {"report": _report, "sweep": _sweep, "run": _run}[args.command](args)
     except UserError as e:
         print(f"kt-swarm: error: {e}", file=sys.stderr)
         return 2

@@ -266,7 +266,17 @@ def apply_override(raw: dict, assignment: str) -> None:
     parts = path.strip().split(".")
     if not all(parts):
         raise UserError(f"--set {assignment!r}: empty key")
-    node: Any = raw
+    if "*" in parts:  # `participants.*.lr=1e-4`: every item of the list
+        star = parts.index("*")
+        node: Any = raw
+        for part in parts[:star]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, list):
+            raise UserError(f"--set {path}: '{'.'.join(parts[:star])}' is not a list")
+        for i in range(len(node)):
+            apply_override(raw, ".".join(parts[:star] + [str(i)] + parts[star + 1 :]) + "=" + text)
+        return
+    node = raw
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         so_far = ".".join(parts[: depth + 1])

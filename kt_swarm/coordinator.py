@@ -108,7 +108,7 @@ def train_arm(engine: LocalEngine, cfg: Config, data: Dataset, arm: str, loss: L
                 log({"arm": arm, "epoch": epoch, "step": step, "global_step": epoch * steps + step,
                      "loss": sum(result.losses), "losses": dict(zip(names, result.losses)),
                      "taught": dict(zip(names, torch.bincount(result.teachers[result.teachers >= 0], minlength=n).tolist()))})
-            bar.set_postfix(epoch=epoch, loss=f"{sum(result.losses):.3f}", refresh=False)
+            bar.set_description(f"{arm} epoch {epoch + 1}, loss {sum(result.losses):.3f}")
             bar.update()
         val_preds = engine.predict("val", cfg.eval_batch_size)
         val = accuracy(val_preds, val_labels)

@@ -73,11 +73,11 @@ class LocalEngine:
         """[N, n, k] top-k classes of every participant on a split, best first."""
         ids = self.data.splits[split]
         bar = progress(total=len(self.participants), desc=f"eval {split}", unit="participant")
-        with bar:
-            preds = []
-            for p in self.participants:
-                preds.append(p.predict(self.data, ids, batch_size, k))
-                bar.update()
+        preds = []
+        for p in self.participants:
+            preds.append(p.predict(self.data, ids, batch_size, k))
+            bar.update()
+        bar.close()
         return torch.stack(preds)
 
     def nodes(self) -> list[str]:

@@ -130,7 +130,7 @@ class RaySwarm:
 
         self.cfg, self.batch_size = cfg, cfg.transfer.batch_size
         self.names = [p.name for p in cfg.participants]
-        self.actors, self.pg = [], None
+        self.actors, self.pg, self.owns_pg = [], None, False
         self.owns_ray = init_ray(address)
         try:
             self._start(cfg, data)
@@ -142,6 +142,14 @@ class RaySwarm:
 
     def _start(self, cfg: Config, data: Dataset) -> None:
         n, res = len(cfg.participants), cfg.resources
+        current = ray.util.get_current_placement_group()
+        if current is not None:  # a sweep trial: it reserved a bundle for itself, then one per participant
+            if len(current.bundle_specs) != n + 1:
+                raise UserError(f"the enclosing placement group has {len(current.bundle_specs)} bundles; "
+                                f"{n} participants need {n + 1} (the trial's, then one each)")
+            self.pg, self.owns_pg = current, False
+            self._place(cfg, data, current.bundle_specs[1], first_bundle=1)
+            return
         cluster = ray.cluster_resources()
         gpus = res.gpus_per_participant
         if gpus is None:
@@ -151,22 +159,27 @@ class RaySwarm:
             total = cluster.get("CPU", 1)
             cpus = float(total // n) if total >= n else total / n
         bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **res.custom}
-        self.pg = placement_group([dict(bundle) for _ in range(n)], strategy=cfg.placement.strategy)
+        self.pg, self.owns_pg = placement_group([dict(bundle) for _ in range(n)], strategy=cfg.placement.strategy), True
         ready, _ = ray.wait([self.pg.ready()], timeout=cfg.placement.timeout_s)
         if not ready:
             raise UserError(f"the Ray cluster cannot place {n} participants with {bundle} each "
                             f"(placement.strategy {cfg.placement.strategy}) within {cfg.placement.timeout_s:g} s")
+        self._place(cfg, data, bundle, first_bundle=0)
+
+    def _place(self, cfg: Config, data: Dataset, bundle: dict, first_bundle: int) -> None:
+        """One actor per participant, each in its own bundle of self.pg, reserving the whole bundle."""
         data_ref = ray.put(data)  # one copy in the object store, read by every actor
         remote = ray.remote(ParticipantActor)
+        custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU") and not k.startswith("bundle_group")}
         self.actors = [
             remote.options(
-                num_cpus=cpus, num_gpus=gpus, resources=dict(res.custom),
+                num_cpus=bundle.get("CPU", 0), num_gpus=bundle.get("GPU", 0), resources=custom,
                 # Peers' logits are read without a copy (they are never written: see learn()); this
                 # halved the exchange of 128 x 32000 logits here (benchmarks/results/step_time.md).
                 runtime_env={"env_vars": {"RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1"}},
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=first_bundle + i),
             ).remote(cfg, i, data_ref)
-            for i in range(n)
+            for i in range(len(cfg.participants))
         ]
 
     def _gather(self, refs: list, desc: str | None = None) -> list:
@@ -174,12 +187,14 @@ class RaySwarm:
         progress bar that advances as actors finish."""
         try:
             if desc:
-                with progress(total=len(refs), desc=desc, unit="participant") as bar:
-                    pending = list(refs)
+                bar, pending = progress(total=len(refs), desc=desc, unit="participant"), list(refs)
+                try:
                     while pending:
                         done, pending = ray.wait(pending, num_returns=1)
                         ray.get(done)  # raises at once if that actor failed
                         bar.update(len(done))
+                finally:
+                    bar.close()
             return ray.get(refs)
         except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError):
             for i, ref in enumerate(refs):
@@ -224,8 +239,8 @@ class RaySwarm:
         for a in self.actors:
             ray.kill(a)
         self.actors = []
-        if self.pg is not None:
+        if self.pg is not None and self.owns_pg:
             remove_placement_group(self.pg)
-            self.pg = None
+        self.pg = None
         if self.owns_ray and ray.is_initialized():
             ray.shutdown()

@@ -1,0 +1,266 @@
+"""kt-swarm sweep SWEEP.yaml: Ray Tune over config keys, each trial a full swarm run.
+
+The sweep file is kt_swarm's own (below) or a standard `wandb sweep` YAML; both name parameters the
+W&B way (`values`, `value`, `min`/`max` with a `distribution`), keyed by dotted config keys
+(`participants.*.lr` sets every participant):
+
+    config: configs/quickstart.yaml     # the base config (a wandb YAML may name it in `command`)
+    method: asha                        # grid | random | bayes (needs optuna) | asha (random + ASHA stopping)
+    metric: {name: val_acc_mean, goal: maximize}   # validation only: the test split never chooses
+    num_samples: 8                      # trials (grid: repeats of the whole grid)
+    max_concurrent_trials: 1
+    parameters:
+      transfer.temperature: {values: [1, 2, 4]}
+      participants.*.lr: {distribution: log_uniform_values, min: 1e-5, max: 1e-3}
+
+Every trial reserves one placement group: a small bundle for the trial itself and one bundle per
+participant, in which the swarm's actors are then placed (swarm.RaySwarm). Each epoch of the
+transfer arm reports `val_acc_mean` (the mean over participants of their best validation accuracy
+so far), so ASHA can stop weak trials early. With `tracking.wandb` in the sweep (or the base
+config), every trial is logged to W&B through Ray Tune's WandbLoggerCallback, offline without a key.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import yaml
+
+from kt_swarm.config import apply_override, load_config, parse_config, to_dict
+from kt_swarm.errors import UserError, first_line
+
+log = logging.getLogger("kt_swarm")
+METHODS = ("grid", "random", "bayes", "asha")
+METRICS = ("val_acc_mean",)
+
+
+def load_sweep(path: str | Path) -> dict:
+    """The sweep file, normalised: config, method, metric, mode, num_samples, max_concurrent_trials,
+    parameters, wandb (a tracking.wandb mapping or None)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"sweep file '{path}' does not exist") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"sweep file '{path}': YAML syntax error: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"sweep file '{path}': expected a mapping")
+    known = {"config", "method", "metric", "num_samples", "max_concurrent_trials", "parameters", "tracking",
+             "program", "command", "name", "description", "project", "entity", "early_terminate", "run_cap"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UserError(f"sweep key '{unknown[0]}' is unknown (known: {', '.join(sorted(known))})")
+    config = raw.get("config") or next((a for a in raw.get("command", []) if str(a).endswith((".yaml", ".yml"))), None)
+    if not config:
+        raise UserError("sweep: name the base config (`config: configs/....yaml`, or the config in a wandb `command`)")
+    method = raw.get("method", "random")
+    if method not in METHODS:
+        raise UserError(f"sweep key 'method': expected one of {', '.join(METHODS)}, got {method!r}")
+    metric = raw.get("metric", {"name": "val_acc_mean", "goal": "maximize"})
+    if isinstance(metric, str):
+        metric = {"name": metric, "goal": "maximize"}
+    if not isinstance(metric, dict) or metric.get("name") not in METRICS or metric.get("goal", "maximize") not in ("maximize", "minimize"):
+        raise UserError(f"sweep key 'metric': expected {{name: val_acc_mean, goal: maximize}} (validation only), got {metric!r}")
+    parameters = raw.get("parameters")
+    if not isinstance(parameters, dict) or not parameters:
+        raise UserError("sweep key 'parameters': expected a mapping of config keys to {values: [...]} or {min, max}")
+    for key in ("num_samples", "max_concurrent_trials"):
+        if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 1):
+            raise UserError(f"sweep key '{key}': expected a positive integer, got {raw[key]!r}")
+    wandb = (raw.get("tracking") or {}).get("wandb")
+    if wandb is None and raw.get("project"):  # a wandb sweep YAML names its project at the top
+        wandb = {"project": raw["project"], **({"entity": raw["entity"]} if raw.get("entity") else {})}
+    return {"config": str(config), "method": method, "metric": metric["name"],
+            "mode": "max" if metric.get("goal", "maximize") == "maximize" else "min",
+            "num_samples": raw.get("num_samples", raw.get("run_cap", 1 if method == "grid" else 4)),
+            "max_concurrent_trials": raw.get("max_concurrent_trials", 1), "parameters": parameters, "wandb": wandb}
+
+
+def search_space(parameters: dict, method: str) -> dict:
+    """W&B-style parameter specs -> Ray Tune search space, keyed by dotted config key."""
+    from ray import tune
+
+    space = {}
+    for key, spec in parameters.items():
+        if not isinstance(spec, dict):
+            raise UserError(f"sweep parameter '{key}': expected a mapping such as {{values: [...]}}, got {spec!r}")
+        if "value" in spec:
+            space[key] = spec["value"]
+        elif "values" in spec:
+            values = spec["values"]
+            if not isinstance(values, list) or not values:
+                raise UserError(f"sweep parameter '{key}': 'values' must be a non-empty list")
+            space[key] = tune.grid_search(values) if method == "grid" else tune.choice(values)
+        elif "min" in spec and "max" in spec:
+            if method == "grid":
+                raise UserError(f"sweep parameter '{key}': a grid search needs 'values', not min/max")
+            lo, hi = spec["min"], spec["max"]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)) or not lo < hi:
+                raise UserError(f"sweep parameter '{key}': min and max must be numbers with min < max")
+            dist = spec.get("distribution", "int_uniform" if isinstance(lo, int) and isinstance(hi, int) else "uniform")
+            if dist == "uniform":
+                space[key] = tune.uniform(lo, hi)
+            elif dist == "int_uniform":
+                space[key] = tune.randint(int(lo), int(hi) + 1)
+            elif dist == "log_uniform_values":
+                if lo <= 0:
+                    raise UserError(f"sweep parameter '{key}': log_uniform_values needs min > 0")
+                space[key] = tune.loguniform(lo, hi)
+            elif dist == "log_uniform":  # W&B: min and max are natural-log exponents
+                space[key] = tune.loguniform(math.exp(lo), math.exp(hi))
+            else:
+                raise UserError(f"sweep parameter '{key}': distribution {dist!r} is not supported "
+                                "(uniform, int_uniform, log_uniform, log_uniform_values)")
+        else:
+            raise UserError(f"sweep parameter '{key}': expected 'values', 'value', or 'min' and 'max'")
+    return space
+
+
+def _overrides(params: dict) -> list[str]:
+    return [f"{key}={json.dumps(value)}" for key, value in params.items()]
+
+
+def _trial_resources(cfg, cluster: dict):
+    """One placement group per trial: the trial itself, then one bundle per participant."""
+    from ray import tune
+
+    n, res = len(cfg.participants), cfg.resources
+    gpus = res.gpus_per_participant if res.gpus_per_participant is not None else (1.0 if cluster.get("GPU", 0) >= n else 0.0)
+    cpus = res.cpus_per_participant if res.cpus_per_participant is not None else max(0.5, (cluster.get("CPU", 1) - 0.5) / n)
+    participant = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **res.custom}
+    return tune.PlacementGroupFactory([{"CPU": 0.5}] + [dict(participant) for _ in range(n)],
+                                      strategy=cfg.placement.strategy)
+
+
+def trial(params: dict, *, base: dict, engine: str, out: str) -> None:
+    """One Ray Tune trial: a full kt-swarm run of the base config with `params` applied."""
+    from ray import tune
+
+    from kt_swarm.coordinator import run
+    from kt_swarm.rundir import RunDir
+
+    cfg = parse_config(copy.deepcopy(base), _overrides(params))
+    cfg.tracking.wandb = None  # the sweep's W&B callback logs the trial
+    best: dict[str, float] = {}
+
+    def report(record: dict) -> None:
+        if record.get("event") == "eval" and record["arm"] == "transfer" and record["epoch"] >= 0:
+            for name, acc in record["val_acc"].items():
+                best[name] = max(best.get(name, -1.0), acc)
+            tune.report({"val_acc_mean": sum(best.values()) / len(best), "epoch": record["epoch"] + 1})
+
+    run_dir = Path(out) / tune.get_context().get_trial_id()
+    with RunDir(run_dir) as rd:
+        run(cfg, rd, engine, on_record=report)
+
+
+def sweep(path: str | Path, out: str | Path, engine: str = "ray", address: str | None = None) -> dict:
+    """Run the sweep; writes OUT/sweep.json and OUT/sweep.md (and every trial's run directory under
+    OUT/trials/); returns the results."""
+    spec = load_sweep(path)
+    base_cfg = load_config(spec["config"])
+    base = yaml.safe_load(Path(spec["config"]).read_text())
+    space = search_space(spec["parameters"], spec["method"])
+    for params in _examples(space):  # every key and value is checked before any trial starts
+        parse_config(copy.deepcopy(base), _overrides(params))
+    out = Path(out).resolve()
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out '{out}' already exists and is not empty")
+    wandb = spec["wandb"] or (to_dict(base_cfg)["tracking"]["wandb"])
+    if wandb and not os.environ.get("WANDB_MODE"):
+        from kt_swarm.tracking import _has_api_key
+
+        if not _has_api_key():  # set before Ray starts, so the logging actors inherit it
+            os.environ["WANDB_MODE"] = "offline"
+            log.info("W&B: no API key here, the trials log offline (upload later with `wandb sync`)")
+
+    import ray
+    from ray import tune
+
+    from kt_swarm.swarm import init_ray
+
+    owns_ray = init_ray(address)
+    try:
+        search_alg, scheduler = None, None
+        if spec["method"] == "bayes":
+            try:
+                from ray.tune.search.optuna import OptunaSearch
+            except ImportError:
+                raise UserError("sweep method 'bayes' needs optuna (pip install optuna); or use method: asha") from None
+            search_alg = OptunaSearch(metric=spec["metric"], mode=spec["mode"])
+        if spec["method"] == "asha":
+            scheduler = tune.schedulers.ASHAScheduler(time_attr="epoch", grace_period=1, reduction_factor=2,
+                                                      max_t=base_cfg.transfer.epochs)
+        callbacks = []
+        if wandb:
+            from ray.air.integrations.wandb import WandbLoggerCallback
+
+            callbacks.append(WandbLoggerCallback(project=wandb.get("project", "kt_swarm"), group=wandb.get("group"),
+                                                 entity=wandb.get("entity"), tags=wandb.get("tags"), log_config=True))
+        trainable = tune.with_resources(tune.with_parameters(trial, base=base, engine=engine, out=str(out / "trials")),
+                                        _trial_resources(base_cfg, ray.cluster_resources()))
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(metric=spec["metric"], mode=spec["mode"], num_samples=spec["num_samples"],
+                                        max_concurrent_trials=spec["max_concurrent_trials"], search_alg=search_alg,
+                                        scheduler=scheduler),
+            run_config=tune.RunConfig(name="tune", storage_path=str(out), callbacks=callbacks, verbose=0),
+        )
+        grid = tuner.fit()
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    return _write_results(grid, spec, out)
+
+
+def _examples(space: dict) -> list[dict]:
+    """A few concrete parameter sets from the space (each grid value, each choice, the bounds)."""
+    examples = [{}]
+    for key, domain in space.items():
+        if isinstance(domain, dict) and "grid_search" in domain:
+            values = domain["grid_search"]
+        elif hasattr(domain, "categories"):
+            values = list(domain.categories)
+        elif hasattr(domain, "lower"):
+            values = [domain.lower]
+        else:
+            values = [domain]
+        examples = [{**e, key: v} for e in examples for v in values][:64]
+    return examples
+
+
+def _write_results(grid, spec: dict, out: Path) -> dict:
+    trials = []
+    for result in grid:
+        metrics = result.metrics or {}
+        summary_path = out / "trials" / str(metrics.get("trial_id")) / "summary.json"
+        trials.append({
+            "trial": metrics.get("trial_id"),
+            "params": {k: v for k, v in (result.config or {}).items()},
+            spec["metric"]: metrics.get(spec["metric"]),
+            "epochs": metrics.get("epoch"),
+            "error": None if result.error is None else first_line(getattr(result.error, "cause", None) or result.error),
+            "summary": str(summary_path) if summary_path.exists() else None,
+        })
+    scored = [t for t in trials if t[spec["metric"]] is not None]
+    best = (max if spec["mode"] == "max" else min)(scored, key=lambda t: t[spec["metric"]]) if scored else None
+    results = {"method": spec["method"], "metric": spec["metric"], "mode": spec["mode"], "config": spec["config"],
+               "best": best, "trials": trials}
+    (out / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
+    keys = list(spec["parameters"])
+    rows = ["| trial | " + " | ".join(keys) + f" | {spec['metric']} | epochs | error |", "|---|" + "---|" * (len(keys) + 3)]
+    for t in trials:
+        value = t[spec["metric"]]
+        rows.append(f"| {t['trial']} | " + " | ".join(str(t["params"].get(k)) for k in keys)
+                    + f" | {'-' if value is None else f'{100 * value:.2f}'} | {t['epochs'] or '-'} | {t['error'] or ''} |")
+    (out / "sweep.md").write_text(
+        f"# kt-swarm sweep ({spec['method']}) over {spec['config']}\n\n"
+        f"Chosen on {spec['metric']} (validation; {spec['mode']}). Test results are in each trial's run directory.\n\n"
+        + "\n".join(rows) + "\n" + (f"\nBest: trial {best['trial']}, {best['params']}\n" if best else "\nNo trial finished.\n"))
+    return results
