@@ -100,7 +100,13 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "run":  # KEY=VALUE overrides may also come after the options (wandb agent's ${args})
+        args.assignments += [a for a in extra if "=" in a and not a.startswith("-")]
+        extra = [a for a in extra if a not in args.assignments]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _setup_logging(args)
     signal.signal(signal.SIGTERM, _terminate)
     try:

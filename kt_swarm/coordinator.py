@@ -200,6 +200,7 @@ def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None 
         finally:
             engine.close()
         summary = summarize(cfg, data, names, test_labels, (start, end, end_control), (transfer, control), nodes, engine.name)
+        summary["placement_group"] = engine.placement_group
         summary["seconds"] = {"zoo_and_setup": t_zoo, "transfer": transfer.seconds,
                               "control": control.seconds if control else None, "total": time.perf_counter() - t_start}
         out.write_json("summary.json", summary)

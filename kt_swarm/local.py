@@ -32,6 +32,7 @@ class StepResult:
 
 class LocalEngine:
     name = "local"
+    placement_group = None
 
     def __init__(self, participants: list[Participant], data: Dataset, *, seed: int, batch_size: int, augment: AugmentConfig):
         self.participants = participants

@@ -131,6 +131,7 @@ class RaySwarm:
         self.cfg, self.batch_size = cfg, cfg.transfer.batch_size
         self.names = [p.name for p in cfg.participants]
         self.actors, self.pg, self.owns_pg = [], None, False
+        self.placement_group = None  # its id, for summary.json
         self.owns_ray = init_ray(address)
         try:
             self._start(cfg, data)
@@ -168,6 +169,7 @@ class RaySwarm:
 
     def _place(self, cfg: Config, data: Dataset, bundle: dict, first_bundle: int) -> None:
         """One actor per participant, each in its own bundle of self.pg, reserving the whole bundle."""
+        self.placement_group = self.pg.id.hex()
         data_ref = ray.put(data)  # one copy in the object store, read by every actor
         remote = ray.remote(ParticipantActor)
         custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU") and not k.startswith("bundle_group")}

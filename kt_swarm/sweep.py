@@ -154,8 +154,13 @@ def trial(params: dict, *, base: dict, engine: str, out: str) -> None:
                 best[name] = max(best.get(name, -1.0), acc)
             tune.report({"val_acc_mean": sum(best.values()) / len(best), "epoch": record["epoch"] + 1})
 
+    import ray
+
     run_dir = Path(out) / tune.get_context().get_trial_id()
     with RunDir(run_dir) as rd:
+        pg = ray.util.get_current_placement_group()
+        rd.write_json("trial.json", {"trial_id": tune.get_context().get_trial_id(), "params": params,
+                                     "placement_group": pg.id.hex() if pg else None})
         run(cfg, rd, engine, on_record=report)
 
 

@@ -89,7 +89,7 @@ def pretrain(spec: ParticipantConfig, participant: Participant, data: Dataset, c
             loss.backward()
             opt.step()
             sched.step()
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
+            bar.set_description(f"zoo {spec.name} epoch {epoch + 1}, loss {loss.item():.3f}")
             bar.update()
     bar.close()
     _save_atomic(participant.state(), path)

@@ -26,8 +26,9 @@ def zoo_cache(tmp_path_factory):
         os.environ["KT_SWARM_CACHE"] = old
 
 
-def kt_swarm(*args, cwd=ROOT, timeout=300):
+def kt_swarm(*args, cwd=ROOT, timeout=300, env=None):
     """Run the CLI as a user would (a fresh interpreter); returns the CompletedProcess."""
     return subprocess.run(
-        [sys.executable, "-m", "kt_swarm", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "kt_swarm", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env=env,
     )

@@ -58,6 +58,14 @@ def test_autocast_needs_float32_master_weights():
         parse_config(raw_smoke(), ["autocast=int8"])
 
 
+def test_a_star_sets_every_participant():
+    cfg = parse_config(raw_smoke(), ["participants.*.lr=3e-4", "participants.*.model_args.drop_rate=0.1"])
+    assert [p.lr for p in cfg.participants] == [3e-4] * 3
+    assert all(p.model_args["drop_rate"] == 0.1 for p in cfg.participants)
+    with pytest.raises(UserError, match="'transfer' is not a list"):
+        parse_config(raw_smoke(), ["transfer.*.lr=1"])
+
+
 def test_required_keys():
     with pytest.raises(UserError, match="'participants' is required"):
         parse_config({})

@@ -1,10 +1,12 @@
 """End to end: `kt-swarm run` on the smoke config, the zoo cache, folder data, and the engine's numbers."""
 import copy
 import json
+import shutil
 
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from conftest import ROOT, kt_swarm
 from kt_swarm.config import DataConfig, load_config
@@ -27,7 +29,7 @@ def smoke_run(tmp_path_factory, zoo_cache):
 
 def test_smoke_run_writes_a_complete_run_directory(smoke_run):
     out, proc = smoke_run
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.jsonl", "report.md", "report.png", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["engine"] == "ray" and summary["gradient_mode"] in ("detached", "exact")
     names = ["resnet", "vit", "mixer"]
@@ -65,6 +67,31 @@ def test_summary_explains_the_transfer(smoke_run):
         assert p["teach_share_per_epoch"][-1] == p["teach_share"]
     assert summary["success_rate"] == pytest.approx(sum(p["delta"] > 0 for p in parts) / 3)
     assert summary["role_matrix_per_epoch"][-1] == summary["role_matrix"]
+
+
+def test_report_is_rebuilt_from_the_run_directory_and_runs_compare(smoke_run, tmp_path):
+    out, _ = smoke_run
+    run_dir = tmp_path / "copy"
+    shutil.copytree(out, run_dir)
+    original = (run_dir / "report.md").read_text()
+    for name in ("report.md", "report.png"):
+        (run_dir / name).unlink()
+    proc = kt_swarm("report", run_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert (run_dir / "report.md").read_text() == original  # from metrics.jsonl and summary.json alone
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for name, p in summary["participants"].items():
+        assert f"| {name} | {100 * p['acc_before']:.2f} | {100 * p['acc_after']:.2f} |" in original
+    assert "```yaml" in original and "## Role matrix" in original
+    with Image.open(run_dir / "report.png") as png:
+        assert png.size[0] > 1000 and png.size[1] > 700 and len(set(png.convert("L").getdata())) > 50  # drawn, not blank
+    proc = kt_swarm("report", out, run_dir, "--out", tmp_path / "cmp")
+    assert proc.returncode == 0, proc.stderr
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert table.count("| smoke | resnet |") == 1 and table.count("| copy | resnet |") == 1
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 10_000
+    bad = kt_swarm("report", tmp_path / "missing")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "summary.json is missing" in bad.stderr
 
 
 def test_metrics_log_one_line_per_step_for_each_arm(smoke_run):

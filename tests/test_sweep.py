@@ -1,0 +1,98 @@
+"""kt-swarm sweep: sweep files checked before anything starts, and a real 2-trial Ray Tune sweep."""
+import json
+import os
+import textwrap
+
+import pytest
+
+from conftest import ROOT, kt_swarm
+from kt_swarm.errors import UserError
+from kt_swarm.sweep import load_sweep, search_space
+
+
+def write(tmp_path, text):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_shipped_sweeps_load_and_cover_the_settings_that_matter():
+    for name in ("transfer.yaml", "transfer_wandb.yaml"):
+        spec = load_sweep(ROOT / "configs" / "sweeps" / name)
+        assert spec["config"] == "configs/quickstart.yaml" and spec["metric"] == "val_acc_mean" and spec["mode"] == "max"
+        assert {"participants.*.lr", "transfer.temperature", "transfer.weight", "transfer.detach_teacher"} <= set(spec["parameters"])
+        search_space(spec["parameters"], spec["method"])
+
+
+def test_a_wandb_sweep_names_its_config_in_the_command(tmp_path):
+    spec = load_sweep(write(tmp_path, """
+        program: kt-swarm
+        method: random
+        metric: {name: val_acc_mean, goal: maximize}
+        parameters: {transfer.temperature: {values: [1, 2]}}
+        command: ["${program}", "run", "configs/smoke.yaml", "${args_no_hyphens}"]
+    """))
+    assert spec["config"] == "configs/smoke.yaml" and spec["method"] == "random"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("config: c.yaml\nmethod: hyperband\nparameters: {a: {values: [1]}}", "'method': expected one of"),
+    ("config: c.yaml\nmetric: test_acc\nparameters: {a: {values: [1]}}", "validation only"),
+    ("method: grid\nparameters: {a: {values: [1]}}", "name the base config"),
+    ("config: c.yaml\nparameters: []", "'parameters'"),
+    ("config: c.yaml\nnum_trials: 3\nparameters: {a: {values: [1]}}", "'num_trials' is unknown"),
+])
+def test_bad_sweep_files_are_named(tmp_path, text, message):
+    with pytest.raises(UserError, match=message):
+        load_sweep(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("spec, method, message", [
+    ({"a": {"min": 1e-4, "max": 1e-2}}, "grid", "grid search needs 'values'"),
+    ({"a": {"min": 1, "max": 0}}, "random", "min < max"),
+    ({"a": {"min": 0.1, "max": 1.0, "distribution": "q_normal"}}, "random", "not supported"),
+    ({"a": 3}, "random", "expected a mapping"),
+])
+def test_bad_parameters_are_named(spec, method, message):
+    with pytest.raises(UserError, match=message):
+        search_space(spec, method)
+
+
+def test_bad_keys_and_values_stop_the_sweep_before_any_trial(tmp_path):
+    path = write(tmp_path, f"""
+        config: {ROOT / 'configs' / 'smoke.yaml'}
+        method: grid
+        parameters: {{transfer.temperature: {{values: [1, -2]}}}}
+    """)
+    proc = kt_swarm("sweep", path, "--out", tmp_path / "out")
+    assert proc.returncode == 2 and "'transfer.temperature': must be positive" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_two_trial_sweep_runs_each_trial_as_a_swarm_in_its_placement_group(tmp_path, zoo_cache):
+    path = write(tmp_path, f"""
+        config: {ROOT / 'configs' / 'smoke.yaml'}
+        method: grid
+        parameters:
+          transfer.temperature: {{values: [1, 2]}}
+          participants.*.lr: {{value: 2.0e-4}}
+        tracking:
+          wandb: {{project: kt-test, group: sweep-test}}
+    """)
+    out = tmp_path / "out"
+    proc = kt_swarm("sweep", path, "--out", out, timeout=900, env={**os.environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "sweep.json").read_text())
+    assert len(results["trials"]) == 2 and results["best"] is not None
+    assert sorted(t["params"]["transfer.temperature"] for t in results["trials"]) == [1, 2]
+    for t in results["trials"]:
+        summary = json.loads((out / "trials" / t["trial"] / "summary.json").read_text())
+        trial = json.loads((out / "trials" / t["trial"] / "trial.json").read_text())
+        # The swarm's actors were placed in the bundles the trial reserved, not in a group of their own.
+        assert summary["engine"] == "ray" and summary["placement_group"] == trial["placement_group"] is not None
+        # What Tune saw is the run's own validation selection metric.
+        assert t["val_acc_mean"] == pytest.approx(summary["val_acc_mean"])
+        config = (out / "trials" / t["trial"] / "config.yaml").read_text()
+        assert "lr: 0.0002" in config and f"temperature: {float(t['params']['transfer.temperature'])}" in config
+    # Ray Tune's W&B callback logged each trial, offline.
+    assert len(list(out.glob("tune/*/wandb/offline-run-*"))) == 2

@@ -1,0 +1,83 @@
+"""W&B tracking: what kt_swarm hands to a real wandb (offline or disabled; never a server)."""
+import json
+import os
+
+import pytest
+import wandb
+import yaml
+from wandb.sdk.wandb_run import Run
+
+from conftest import ROOT, kt_swarm
+from kt_swarm.config import parse_config, to_dict
+from kt_swarm.coordinator import run
+from kt_swarm.rundir import RunDir
+
+SMOKE = ROOT / "configs" / "smoke.yaml"
+
+
+@pytest.fixture
+def handed(monkeypatch):
+    """Records the arguments of wandb.init and Run.log, then lets the real calls through."""
+    calls = {"init": [], "log": []}
+    real_init, real_log = wandb.init, Run.log
+
+    def init(*args, **kwargs):
+        calls["init"].append(kwargs)
+        return real_init(*args, **kwargs)
+
+    def log(self, data, *args, **kwargs):
+        calls["log"].append(dict(data))
+        return real_log(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.setattr(Run, "log", log)
+    return calls
+
+
+def smoke_cfg(*overrides):
+    return parse_config(yaml.safe_load(SMOKE.read_text()), ["tracking.wandb.project=kt-test", "tracking.wandb.group=g",
+                                                            "tracking.wandb.tags=[a, b]", *overrides])
+
+
+def test_offline_run_gets_config_prefixed_metrics_tables_and_heat_maps(handed, monkeypatch, tmp_path, zoo_cache):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = smoke_cfg()
+    with RunDir(tmp_path / "run") as out:
+        summary = run(cfg, out, "local")
+    (init,) = handed["init"]
+    assert init["mode"] == "offline" and init["project"] == "kt-test" and init["group"] == "g" and init["tags"] == ["a", "b"]
+    assert init["config"] == to_dict(cfg)  # the resolved config
+    rows = handed["log"]
+    steps = [r for r in rows if "vit/transfer/loss" in r]
+    assert len(steps) == summary["steps"]
+    assert all(set(r) >= {"resnet/transfer/loss", "mixer/transfer/taught", "transfer/loss", "step"} for r in steps)
+    assert any("vit/control/val_acc" in r for r in rows) and any("mixer/start/test_acc" in r for r in rows)
+    (final,) = [r for r in rows if "results" in r]
+    table = final["results"]
+    assert isinstance(table, wandb.Table) and [row[0] for row in table.data] == ["resnet", "vit", "mixer"]
+    acc_after = table.columns.index("acc_after")
+    assert [row[acc_after] for row in table.data] == [p["acc_after"] for p in summary["participants"].values()]
+    assert isinstance(final["role_matrix"], wandb.Image)
+    assert final["role_matrix_table"].data[0][0] == "resnet"
+    assert any(isinstance(r.get("transfer/role_matrix"), wandb.Image) for r in rows)  # every epoch's heat map
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+def test_wandb_mode_disabled_is_honoured(handed, monkeypatch, tmp_path, zoo_cache):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    with RunDir(tmp_path / "run") as out:
+        run(smoke_cfg(), out, "local")
+    assert handed["init"] == [] and handed["log"] == []
+    assert not (tmp_path / "run" / "wandb").exists()
+
+
+def test_without_an_api_key_the_cli_logs_offline_and_says_how_to_sync(tmp_path, zoo_cache):
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
+    env.update(HOME=str(tmp_path), WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"))
+    out = tmp_path / "run"
+    proc = kt_swarm("run", SMOKE, "--engine", "local", "--out", out, "tracking.wandb.project=kt-test", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "logging offline" in proc.stderr and f"wandb sync {out}/wandb/offline-run-" in proc.stderr
+    quiet = kt_swarm("run", SMOKE, "--engine", "local", "--out", tmp_path / "quiet", "-q", "tracking.wandb.project=kt-test", env=env)
+    assert quiet.returncode == 0 and "kt-swarm:" not in quiet.stderr  # --quiet: warnings and errors only
+    assert "vs ctrl" in quiet.stdout  # ... and the final table
