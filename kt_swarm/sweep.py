@@ -130,7 +130,8 @@ def _trial_resources(cfg, cluster: dict):
     from ray import tune
 
     n, res = len(cfg.participants), cfg.resources
-    gpus = res.gpus_per_participant if res.gpus_per_participant is not None else (1.0 if cluster.get("GPU", 0) >= n else 0.0)
+    gpu_total = cluster.get("GPU", 0)
+    gpus = res.gpus_per_participant if res.gpus_per_participant is not None else (1.0 if gpu_total >= n else gpu_total / n)
     cpus = res.cpus_per_participant if res.cpus_per_participant is not None else max(0.5, (cluster.get("CPU", 1) - 0.5) / n)
     participant = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **res.custom}
     return tune.PlacementGroupFactory([{"CPU": 0.5}] + [dict(participant) for _ in range(n)],
@@ -171,8 +172,8 @@ def sweep(path: str | Path, out: str | Path, engine: str = "ray", address: str |
     base_cfg = load_config(spec["config"])
     base = yaml.safe_load(Path(spec["config"]).read_text())
     space = search_space(spec["parameters"], spec["method"])
-    for params in _examples(space):  # every key and value is checked before any trial starts
-        parse_config(copy.deepcopy(base), _overrides(params))
+    # Every key and value is checked before any trial starts.
+    epochs = max(parse_config(copy.deepcopy(base), _overrides(params)).transfer.epochs for params in _examples(space))
     out = Path(out).resolve()
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out '{out}' already exists and is not empty")
@@ -200,7 +201,7 @@ def sweep(path: str | Path, out: str | Path, engine: str = "ray", address: str |
             search_alg = OptunaSearch(metric=spec["metric"], mode=spec["mode"])
         if spec["method"] == "asha":
             scheduler = tune.schedulers.ASHAScheduler(time_attr="epoch", grace_period=1, reduction_factor=2,
-                                                      max_t=base_cfg.transfer.epochs)
+                                                      max_t=epochs)
         callbacks = []
         if wandb:
             from ray.air.integrations.wandb import WandbLoggerCallback
