@@ -28,17 +28,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key (dotted, list indices allowed: participants.0.lr=3e-4)")
     run.add_argument("--out", help="run directory to create (default: runs/<config>-<time>)")
-    run.add_argument("--engine", choices=["local", "ray"], default="ray",
-                     help="ray: one Ray actor per participant (default); local: all in this process")
-    run.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a private local instance)")
     report = sub.add_parser("report", help="rebuild a run's report.png and report.md, or compare runs side by side")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run directories")
     report.add_argument("--out", help="where several runs' compare.png and compare.md go (default: runs/compare-<time>)")
     sweep = sub.add_parser("sweep", help="search config keys with Ray Tune, every trial a full run")
     sweep.add_argument("sweep", metavar="SWEEP.yaml", help="kt_swarm or `wandb sweep` YAML, e.g. configs/sweeps/transfer.yaml")
     sweep.add_argument("--out", help="sweep directory to create (default: runs/sweep-<name>-<time>)")
-    sweep.add_argument("--engine", choices=["local", "ray"], default="ray", help="each trial's engine")
-    sweep.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a private local instance)")
+    for command in (run, sweep):
+        command.add_argument("--engine", choices=["local", "ray"], default="ray",
+                             help="ray: one Ray actor per participant (default); local: all in one process")
+        command.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a private local instance)")
     for command in (run, report, sweep):
         loudness = command.add_mutually_exclusive_group()
         loudness.add_argument("-q", "--quiet", action="store_true", help="warnings, errors and the final table only")

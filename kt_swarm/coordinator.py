@@ -16,10 +16,10 @@ from kt_swarm.metrics import accuracy, complementary, flips, success_rate, teach
 from kt_swarm.models import check_model_name, create_model, default_weights, preprocess_for
 from kt_swarm.participant import Participant, resolve_device
 from kt_swarm.progress import progress
-from kt_swarm.report import write_report
-from kt_swarm.tracking import Tracker
+from kt_swarm.report import pct, write_report
 from kt_swarm.roles import role_matrix
 from kt_swarm.rundir import RunDir
+from kt_swarm.tracking import Tracker
 from kt_swarm import zoo
 
 
@@ -274,10 +274,6 @@ def summarize(cfg: Config, data: Dataset, names: list[str], labels: torch.Tensor
 
 def format_table(summary: dict) -> str:
     """The readable end-of-run table (fits 100 columns)."""
-
-    def pct(x: float | None, signed: bool = False) -> str:
-        return "-" if x is None else f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
-
     rows = [f"{'participant':<16} {'before':>7} {'after':>7} {'control':>7} {'delta':>7} {'vs ctrl':>7} "
             f"{'+flips':>7} {'-flips':>7} {'taught':>7} {'loss':>7}"]
     for name, p in summary["participants"].items():

@@ -172,7 +172,7 @@ class RaySwarm:
         self.placement_group = self.pg.id.hex()
         data_ref = ray.put(data)  # one copy in the object store, read by every actor
         remote = ray.remote(ParticipantActor)
-        custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU") and not k.startswith("bundle_group")}
+        custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
         self.actors = [
             remote.options(
                 num_cpus=bundle.get("CPU", 0), num_gpus=bundle.get("GPU", 0), resources=custom,

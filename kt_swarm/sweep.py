@@ -179,9 +179,9 @@ def sweep(path: str | Path, out: str | Path, engine: str = "ray", address: str |
         raise UserError(f"--out '{out}' already exists and is not empty")
     wandb = spec["wandb"] or (to_dict(base_cfg)["tracking"]["wandb"])
     if wandb and not os.environ.get("WANDB_MODE"):
-        from kt_swarm.tracking import _has_api_key
+        from kt_swarm.tracking import has_api_key
 
-        if not _has_api_key():  # set before Ray starts, so the logging actors inherit it
+        if not has_api_key():  # set before Ray starts, so the logging actors inherit it
             os.environ["WANDB_MODE"] = "offline"
             log.info("W&B: no API key here, the trials log offline (upload later with `wandb sync`)")
 

@@ -17,7 +17,7 @@ from kt_swarm.config import Config, WandbConfig, to_dict
 log = logging.getLogger("kt_swarm")
 
 
-def _has_api_key() -> bool:
+def has_api_key() -> bool:
     import wandb
 
     if os.environ.get("WANDB_API_KEY"):
@@ -44,7 +44,7 @@ class Tracker:
         if mode == "disabled":
             return
         if mode is None:
-            mode = "online" if _has_api_key() else "offline"
+            mode = "online" if has_api_key() else "offline"
             if mode == "offline":
                 log.info("W&B: no API key here, logging offline (upload later with `wandb sync`)")
         kwargs = dict(project=wb.project, entity=wb.entity, group=wb.group, tags=wb.tags or None, name=wb.name,

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from kt_swarm.progress import progress
 
 from kt_swarm.config import AugmentConfig, ParticipantConfig, ZooConfig
 from kt_swarm.data import Dataset, batch_plan, steps_per_epoch
 from kt_swarm.errors import UserError
 from kt_swarm.participant import Participant
+from kt_swarm.progress import progress
 
 log = logging.getLogger(__name__)
 
