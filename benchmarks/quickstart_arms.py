@@ -16,6 +16,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kt_swarm.config import apply_override, load_config, parse_config, to_dict  # noqa: E402
-from kt_swarm.coordinator import make_engine, train_arm  # noqa: E402
+from kt_swarm.checkpoint import Checkpoints  # noqa: E402
+from kt_swarm.coordinator import fresh_arm, make_engine, save_start, train_arm  # noqa: E402
 from kt_swarm.data import load_dataset  # noqa: E402
 from kt_swarm.local import LossSpec  # noqa: E402
 from kt_swarm.metrics import accuracy  # noqa: E402
@@ -62,7 +64,8 @@ def main() -> None:
         engine = make_engine("local", cfg, data)
         names = [p.name for p in cfg.participants]
         labels = data.labels[data.splits[args.split]]
-        engine.snapshot("start")
+        ckpt = Checkpoints(Path(tempfile.mkdtemp(prefix="kt-arms-")), "bench", names, keep=1)
+        save_start(engine, ckpt)  # every arm starts from these weights
         preds = engine.predict(args.split, cfg.eval_batch_size)
         rows = {"start": accuracy(preds, labels)}
         # Complementary knowledge (Roth et al.): samples some other participant gets right and this one wrong.
@@ -78,7 +81,8 @@ def main() -> None:
             arm_cfg = parse_config(arm_raw)
             t = arm_cfg.transfer
             engine.batch_size = t.batch_size
-            res = train_arm(engine, arm_cfg, data, name, LossSpec(t.temperature, t.weight, t.detach_teacher), lambda r: None)
+            res = train_arm(engine, arm_cfg, data, fresh_arm(engine, arm_cfg, ckpt, name),
+                            LossSpec(t.temperature, t.weight, t.detach_teacher), lambda r: None, ckpt)
             rows[name] = accuracy(engine.predict(args.split, cfg.eval_batch_size), labels)
             gain = statistics.mean(a - c for a, c in zip(rows[name], rows["control"]))
             print(f"  {name:24s} {[round(100 * a, 2) for a in rows[name]]} mean vs control {100 * gain:+.2f} "

@@ -22,12 +22,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kt-swarm", description="Many-to-many knowledge transfer between pretrained models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run a swarm from a YAML config")
-    run.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
+    run.add_argument("config", nargs="?", help="YAML config, e.g. configs/quickstart.yaml")
     run.add_argument("assignments", nargs="*", metavar="KEY=VALUE",
                      help="overrides like --set, without it (the form `wandb agent` passes as ${args_no_hyphens})")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key (dotted, list indices allowed: participants.0.lr=3e-4)")
     run.add_argument("--out", help="run directory to create (default: runs/<config>-<time>)")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue an unfinished run from its last consistent checkpoint, with its own config.yaml")
     report = sub.add_parser("report", help="rebuild a run's report.png and report.md, or compare runs side by side")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run directories")
     report.add_argument("--out", help="where several runs' compare.png and compare.md go (default: runs/compare-<time>)")
@@ -69,14 +71,30 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from kt_swarm.config import load_config
-    from kt_swarm.rundir import RunDir
+    from kt_swarm.rundir import RunDir, is_resumable
 
-    cfg = load_config(args.config, args.overrides + args.assignments)
-    out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.resume:
+        if args.config or args.out or args.overrides or args.assignments:
+            raise UserError("--resume continues with the run's own config.yaml: give no CONFIG, --out or overrides")
+        out = Path(args.resume)
+        run_dir = RunDir(out, resume=True)
+        cfg = load_config(out / "config.yaml")
+    else:
+        if not args.config:
+            raise UserError("run needs a CONFIG (or --resume RUN_DIR)")
+        cfg = load_config(args.config, args.overrides + args.assignments)
+        out = Path(args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir = RunDir(out)
     from kt_swarm.coordinator import format_table, run
 
-    with RunDir(out) as run_dir:
-        summary = run(cfg, run_dir, args.engine, args.address)
+    try:
+        with run_dir:
+            summary = run(cfg, run_dir, args.engine, args.address)
+    except KeyboardInterrupt:
+        if is_resumable(out):
+            print(f"kt-swarm: interrupted; continue with: kt-swarm run --resume {out}", file=sys.stderr)
+            return 130
+        raise
     print(format_table(summary))
     print(f"run directory: {out}")
     for offline in sorted(Path(out).glob("wandb/offline-run-*")):

@@ -1,16 +1,19 @@
 """A whole run: data, participants (zoo included), accuracy before, the transfer arm,
-the CE-only control arm, selection on validation, accuracy after, summary.json."""
+the CE-only control arm, selection on validation, accuracy after, summary.json; checkpoints
+along the way, and the way back to the last one after a crash or a lost actor."""
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
 
+from kt_swarm.checkpoint import Checkpoints, config_digest
 from kt_swarm.config import Config, to_dict
 from kt_swarm.data import Dataset, load_dataset, steps_per_epoch
-from kt_swarm.errors import UserError
+from kt_swarm.errors import ParticipantLost, UserError
 from kt_swarm.local import LocalEngine, LossSpec
 from kt_swarm.metrics import accuracy, complementary, flips, success_rate, teach_share, topk_accuracy
 from kt_swarm.models import check_model_name, create_model, default_weights, preprocess_for
@@ -21,6 +24,8 @@ from kt_swarm.roles import role_matrix
 from kt_swarm.rundir import RunDir
 from kt_swarm.tracking import Tracker
 from kt_swarm import zoo
+
+logger = logging.getLogger("kt_swarm")
 
 
 def member_seed(cfg: Config, index: int) -> int:
@@ -56,15 +61,6 @@ def check_classes(widths: dict[str, int], num_classes: int) -> None:
         raise UserError(f"participants disagree on the number of classes ({listed}; the data has {num_classes})")
 
 
-def build_participants(cfg: Config, data: Dataset) -> list[Participant]:
-    participants = [build_participant(cfg, i, data) for i in range(len(cfg.participants))]
-    # Every model is checked before the (slow) pretraining of any.
-    check_classes({p.name: p.output_width(data.channels, data.image_size) for p in participants}, data.num_classes)
-    for i, p in enumerate(participants):
-        pretrain_if_zoo(cfg, i, p, data)
-    return participants
-
-
 @dataclass
 class ArmResult:
     steps: int
@@ -73,98 +69,293 @@ class ArmResult:
     final_train_loss: list[float]  # mean share over the last epoch
     val_acc: list[list[float]]  # per epoch
     best_epoch: list[int]
+    best_files: list[str | None]  # each participant's selected weights, under checkpoints/
+    skipped_steps: int
     seconds: float
 
 
-def train_arm(engine: LocalEngine, cfg: Config, data: Dataset, arm: str, loss: LossSpec, log) -> ArmResult:
-    """Train every participant for cfg.transfer.epochs from the "start" snapshot; keep each one's
-    best-on-validation epoch (selection: best_val) or its last."""
-    t0 = time.perf_counter()
-    n = len(cfg.participants)
-    engine.restore("start")
+@dataclass
+class ArmState:
+    """Where an arm stands: everything needed to continue it exactly (saved in every checkpoint)."""
+
+    arm: str
+    n: int
+    epoch: int = 0
+    step: int = 0  # the next step of `epoch`
+    matrix: torch.Tensor | None = None  # role matrix of this epoch so far
+    losses: torch.Tensor | None = None  # summed shares of this epoch so far
+    good_steps: int = 0  # steps of this epoch not skipped
+    val_start: torch.Tensor | None = None  # validation predictions at the start (flips count against them)
+    best_acc: list[float] = field(default_factory=list)
+    best_epoch: list[int] = field(default_factory=list)
+    best_files: list[str | None] = field(default_factory=list)
+    shares: list[list[float]] = field(default_factory=list)
+    matrices: list[list[list[int]]] = field(default_factory=list)
+    val_history: list[list[float]] = field(default_factory=list)
+    final_train_loss: list[float] = field(default_factory=list)
+    skipped: int = 0
+    bad_in_a_row: int = 0
+    seconds: float = 0.0
+
+    def __post_init__(self):
+        if self.matrix is None:
+            self.new_epoch()
+        self.best_acc = self.best_acc or [-1.0] * self.n
+        self.best_epoch = self.best_epoch or [0] * self.n
+        self.best_files = self.best_files or [None] * self.n
+
+    def new_epoch(self) -> None:
+        self.matrix = torch.zeros(self.n, self.n, dtype=torch.long)
+        self.losses = torch.zeros(self.n, dtype=torch.float64)
+        self.good_steps = 0
+
+
+@dataclass
+class RunState:
+    """The coordinator's side of a checkpoint: finished arms, their test predictions, the arm under way."""
+
+    preds: dict[str, torch.Tensor] = field(default_factory=dict)  # test [N, n, k]: start, transfer, control
+    arms: dict[str, dict] = field(default_factory=dict)  # finished arms' ArmResult fields
+    current: ArmState | None = None
+    restarts: dict[str, int] = field(default_factory=dict)
+    resumes: int = 0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "current": asdict(self.current) if self.current else None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunState":
+        return cls(**{**d, "current": ArmState(**d["current"]) if d["current"] else None})
+
+
+def fresh_optimizers(engine, cfg: Config) -> None:
     engine.reset_optimizers(
         cfg.transfer.optimizer,
         [p.lr for p in cfg.participants],
         [p.weight_decay if p.weight_decay is not None else cfg.transfer.weight_decay for p in cfg.participants],
     )
+
+
+def restore(engine, cfg: Config, ckpt: Checkpoints, name: str) -> dict:
+    """Every participant back to checkpoint set `name` (weights, optimizer, RNG); returns its run state."""
+    states, run_state = ckpt.load_set(name)
+    fresh_optimizers(engine, cfg)  # the set's optimizer state, if any, is loaded into these
+    engine.load(states)
+    return run_state
+
+
+def save_start(engine, ckpt: Checkpoints, metrics_bytes: int = 0) -> None:
+    """The start set: every participant as it enters the swarm. Each arm begins from it; never pruned."""
+    ckpt.save("start", engine.states(), RunState().to_dict(), metrics_bytes)
+
+
+def fresh_arm(engine, cfg: Config, ckpt: Checkpoints, arm: str) -> ArmState:
+    restore(engine, cfg, ckpt, "start")
+    return ArmState(arm, len(cfg.participants))
+
+
+def train_arm(engine, cfg: Config, data: Dataset, st: ArmState, loss: LossSpec, log, ckpt: Checkpoints,
+              save: Callable[[str], None] = lambda name: None) -> ArmResult:
+    """Train every participant for cfg.transfer.epochs, continuing from `st`; keep each one's
+    best-on-validation epoch (selection: best_val) or its last. `save(name)` writes a checkpoint set
+    every checkpoint.every_steps steps and at every epoch end."""
+    t0, seconds0 = time.perf_counter(), st.seconds
+    n, arm, names = st.n, st.arm, [p.name for p in cfg.participants]
     steps = steps_per_epoch(len(data.splits["train"]), cfg.transfer.batch_size)
     if steps == 0:
         raise UserError(f"transfer.batch_size {cfg.transfer.batch_size} is larger than the {len(data.splits['train'])} transfer samples")
-    best_acc, best_epoch = [-1.0] * n, [0] * n
-    shares, val_history, matrices = [], [], []
-    names = [p.name for p in cfg.participants]
     val_labels = data.labels[data.splits["val"]]
-    val_start = engine.predict("val", cfg.eval_batch_size)  # flips are counted against these
-    log({"arm": arm, "epoch": -1, "event": "eval", "val_acc": dict(zip(names, accuracy(val_start, val_labels)))})
-    bar = progress(total=cfg.transfer.epochs * steps, desc=arm, unit="step")
-    for epoch in range(cfg.transfer.epochs):
-        matrix = torch.zeros(n, n, dtype=torch.long)
-        losses = torch.zeros(n, dtype=torch.float64)
-        for step in range(steps):
-            result = engine.train_step(epoch, step, loss)
-            matrix += role_matrix(result.teachers, n)
-            losses += torch.tensor(result.losses, dtype=torch.float64)
-            if step % cfg.transfer.log_every == 0 or step == steps - 1:
-                log({"arm": arm, "epoch": epoch, "step": step, "global_step": epoch * steps + step,
-                     "loss": sum(result.losses), "losses": dict(zip(names, result.losses)),
-                     "taught": dict(zip(names, torch.bincount(result.teachers[result.teachers >= 0], minlength=n).tolist()))})
-            bar.set_description(f"{arm} epoch {epoch + 1}, loss {sum(result.losses):.3f}")
+    if st.val_start is None:
+        st.val_start = engine.predict("val", cfg.eval_batch_size)
+        log({"arm": arm, "epoch": -1, "event": "eval", "val_acc": dict(zip(names, accuracy(st.val_start, val_labels)))})
+    every = cfg.checkpoint.every_steps
+    bar = progress(total=cfg.transfer.epochs * steps, initial=st.epoch * steps + st.step, desc=arm, unit="step")
+    while st.epoch < cfg.transfer.epochs:
+        while st.step < steps:
+            result = engine.train_step(st.epoch, st.step, loss)
+            step, st.step = st.step, st.step + 1
+            global_step = st.epoch * steps + step
+            if result.bad:
+                skip_step(cfg, st, step, global_step, [names[i] for i in result.bad], log)
+            else:
+                st.bad_in_a_row = 0
+                st.matrix += role_matrix(result.teachers, n)
+                st.losses += torch.tensor(result.losses, dtype=torch.float64)
+                st.good_steps += 1
+                if step % cfg.transfer.log_every == 0 or step == steps - 1:
+                    log({"arm": arm, "epoch": st.epoch, "step": step, "global_step": global_step,
+                         "loss": sum(result.losses), "losses": dict(zip(names, result.losses)),
+                         "taught": dict(zip(names, torch.bincount(result.teachers[result.teachers >= 0], minlength=n).tolist()))})
+                bar.set_description(f"{arm} epoch {st.epoch + 1}, loss {sum(result.losses):.3f}")
             bar.update()
-        val_preds = engine.predict("val", cfg.eval_batch_size)
-        val = accuracy(val_preds, val_labels)
-        gained, lost = flips(val_start, val_preds, val_labels)
-        share = teach_share(matrix, steps * cfg.transfer.batch_size)
-        log({"arm": arm, "epoch": epoch, "event": "eval", "global_step": (epoch + 1) * steps - 1,
-             "val_acc": dict(zip(names, val)), "val_positive_flips": dict(zip(names, gained)),
-             "val_negative_flips": dict(zip(names, lost)), "teach_share": dict(zip(names, share)),
-             "role_matrix": matrix.tolist()})
-        shares.append(share)
-        matrices.append(matrix.tolist())
-        val_history.append(val)
-        improved = [i for i in range(n) if cfg.selection == "last" or val[i] > best_acc[i]]
-        for i in improved:
-            best_acc[i], best_epoch[i] = val[i], epoch + 1
-        if cfg.selection == "best_val" and cfg.transfer.epochs > 1:
-            engine.snapshot(f"best-{arm}", improved)
+            st.seconds = seconds0 + time.perf_counter() - t0
+            if every and (global_step + 1) % every == 0 and st.step < steps:  # epoch ends are saved below
+                save(f"{arm}-{global_step + 1:07d}")
+        end_epoch(engine, cfg, st, steps, val_labels, log, ckpt)
+        st.seconds = seconds0 + time.perf_counter() - t0
+        save(f"{arm}-{st.epoch * steps:07d}")
     bar.close()
     if cfg.selection == "best_val" and cfg.transfer.epochs > 1:
-        engine.restore(f"best-{arm}")
+        engine.load([{"model": ckpt.load_weights(f, i)} for i, f in enumerate(st.best_files)])
     return ArmResult(
         steps=cfg.transfer.epochs * steps,
-        role_matrix=matrices,
-        teach_share=shares,
-        final_train_loss=(losses / steps).tolist(),
-        val_acc=val_history,
-        best_epoch=best_epoch,
-        seconds=time.perf_counter() - t0,
+        role_matrix=st.matrices,
+        teach_share=st.shares,
+        final_train_loss=st.final_train_loss,
+        val_acc=st.val_history,
+        best_epoch=st.best_epoch,
+        best_files=st.best_files,
+        skipped_steps=st.skipped,
+        seconds=st.seconds,
     )
 
 
-def make_engine(name: str, cfg: Config, data: Dataset, address: str | None = None):
-    """`local`: every participant in this process. `ray`: one Ray actor per participant."""
+def skip_step(cfg: Config, st: ArmState, step: int, global_step: int, culprits: list[str], log) -> None:
+    """A NaN/Inf step was dropped by every participant; too many in a row stop the run (checkpoints kept)."""
+    st.skipped += 1
+    st.bad_in_a_row += 1
+    log({"arm": st.arm, "epoch": st.epoch, "step": step, "global_step": global_step, "event": "skipped",
+         "participants": culprits, "in_a_row": st.bad_in_a_row})
+    who = ", ".join(f"'{c}'" for c in culprits)
+    logger.warning("%s epoch %d step %d skipped by every participant: NaN/Inf from %s (%d in a row)",
+                   st.arm, st.epoch + 1, step, who, st.bad_in_a_row)
+    if st.bad_in_a_row >= cfg.fault.max_bad_steps:
+        raise UserError(f"participant{'s' if len(culprits) > 1 else ''} {who}: NaN or Inf loss or gradient in "
+                        f"{st.bad_in_a_row} steps in a row (fault.max_bad_steps); stopped at {st.arm} epoch "
+                        f"{st.epoch + 1} step {step}, checkpoints kept")
+
+
+def end_epoch(engine, cfg: Config, st: ArmState, steps: int, val_labels: torch.Tensor, log, ckpt: Checkpoints) -> None:
+    """Evaluate on validation, keep improved participants' weights as their best, start the next epoch."""
+    names = [p.name for p in cfg.participants]
+    val_preds = engine.predict("val", cfg.eval_batch_size)
+    val = accuracy(val_preds, val_labels)
+    gained, lost = flips(st.val_start, val_preds, val_labels)
+    share = teach_share(st.matrix, st.good_steps * cfg.transfer.batch_size)
+    log({"arm": st.arm, "epoch": st.epoch, "event": "eval", "global_step": (st.epoch + 1) * steps - 1,
+         "val_acc": dict(zip(names, val)), "val_positive_flips": dict(zip(names, gained)),
+         "val_negative_flips": dict(zip(names, lost)), "teach_share": dict(zip(names, share)),
+         "role_matrix": st.matrix.tolist()})
+    st.shares.append(share)
+    st.matrices.append(st.matrix.tolist())
+    st.val_history.append(val)
+    st.final_train_loss = (st.losses / max(st.good_steps, 1)).tolist()
+    improved = [i for i in range(st.n) if cfg.selection == "last" or val[i] > st.best_acc[i]]
+    for i in improved:
+        st.best_acc[i], st.best_epoch[i] = val[i], st.epoch + 1
+    if cfg.selection == "best_val" and improved:
+        for i, weights in zip(improved, engine.weights(improved)):
+            st.best_files[i] = ckpt.save_weights(f"best/{st.arm}", i, weights, tag=f"-e{st.epoch + 1}")
+    st.epoch += 1
+    st.step = 0
+    st.new_epoch()
+
+
+def make_engine(name: str, cfg: Config, data: Dataset, address: str | None = None, pretrain: bool = True):
+    """`local`: every participant in this process. `ray`: one Ray actor per participant. Without
+    `pretrain`, zoo members are left untrained (a resumed run loads its checkpoint into them)."""
     if name == "ray":
         from kt_swarm.swarm import RaySwarm
 
-        return RaySwarm(cfg, data, address=address)
-    return LocalEngine(build_participants(cfg, data), data, seed=cfg.seed, batch_size=cfg.transfer.batch_size,
-                       augment=cfg.data.augment)
+        return RaySwarm(cfg, data, address=address, pretrain=pretrain)
+    participants = [build_participant(cfg, i, data) for i in range(len(cfg.participants))]
+    check_classes({p.name: p.output_width(data.channels, data.image_size) for p in participants}, data.num_classes)
+    if pretrain:  # every model is checked (above) before the slow pretraining of any
+        for i, p in enumerate(participants):
+            pretrain_if_zoo(cfg, i, p, data)
+    return LocalEngine(participants, data, seed=cfg.seed, batch_size=cfg.transfer.batch_size, augment=cfg.data.augment)
+
+
+def arms(cfg: Config) -> list[tuple[str, LossSpec]]:
+    t = cfg.transfer
+    control = [("control", LossSpec(t.temperature, 0.0, t.detach_teacher))] if cfg.control else []
+    return [("transfer", LossSpec(t.temperature, t.weight, t.detach_teacher))] + control
+
+
+def advance(engine, cfg: Config, data: Dataset, state: RunState, log, ckpt: Checkpoints, metrics_bytes) -> None:
+    """Carry the run from `state` to its end: the start test, then each arm and its test."""
+    names = [p.name for p in cfg.participants]
+    test_labels = data.labels[data.splits["test"]]
+    k = 5 if data.num_classes > 5 else 1  # top-5 only where it is not trivially 100%
+
+    def test(arm: str) -> None:
+        preds = engine.predict("test", cfg.eval_batch_size, k)
+        log({"arm": arm, "event": "test", "test_acc": dict(zip(names, accuracy(preds, test_labels))),
+             **({"test_top5_acc": dict(zip(names, topk_accuracy(preds, test_labels)))} if k == 5 else {})})
+        state.preds[arm] = preds
+
+    def save(name: str) -> None:
+        kept = [f for arm in state.arms.values() for f in arm["best_files"]] + state.current.best_files
+        ckpt.save(name, engine.states(), state.to_dict(), metrics_bytes(), [f for f in kept if f])
+        logger.debug("checkpoint %s written", name)
+
+    if "start" not in state.preds:
+        test("start")
+    for arm, loss in arms(cfg):
+        if arm in state.preds:
+            continue
+        if state.current is None:
+            state.current = fresh_arm(engine, cfg, ckpt, arm)
+        state.arms[arm] = asdict(train_arm(engine, cfg, data, state.current, loss, log, ckpt, save))
+        state.current = None
+        test(arm)
+
+
+def run_swarm(engine, cfg: Config, data: Dataset, out: RunDir, ckpt: Checkpoints, log) -> RunState:
+    """advance() until the run ends, from the last consistent checkpoint when resuming. When a
+    participant's actor dies, Ray restarts it; every participant goes back to the last consistent
+    checkpoint and the run goes on, up to fault.max_restarts times per participant."""
+    names = [p.name for p in cfg.participants]
+    state, reload, revive, restarts, event = None, ckpt.latest, None, {}, "resumed"
+    if reload is None:
+        save_start(engine, ckpt, out.metrics_bytes())
+        state = RunState()
+    while True:
+        try:
+            if revive is not None:
+                engine.revive(revive)
+                revive = None
+            if reload is not None:
+                loaded = RunState.from_dict(restore(engine, cfg, ckpt, reload))
+                out.truncate_metrics(ckpt.set_info(reload)["metrics_bytes"])  # the steps after it run again
+                loaded.restarts = {**loaded.restarts, **restarts}
+                loaded.resumes += event == "resumed"
+                log({"event": event, "checkpoint": reload, "restarts": loaded.restarts})
+                state, reload = loaded, None
+            advance(engine, cfg, data, state, log, ckpt, out.metrics_bytes)
+            return state
+        except ParticipantLost as lost:
+            name = names[lost.index]
+            restarts = {**state.restarts, name: state.restarts.get(name, 0) + 1} if state else {name: 1}
+            if restarts[name] > cfg.fault.max_restarts:
+                raise UserError(f"{lost} (restarted {restarts[name] - 1} times already, fault.max_restarts "
+                                f"{cfg.fault.max_restarts}); checkpoints kept") from None
+            logger.warning("%s; restarted (%d of %d), continuing from checkpoint %s",
+                           lost, restarts[name], cfg.fault.max_restarts, ckpt.latest)
+            if state:
+                state.restarts = restarts
+            revive, reload, event = lost.index, ckpt.latest, "restarted"
 
 
 def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None = None,
         on_record: Callable[[dict], None] | None = None) -> dict:
-    """The main job. Writes config.yaml, metrics.jsonl, summary.json and report.{png,md} into `out`,
-    tracks the run in W&B when the config asks, and returns the summary. `on_record` also receives
-    every metrics record (a sweep trial reports its epochs to Ray Tune through it)."""
+    """The main job. Writes config.yaml, metrics.jsonl, checkpoints/, summary.json and report.{png,md}
+    into `out`, tracks the run in W&B when the config asks, and returns the summary. Continues from
+    the last checkpoint when `out` was opened to resume. `on_record` also receives every metrics
+    record (a sweep trial reports its epochs to Ray Tune through it)."""
     import yaml
 
     t_start = time.perf_counter()
-    out.write_text("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if not out.resume:
+        out.write_text("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     for spec in cfg.participants:
         check_model_name(spec)
+    names = [p.name for p in cfg.participants]
+    # A damaged or foreign checkpoint is refused here, before anything starts.
+    ckpt = Checkpoints(out.path / "checkpoints", config_digest(to_dict(cfg)), names, cfg.checkpoint.keep)
     data = load_dataset(cfg.data)
     if any(default_weights(p) == "zoo" for p in cfg.participants) and len(data.splits["pretrain"]) == 0:
         raise UserError("participants use weights: zoo but data.pretrain_fraction is 0 (no pretraining split)")
-    names = [p.name for p in cfg.participants]
     tracker = Tracker(cfg, out.path, names)
 
     def log(record: dict) -> None:
@@ -175,36 +366,28 @@ def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None 
 
     try:
         t0 = time.perf_counter()
-        engine = make_engine(engine_name, cfg, data, address)
+        engine = make_engine(engine_name, cfg, data, address, pretrain=ckpt.latest is None)
         t_zoo = time.perf_counter() - t0
         try:
-            test_labels = data.labels[data.splits["test"]]
-            k = 5 if data.num_classes > 5 else 1  # top-5 only where it is not trivially 100%
-
-            def test(arm: str) -> torch.Tensor:
-                preds = engine.predict("test", cfg.eval_batch_size, k)
-                log({"arm": arm, "event": "test", "test_acc": dict(zip(names, accuracy(preds, test_labels))),
-                     **({"test_top5_acc": dict(zip(names, topk_accuracy(preds, test_labels)))} if k == 5 else {})})
-                return preds
-
-            engine.snapshot("start")
-            start = test("start")
-            t = cfg.transfer
-            transfer = train_arm(engine, cfg, data, "transfer", LossSpec(t.temperature, t.weight, t.detach_teacher), log)
-            end = test("transfer")
-            control, end_control = None, None
-            if cfg.control:
-                control = train_arm(engine, cfg, data, "control", LossSpec(t.temperature, 0.0, t.detach_teacher), log)
-                end_control = test("control")
+            state = run_swarm(engine, cfg, data, out, ckpt, log)
             nodes = engine.nodes()
         finally:
             engine.close()
-        summary = summarize(cfg, data, names, test_labels, (start, end, end_control), (transfer, control), nodes, engine.name)
+        transfer = ArmResult(**state.arms["transfer"])
+        control = ArmResult(**state.arms["control"]) if cfg.control else None
+        test_labels = data.labels[data.splits["test"]]
+        preds = (state.preds["start"], state.preds["transfer"], state.preds.get("control"))
+        summary = summarize(cfg, data, names, test_labels, preds, (transfer, control), nodes, engine.name)
         summary["placement_group"] = engine.placement_group
+        summary["faults"] = {"restarts": {name: state.restarts.get(name, 0) for name in names},
+                             "resumes": state.resumes,
+                             "skipped_steps": {arm: r["skipped_steps"] for arm, r in state.arms.items()}}
+        summary["checkpoints"] = {"latest": ckpt.latest,
+                                  "best": {arm: dict(zip(names, r["best_files"])) for arm, r in state.arms.items()}}
         summary["seconds"] = {"zoo_and_setup": t_zoo, "transfer": transfer.seconds,
                               "control": control.seconds if control else None, "total": time.perf_counter() - t_start}
-        out.write_json("summary.json", summary)
-        write_report(out.path)
+        write_report(out.path, summary)
+        out.write_json("summary.json", summary)  # last: a run directory with summary.json is finished
         tracker.finish(summary)
     except BaseException:
         tracker.close(failed=True)

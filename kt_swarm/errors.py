@@ -9,3 +9,11 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message (or its type): third-party errors in one line."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+class ParticipantLost(UserError):
+    """A participant's process died (not an error in its code): the run may restart it and go on."""
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = index

@@ -1,12 +1,12 @@
 """The single-process engine: every participant in one process, one after another.
 
 Each step: forward all, score, partition, the global loss, one backward, every
-optimizer steps. It is the reference the distributed swarm must match exactly.
+optimizer steps (or none, when any loss or gradient is not finite). It is the reference the distributed swarm must match exactly.
 """
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +28,16 @@ class LossSpec:
 class StepResult:
     losses: list[float]  # each participant's share of the global loss
     teachers: torch.Tensor  # [B], -1 where tied
+    bad: list[int] = field(default_factory=list)  # participants blamed for a NaN/Inf; non-empty: nobody stepped
+
+
+def blame(logits_ok: list[bool], loss_ok: list[bool], grads_ok: list[bool]) -> list[int]:
+    """Who caused a non-finite step. Bad logits poison every peer's loss through the exchange, and a bad
+    loss every gradient behind it, so the earliest stage that went wrong names the culprits."""
+    for ok in (logits_ok, loss_ok, grads_ok):
+        if not all(ok):
+            return [i for i, good in enumerate(ok) if not good]
+    return []
 
 
 class LocalEngine:
@@ -40,17 +50,19 @@ class LocalEngine:
         self.seed = seed
         self.batch_size = batch_size
         self.augment = augment
-        self._saved: dict[str, list[dict | None]] = {}
 
-    def snapshot(self, tag: str, which: list[int] | None = None) -> None:
-        """Keep a copy of the weights of participants `which` (all by default) under `tag`."""
-        saved = self._saved.setdefault(tag, [None] * len(self.participants))
-        for i in range(len(self.participants)) if which is None else which:
-            saved[i] = self.participants[i].state()
+    def states(self):
+        """Each participant's {model, optimizer, rng}, one at a time (a checkpoint writes them in turn)."""
+        for p in self.participants:
+            yield p.state()
 
-    def restore(self, tag: str) -> None:
-        for p, state in zip(self.participants, self._saved[tag]):
-            p.load_state(state)
+    def weights(self, which: list[int]) -> list[dict]:
+        return [self.participants[i].weights() for i in which]
+
+    def load(self, states: list[dict], which: list[int] | None = None) -> None:
+        """Load participants `which` (all by default) from states as `states()` gives them, or weights alone."""
+        for i, state in zip(range(len(self.participants)) if which is None else which, states):
+            self.participants[i].load_state(state)
 
     def reset_optimizers(self, optimizer: str, lrs: list[float], weight_decays: list[float]) -> None:
         for p, lr, wd in zip(self.participants, lrs, weight_decays):
@@ -66,9 +78,12 @@ class LocalEngine:
         for p in self.participants:
             p.optimizer.zero_grad(set_to_none=True)
         shares.sum().backward()
-        for p in self.participants:
-            p.optimizer.step()
-        return StepResult([float(s) for s in shares.detach()], teachers.cpu())
+        bad = blame([bool(torch.isfinite(z).all()) for z in logits], torch.isfinite(shares.detach()).tolist(),
+                    [p.gradients_finite() for p in self.participants])
+        if not bad:  # a NaN/Inf anywhere: nobody steps, so every participant stays on the same partition
+            for p in self.participants:
+                p.optimizer.step()
+        return StepResult([float(s) for s in shares.detach()], teachers.cpu(), bad)
 
     def predict(self, split: str, batch_size: int, k: int = 1) -> torch.Tensor:
         """[N, n, k] top-k classes of every participant on a split, best first."""

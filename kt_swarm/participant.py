@@ -32,6 +32,27 @@ def make_optimizer(kind: str, params, lr: float, weight_decay: float) -> torch.o
     return cls(params, lr=lr, weight_decay=weight_decay)
 
 
+def rng_state(device: torch.device) -> dict:
+    """The process's torch RNG (dropout, drop-path); data order and augmentation have their own seeds."""
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _to_cpu(obj):
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 @dataclass
 class Participant:
     name: str
@@ -79,12 +100,27 @@ class Participant:
             raise UserError(f"participant '{self.name}': the model fails on its {self.preprocess.in_chans}x{size}x{size} input "
                             f"(check input_size and model_args): {first_line(e)}") from None
 
-    def state(self) -> dict[str, torch.Tensor]:
-        """A detached CPU copy of the model's weights (for selection and for the control arm)."""
+    def weights(self) -> dict[str, torch.Tensor]:
+        """A detached CPU copy of the model's weights (a best model, the start of the control arm)."""
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state)
+    def state(self) -> dict:
+        """Everything a checkpoint needs to continue this participant exactly: weights, optimizer, RNG."""
+        opt = self.optimizer.state_dict() if self.optimizer is not None else None
+        return {"model": self.weights(), "optimizer": _to_cpu(opt), "rng": rng_state(self.device)}
+
+    def load_state(self, state: dict) -> None:
+        """Weights, and the optimizer's state and the RNG where `state` has them (a best model has neither)."""
+        self.model.load_state_dict(state["model"])
+        if state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("rng") is not None:
+            set_rng_state(state["rng"], self.device)
+
+    def gradients_finite(self) -> bool:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        # One reduction (and one device sync) for all of them; a norm that overflows counts as bad too.
+        return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
     def clone(self) -> "Participant":
         return Participant(self.name, copy.deepcopy(self.model), self.preprocess, self.device, autocast=self.autocast)

@@ -14,12 +14,14 @@ def _in_ray_worker() -> bool:
     return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
 
 
-def progress(total: int, desc: str, unit: str = "it"):
+def progress(total: int, desc: str, unit: str = "it", initial: int = 0):
     if _in_ray_worker():
         from ray.experimental.tqdm_ray import tqdm as ray_tqdm
 
-        return ray_tqdm(total=total, desc=desc, unit=unit)
+        bar = ray_tqdm(total=total, desc=desc, unit=unit)
+        bar.update(initial)
+        return bar
     from tqdm import tqdm
 
     quiet = not logging.getLogger("kt_swarm").isEnabledFor(logging.INFO)
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=True if quiet else None)
+    return tqdm(total=total, desc=desc, unit=unit, initial=initial, leave=False, dynamic_ncols=True, disable=True if quiet else None)

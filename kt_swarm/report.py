@@ -5,21 +5,24 @@ matplotlib's object API (Figure, no pyplot): no global state, no display needed.
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
 from kt_swarm.errors import UserError
+from kt_swarm.rundir import atomic_write
 
 ARMS = {"transfer": "-", "control": "--"}
 
 
-def load_run(run_dir: str | Path) -> tuple[dict, list[dict], str]:
-    """(summary, metrics records, config text) of a finished run directory."""
+def load_run(run_dir: str | Path, summary: dict | None = None) -> tuple[dict, list[dict], str]:
+    """(summary, metrics records, config text) of a finished run directory (or of one about to be,
+    given its summary)."""
     run_dir = Path(run_dir)
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = summary or json.loads((run_dir / "summary.json").read_text())
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     except FileNotFoundError as e:
         raise UserError(f"'{run_dir}' is not a finished kt-swarm run directory: {Path(e.filename).name} is missing") from None
@@ -159,12 +162,15 @@ Complementary: test samples another participant got right and this one wrong, be
 """
 
 
-def write_report(run_dir: str | Path) -> list[Path]:
-    """(Re)write report.png and report.md in a run directory from its own files."""
+def write_report(run_dir: str | Path, summary: dict | None = None) -> list[Path]:
+    """(Re)write report.png and report.md in a run directory from its own files (and `summary`, when
+    the run writes its report before its summary.json)."""
     run_dir = Path(run_dir)
-    summary, records, config = load_run(run_dir)
-    report_figure(summary, records).savefig(run_dir / "report.png", dpi=110)
-    (run_dir / "report.md").write_text(report_markdown(summary, config))
+    summary, records, config = load_run(run_dir, summary)
+    png = io.BytesIO()
+    report_figure(summary, records).savefig(png, format="png", dpi=110)
+    atomic_write(run_dir / "report.png", png.getvalue())
+    atomic_write(run_dir / "report.md", report_markdown(summary, config).encode())
     return [run_dir / "report.png", run_dir / "report.md"]
 
 

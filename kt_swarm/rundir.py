@@ -1,4 +1,9 @@
-"""A run directory that is either complete or absent: written under a temporary name, renamed at the end."""
+"""A run directory: finished (summary.json, written last), resumable (checkpoints/manifest.json), or absent.
+
+It is created at its final path so that a run killed outright (SIGKILL, a lost node) can be found and
+continued with `kt-swarm run --resume RUN_DIR`. A run that fails before its first checkpoint leaves
+nothing behind; one that fails later keeps its checkpoints. Every file is replaced atomically.
+"""
 from __future__ import annotations
 
 import json
@@ -9,36 +14,64 @@ from pathlib import Path
 from kt_swarm.errors import UserError
 
 
+def atomic_write(path: Path, data: bytes) -> None:
+    """Temporary file, fsync, rename, fsync of the folder: readers see the old file or the new one, whole."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_resumable(path: Path) -> bool:
+    return (Path(path) / "checkpoints" / "manifest.json").exists()
+
+
 class RunDir:
-    def __init__(self, out: str | Path):
-        self.final = Path(out)
-        if self.final.exists() and (not self.final.is_dir() or any(self.final.iterdir())):
-            raise UserError(f"--out '{self.final}' already exists and is not empty")
-        self.path = self.final.with_name(f".{self.final.name}.partial-{os.getpid()}")
+    def __init__(self, out: str | Path, resume: bool = False):
+        self.path = Path(out)
+        self.resume = resume
+        if resume:
+            if not (self.path / "config.yaml").is_file():
+                raise UserError(f"--resume '{self.path}' is not a kt_swarm run directory (no config.yaml)")
+            if (self.path / "summary.json").exists():
+                raise UserError(f"--resume '{self.path}': the run has already finished (summary.json exists)")
+        elif self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            raise UserError(f"--out '{self.path}' already exists and is not empty")
         self._metrics = None
 
     def __enter__(self) -> "RunDir":
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.path, ignore_errors=True)
-        self.path.mkdir()
-        self._metrics = open(self.path / "metrics.jsonl", "w")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._metrics = open(self.path / "metrics.jsonl", "ab" if self.resume else "wb")
         return self
 
     def log(self, record: dict) -> None:
-        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.write((json.dumps(record) + "\n").encode())
         self._metrics.flush()
 
+    def metrics_bytes(self) -> int:
+        """Where metrics.jsonl ends now: a checkpoint records it, a resume cuts the log back to it."""
+        self._metrics.flush()
+        return self._metrics.tell()
+
+    def truncate_metrics(self, size: int) -> None:
+        self._metrics.flush()
+        self._metrics.truncate(size)
+        self._metrics.seek(size)
+
     def write_json(self, name: str, data) -> None:
-        (self.path / name).write_text(json.dumps(data, indent=2) + "\n")
+        atomic_write(self.path / name, (json.dumps(data, indent=2) + "\n").encode())
 
     def write_text(self, name: str, text: str) -> None:
-        (self.path / name).write_text(text)
+        atomic_write(self.path / name, text.encode())
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._metrics.close()
-        if exc_type is None:
-            if self.final.exists():
-                self.final.rmdir()  # empty, checked above
-            os.replace(self.path, self.final)
-        else:
+        if exc_type is not None and not self.resume and not is_resumable(self.path):
             shutil.rmtree(self.path, ignore_errors=True)

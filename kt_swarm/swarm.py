@@ -6,7 +6,11 @@ Each step the coordinator makes two calls per actor and moves only references:
    model (graph kept), puts its detached logits in the object store, returns the reference;
 2. learn(refs): every actor receives the N references, reads its peers' logits, computes the same
    partition from the same numbers and back-propagates its own share of the global loss
-   (objectives.participant_loss), then steps its optimizer.
+   (objectives.participant_loss). Its optimizer steps at the start of the next call, once the
+   coordinator knows every share and gradient was finite (else no participant steps).
+
+A dead actor process is restarted by Ray (fault.max_restarts); the coordinator sets it up again and
+restores every participant to the last consistent checkpoint.
 
 Same interface, and in float64 on the CPU the same numbers, as local.LocalEngine.
 """
@@ -23,10 +27,12 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from kt_swarm.config import Config
 from kt_swarm.data import Dataset, batch_plan
-from kt_swarm.errors import UserError, first_line
-from kt_swarm.local import LossSpec, StepResult
+from kt_swarm.errors import ParticipantLost, UserError, first_line
+from kt_swarm.local import LossSpec, StepResult, blame
 from kt_swarm.objectives import participant_loss
 from kt_swarm.progress import progress
+
+log = logging.getLogger("kt_swarm")
 
 # Tensors read zero-copy from the object store are read-only numpy buffers underneath; torch warns
 # about that on every first read. kt_swarm never writes them in place (see learn()), so say it once, here.
@@ -40,8 +46,8 @@ class ParticipantActor:
         # Nothing that can fail here: errors from setup() reach the driver as the task's own exception.
         self.cfg, self.index, self.data = cfg, index, data
         self.p = None
-        self.saved: dict[str, dict] = {}
         self.pending = None  # (own logits with their graph, target) between forward and learn
+        self.unapplied = False  # gradients of the last learn() not yet applied
 
     def setup(self) -> int:
         """Build the participant; returns the number of classes it predicts."""
@@ -58,16 +64,32 @@ class ParticipantActor:
 
         pretrain_if_zoo(self.cfg, self.index, self.p, self.data)
 
-    def snapshot(self, tag: str) -> None:
-        self.saved[tag] = self.p.state()
+    def pid(self) -> int:
+        return os.getpid()
 
-    def restore(self, tag: str) -> None:
-        self.p.load_state(self.saved[tag])
+    def state(self) -> dict:
+        return self.p.state()
+
+    def weights(self) -> dict:
+        return self.p.weights()
+
+    def load(self, state: dict) -> None:
+        self.p.load_state(state)
+        self.pending, self.unapplied = None, False  # a step in flight belongs to the past being restored over
 
     def reset_optimizer(self, optimizer: str, lr: float, weight_decay: float) -> None:
         self.p.reset_optimizer(optimizer, lr, weight_decay)
 
-    def forward(self, epoch: int, step: int, batch_size: int) -> ray.ObjectRef:
+    def apply(self, update: bool) -> None:
+        """Step the optimizer with the gradients of the last learn(), or drop them: the coordinator
+        decides once every participant has said whether its step was finite."""
+        if self.unapplied and update:
+            self.p.optimizer.step()
+        self.unapplied = False
+
+    def forward(self, epoch: int, step: int, batch_size: int, update: bool | None = None) -> ray.ObjectRef:
+        if update is not None:  # the previous step's verdict rides on this call: no extra round trip
+            self.apply(update)
         plan = batch_plan(self.data.splits["train"], seed=self.cfg.seed, epoch=epoch, step=step,
                           batch_size=batch_size, augment=self.cfg.data.augment)
         logits = self.p.forward(self.data, plan)
@@ -77,7 +99,9 @@ class ParticipantActor:
             sent = sent.to(getattr(torch, self.cfg.transfer.exchange_dtype))
         return ray.put(sent.cpu())
 
-    def learn(self, refs: list[ray.ObjectRef], loss: LossSpec) -> tuple[float, torch.Tensor]:
+    def learn(self, refs: list[ray.ObjectRef], loss: LossSpec) -> tuple[float, torch.Tensor, list[bool], bool, bool]:
+        """Back-propagate this participant's share; the optimizer steps later, in apply().
+        Returns (share, teachers, every participant's logits finite, own share finite, own gradients finite)."""
         own, target = self.pending
         self.pending = None
         # Peers' logits are read-only here: participant_loss never writes into them.
@@ -86,8 +110,9 @@ class ParticipantActor:
                                            weight=loss.weight, detach_teacher=loss.detach_teacher)
         self.p.optimizer.zero_grad(set_to_none=True)
         value.backward()
-        self.p.optimizer.step()
-        return value.item(), teachers.cpu()
+        self.unapplied = True
+        logits_ok = torch.isfinite(peers).flatten(1).all(dim=1).tolist()
+        return value.item(), teachers.cpu(), logits_ok, bool(torch.isfinite(value)), self.p.gradients_finite()
 
     def predict(self, split: str, batch_size: int, k: int) -> torch.Tensor:
         return self.p.predict(self.data, self.data.splits[split], batch_size, k)
@@ -125,18 +150,28 @@ class RaySwarm:
 
     name = "ray"
 
-    def __init__(self, cfg: Config, data: Dataset, *, address: str | None = None):
+    def __init__(self, cfg: Config, data: Dataset, *, address: str | None = None, pretrain: bool = True):
         from kt_swarm.coordinator import check_classes
 
         self.cfg, self.batch_size = cfg, cfg.transfer.batch_size
         self.names = [p.name for p in cfg.participants]
-        self.actors, self.pg, self.owns_pg = [], None, False
+        self.actors, self.pg, self.owns_pg, self.data_ref = [], None, False, None
         self.placement_group = None  # its id, for summary.json
+        self.update: bool | None = None  # the verdict on the last step, not yet sent to the actors
         self.owns_ray = init_ray(address)
         try:
             self._start(cfg, data)
-            check_classes(dict(zip(self.names, self._gather([a.setup.remote() for a in self.actors]))), data.num_classes)
-            self._gather([a.pretrain.remote() for a in self.actors], desc="participants ready")  # in parallel
+            for attempt in range(cfg.fault.max_restarts + 1):
+                try:  # both are idempotent (the zoo is cached), so an actor lost here just does them again
+                    widths = self._gather([a.setup.remote() for a in self.actors])
+                    check_classes(dict(zip(self.names, widths)), data.num_classes)
+                    if pretrain:
+                        self._gather([a.pretrain.remote() for a in self.actors], desc="participants ready")
+                    break
+                except ParticipantLost as e:
+                    if attempt == cfg.fault.max_restarts:
+                        raise
+                    log.warning("%s; setting it up again", e)
         except BaseException:
             self.close()
             raise
@@ -170,7 +205,7 @@ class RaySwarm:
     def _place(self, cfg: Config, data: Dataset, bundle: dict, first_bundle: int) -> None:
         """One actor per participant, each in its own bundle of self.pg, reserving the whole bundle."""
         self.placement_group = self.pg.id.hex()
-        data_ref = ray.put(data)  # one copy in the object store, read by every actor
+        self.data_ref = ray.put(data)  # one copy in the object store, read by every actor (restarts too)
         remote = ray.remote(ParticipantActor)
         custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
         self.actors = [
@@ -180,13 +215,16 @@ class RaySwarm:
                 # halved the exchange of 128 x 32000 logits here (benchmarks/results/step_time.md).
                 runtime_env={"env_vars": {"RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1"}},
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=first_bundle + i),
-            ).remote(cfg, i, data_ref)
+                # A dead actor process comes back (same bundle, __init__ again); the coordinator then
+                # sets it up and restores every participant to the last consistent checkpoint.
+                max_restarts=cfg.fault.max_restarts,
+            ).remote(cfg, i, self.data_ref)
             for i in range(len(cfg.participants))
         ]
 
-    def _gather(self, refs: list, desc: str | None = None) -> list:
-        """ray.get, with an actor's failure turned into one line naming its participant; with `desc`, a
-        progress bar that advances as actors finish."""
+    def _gather(self, refs: list, desc: str | None = None, actors: list[int] | None = None) -> list:
+        """ray.get, with a failure turned into one line naming its participant (refs[k] is a call to
+        actor actors[k], by default actor k); with `desc`, a progress bar that advances as actors finish."""
         try:
             if desc:
                 bar, pending = progress(total=len(refs), desc=desc, unit="participant"), list(refs)
@@ -199,12 +237,19 @@ class RaySwarm:
                     bar.close()
             return ray.get(refs)
         except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError):
-            for i, ref in enumerate(refs):
-                if ray.wait([ref], timeout=0)[0]:
+            # A dead actor makes its peers fail too (its logits are gone): wait for every call and
+            # name the dead one before any failure it caused.
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=30)
+            errors = []
+            for k, ref in enumerate(refs):
+                if ref in ready:
                     try:
                         ray.get(ref)
                     except Exception as e:  # noqa: BLE001 - reported in one line below
-                        raise self._one_line(i, e) from None
+                        errors.append((actors[k] if actors else k, e))
+            errors.sort(key=lambda ie: not isinstance(ie[1], ray.exceptions.RayActorError))
+            if errors:
+                raise self._one_line(*errors[0]) from None
             raise
 
     def _one_line(self, index: int, error: Exception) -> UserError:
@@ -214,28 +259,55 @@ class RaySwarm:
         if isinstance(error, UserError):
             return UserError(str(error))
         if isinstance(error, ray.exceptions.RayActorError):
-            return UserError(f"participant '{self.names[index]}': its actor died: {first_line(error)}")
+            return ParticipantLost(f"participant '{self.names[index]}': its actor died: {first_line(error)}", index)
         return UserError(f"participant '{self.names[index]}' failed: {type(error).__name__}: {first_line(error)}")
 
-    def snapshot(self, tag: str, which: list[int] | None = None) -> None:
-        self._gather([self.actors[i].snapshot.remote(tag) for i in (range(len(self.actors)) if which is None else which)])
+    def _settle(self) -> None:
+        """Send the last step's verdict before anything reads or replaces the participants' state."""
+        if self.update is not None:
+            update, self.update = self.update, None
+            self._gather([a.apply.remote(update) for a in self.actors])
 
-    def restore(self, tag: str) -> None:
-        self._gather([a.restore.remote(tag) for a in self.actors])
+    def revive(self, index: int) -> None:
+        """Set up participant `index` again after Ray restarted its actor (its state is restored next)."""
+        self.update = None
+        self._gather([self.actors[index].setup.remote()], actors=[index])
+
+    def states(self):
+        self._settle()
+        refs = [a.state.remote() for a in self.actors]  # all at work at once, one in memory here at a time
+        for i, ref in enumerate(refs):
+            yield self._gather([ref], actors=[i])[0]
+
+    def weights(self, which: list[int]) -> list[dict]:
+        self._settle()
+        return self._gather([self.actors[i].weights.remote() for i in which], actors=which)
+
+    def load(self, states: list[dict], which: list[int] | None = None) -> None:
+        self.update = None  # a pending update is part of the state being replaced
+        which = list(range(len(self.actors))) if which is None else which
+        self._gather([self.actors[i].load.remote(s) for i, s in zip(which, states)], actors=which)
 
     def reset_optimizers(self, optimizer: str, lrs: list[float], weight_decays: list[float]) -> None:
+        self.update = None
         self._gather([a.reset_optimizer.remote(optimizer, lr, wd) for a, lr, wd in zip(self.actors, lrs, weight_decays)])
 
     def train_step(self, epoch: int, step: int, loss: LossSpec) -> StepResult:
-        refs = self._gather([a.forward.remote(epoch, step, self.batch_size) for a in self.actors])
+        refs = self._gather([a.forward.remote(epoch, step, self.batch_size, self.update) for a in self.actors])
         results = self._gather([a.learn.remote(refs, loss) for a in self.actors])
-        return StepResult([r[0] for r in results], results[0][1])
+        bad = blame(results[0][2], [r[3] for r in results], [r[4] for r in results])
+        self.update = not bad
+        return StepResult([r[0] for r in results], results[0][1], bad)
 
     def predict(self, split: str, batch_size: int, k: int = 1) -> torch.Tensor:
+        self._settle()
         return torch.stack(self._gather([a.predict.remote(split, batch_size, k) for a in self.actors], desc=f"eval {split}"))
 
     def nodes(self) -> list[str]:
         return self._gather([a.node.remote() for a in self.actors])
+
+    def pids(self) -> list[int]:
+        return self._gather([a.pid.remote() for a in self.actors])
 
     def close(self) -> None:
         for a in self.actors:

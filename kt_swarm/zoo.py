@@ -68,7 +68,7 @@ def pretrain(spec: ParticipantConfig, participant: Participant, data: Dataset, c
     path = cache_dir(cfg) / f"{cache_key(spec, participant, cfg, data, augment, seed)}.safetensors"
     if path.exists():
         try:
-            participant.load_state(load_file(str(path)))
+            participant.model.load_state_dict(load_file(str(path)))
             return path
         except Exception as e:  # a damaged cache entry is retrained, not trusted
             log.warning("zoo cache file %s is unreadable (%s); training it again", path, e)
@@ -92,5 +92,5 @@ def pretrain(spec: ParticipantConfig, participant: Participant, data: Dataset, c
             bar.set_description(f"zoo {spec.name} epoch {epoch + 1}, loss {loss.item():.3f}")
             bar.update()
     bar.close()
-    _save_atomic(participant.state(), path)
+    _save_atomic(participant.weights(), path)
     return path

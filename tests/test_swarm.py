@@ -7,7 +7,8 @@ import torch
 
 from conftest import ROOT
 from kt_swarm.config import load_config, parse_config
-from kt_swarm.coordinator import make_engine, train_arm
+from kt_swarm.checkpoint import Checkpoints
+from kt_swarm.coordinator import fresh_arm, make_engine, save_start, train_arm
 from kt_swarm.data import load_dataset
 from kt_swarm.errors import UserError
 from kt_swarm.local import LossSpec
@@ -44,15 +45,26 @@ def tiny_config(n: int, **overrides) -> "Config":
     return parse_config(raw)
 
 
-def trace(engine_name: str, cfg, data):
+def checkpoints(engine, cfg, root) -> Checkpoints:
+    """Checkpoints in `root`, holding the engine's start set (each arm starts from it)."""
+    ckpt = Checkpoints(root, "test", [p.name for p in cfg.participants], keep=2)
+    save_start(engine, ckpt)
+    return ckpt
+
+
+def arm(engine, cfg, data, ckpt, name, loss, log=lambda r: None):
+    return train_arm(engine, cfg, data, fresh_arm(engine, cfg, ckpt, name), loss, log, ckpt)
+
+
+def trace(engine_name: str, cfg, data, root):
     """Per-step logs, arm results and test predictions of both gradient modes on one engine."""
     engine = make_engine(engine_name, cfg, data)
     out = {}
     try:
-        engine.snapshot("start")
+        ckpt = checkpoints(engine, cfg, root)
         for mode, detach in (("detached", True), ("exact", False)):
             logs = []
-            result = train_arm(engine, cfg, data, mode, LossSpec(2.0, 1.0, detach), logs.append)
+            result = arm(engine, cfg, data, ckpt, mode, LossSpec(2.0, 1.0, detach), logs.append)
             out[mode] = (logs, result, engine.predict("test", 256))
         nodes = engine.nodes()
     finally:
@@ -61,11 +73,11 @@ def trace(engine_name: str, cfg, data):
 
 
 @pytest.mark.parametrize("n", [2, 3, 4])
-def test_ray_swarm_equals_local_engine_in_float64(n):
+def test_ray_swarm_equals_local_engine_in_float64(n, tmp_path):
     cfg = tiny_config(n)
     data = load_dataset(cfg.data)
-    local, _ = trace("local", cfg, data)
-    swarm, nodes = trace("ray", cfg, data)
+    local, _ = trace("local", cfg, data, tmp_path / "local")
+    swarm, nodes = trace("ray", cfg, data, tmp_path / "ray")
     assert len(nodes) == n and all(nodes)
     for mode in ("detached", "exact"):
         (l_logs, l_res, l_pred), (s_logs, s_res, s_pred) = local[mode], swarm[mode]
@@ -98,7 +110,7 @@ def test_forward_returns_a_reference_not_logits():
         engine.close()
 
 
-def test_sixteen_tiny_participants():
+def test_sixteen_tiny_participants(tmp_path):
     raw = {
         "participants": [{"name": f"mlp{i:02d}", "model": "faulty_models:tiny_mlp", "lr": 1e-3,
                           "model_args": {"hidden": 8 + i}} for i in range(16)],
@@ -110,8 +122,7 @@ def test_sixteen_tiny_participants():
     data = load_dataset(cfg.data)
     engine = make_engine("ray", cfg, data)
     try:
-        engine.snapshot("start")
-        result = train_arm(engine, cfg, data, "transfer", LossSpec(), lambda r: None)
+        result = arm(engine, cfg, data, checkpoints(engine, cfg, tmp_path), "transfer", LossSpec())
         assert len(engine.nodes()) == 16
     finally:
         engine.close()
@@ -120,7 +131,7 @@ def test_sixteen_tiny_participants():
     assert len({a for a in range(16) if matrix[a].sum() > 0}) > 1  # the roles are spread, not one teacher
 
 
-def test_a_failing_participant_stops_the_run_with_one_line():
+def test_a_failing_participant_stops_the_run_with_one_line(tmp_path):
     raw = {
         "participants": [
             {"name": "steady", "model": "faulty_models:tiny_mlp", "lr": 1e-3},
@@ -132,10 +143,9 @@ def test_a_failing_participant_stops_the_run_with_one_line():
     cfg = parse_config(raw)
     data = load_dataset(cfg.data)
     engine = make_engine("ray", cfg, data)
-    engine.snapshot("start")
     with pytest.raises(UserError, match=r"participant 'fragile' failed: RuntimeError: planted failure in training call 3"):
         try:
-            train_arm(engine, cfg, data, "transfer", LossSpec(), lambda r: None)
+            arm(engine, cfg, data, checkpoints(engine, cfg, tmp_path), "transfer", LossSpec())
         finally:
             engine.close()
     assert engine.actors == [] and engine.pg is None
@@ -152,11 +162,10 @@ def test_half_precision_exchange_keeps_every_actor_on_one_partition():
     data = load_dataset(cfg.data)
     engine = make_engine("ray", cfg, data)
     try:
-        engine.snapshot("start")
         engine.reset_optimizers("adam", [1e-3] * 3, [0.0] * 3)
         refs = ray.get([a.forward.remote(0, 0, 48) for a in engine.actors])
         assert all(ray.get(r).dtype == torch.float16 for r in refs)
-        teachers = [t for _, t in ray.get([a.learn.remote(refs, LossSpec()) for a in engine.actors])]
+        teachers = [r[1] for r in ray.get([a.learn.remote(refs, LossSpec()) for a in engine.actors])]
         assert all(torch.equal(teachers[0], t) for t in teachers[1:])
     finally:
         engine.close()
