@@ -306,10 +306,16 @@ def run_swarm(engine, cfg: Config, data: Dataset, out: RunDir, ckpt: Checkpoints
     participant's actor dies, Ray restarts it; every participant goes back to the last consistent
     checkpoint and the run goes on, up to fault.max_restarts times per participant."""
     names = [p.name for p in cfg.participants]
+
+    def placed() -> None:  # where each participant's process is (it moves when its actor restarts)
+        log({"event": "placed", "participants": {n: {"node": node, "pid": pid}
+                                                 for n, node, pid in zip(names, engine.nodes(), engine.pids())}})
+
     state, reload, revive, restarts, event = None, ckpt.latest, None, {}, "resumed"
     if reload is None:
         save_start(engine, ckpt, out.metrics_bytes())
         state = RunState()
+    moved = True
     while True:
         try:
             if revive is not None:
@@ -322,6 +328,9 @@ def run_swarm(engine, cfg: Config, data: Dataset, out: RunDir, ckpt: Checkpoints
                 loaded.resumes += event == "resumed"
                 log({"event": event, "checkpoint": reload, "restarts": loaded.restarts})
                 state, reload = loaded, None
+            if moved:
+                placed()
+                moved = False
             advance(engine, cfg, data, state, log, ckpt, out.metrics_bytes)
             return state
         except ParticipantLost as lost:
@@ -334,7 +343,7 @@ def run_swarm(engine, cfg: Config, data: Dataset, out: RunDir, ckpt: Checkpoints
                            lost, restarts[name], cfg.fault.max_restarts, ckpt.latest)
             if state:
                 state.restarts = restarts
-            revive, reload, event = lost.index, ckpt.latest, "restarted"
+            revive, reload, event, moved = lost.index, ckpt.latest, "restarted", True
 
 
 def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None = None,

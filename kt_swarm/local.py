@@ -5,6 +5,7 @@ optimizer steps (or none, when any loss or gradient is not finite). It is the re
 """
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass, field
 
@@ -98,6 +99,9 @@ class LocalEngine:
 
     def nodes(self) -> list[str]:
         return [socket.gethostname()] * len(self.participants)
+
+    def pids(self) -> list[int]:
+        return [os.getpid()] * len(self.participants)
 
     def close(self) -> None:
         pass

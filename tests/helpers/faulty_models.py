@@ -1,5 +1,8 @@
 """Real (tiny) models that fail on purpose, for the swarm's fault tests: importable by Ray workers
 through PYTHONPATH, used as `model: faulty_models:failing_mlp`."""
+import os
+import signal
+
 import torch
 from torch import nn
 
@@ -25,3 +28,44 @@ def failing_mlp(num_classes: int, in_chans: int, **kwargs) -> nn.Module:
 
 def tiny_mlp(num_classes: int, in_chans: int, img_size: int = 28, hidden: int = 16) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(in_chans * img_size * img_size, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
+class NanMLP(nn.Module):
+    """Returns NaN logits in training calls nan_from .. nan_from + nan_calls - 1 (counted from 1)."""
+
+    def __init__(self, num_classes: int, in_chans: int, img_size: int = 28, nan_from: int = 3, nan_calls: int = 1):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_chans * img_size * img_size, num_classes))
+        self.nan_from, self.nan_calls, self.calls = nan_from, nan_calls, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        if self.training:
+            self.calls += 1
+            if self.nan_from <= self.calls < self.nan_from + self.nan_calls:
+                return out * float("nan")
+        return out
+
+
+def nan_mlp(num_classes: int, in_chans: int, **kwargs) -> nn.Module:
+    return NanMLP(num_classes, in_chans, **kwargs)
+
+
+class SuicidalMLP(nn.Module):
+    """SIGKILLs its own process in training call `die_at` of every process that hosts it."""
+
+    def __init__(self, num_classes: int, in_chans: int, img_size: int = 28, die_at: int = 3):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_chans * img_size * img_size, num_classes))
+        self.die_at, self.calls = die_at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+            if self.calls == self.die_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return self.net(x)
+
+
+def suicidal_mlp(num_classes: int, in_chans: int, **kwargs) -> nn.Module:
+    return SuicidalMLP(num_classes, in_chans, **kwargs)

@@ -1,0 +1,246 @@
+"""Runs that survive: checkpoint sets, resume after a stop at any step, NaN/Inf steps, damaged checkpoints."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, kt_swarm
+from kt_swarm.checkpoint import Checkpoints, config_digest
+from kt_swarm.config import parse_config, to_dict
+from kt_swarm.coordinator import run
+from kt_swarm.rundir import RunDir
+
+HELPERS = ROOT / "tests" / "helpers"
+sys.path.insert(0, str(HELPERS))
+
+
+def mlp_config(**overrides) -> dict:
+    """Two tiny MLPs in float64 (exact comparisons), both arms, checkpoints every 2 steps."""
+    raw = {
+        "participants": [{"name": "wide", "model": "faulty_models:tiny_mlp", "lr": 3e-3, "model_args": {"hidden": 24}},
+                         {"name": "narrow", "model": "faulty_models:tiny_mlp", "lr": 3e-3, "model_args": {"hidden": 8}}],
+        "data": {"max_per_split": 96, "augment": {"shift": 2, "hflip": True}},
+        "transfer": {"epochs": 2, "batch_size": 32, "temperature": 2.0},
+        "checkpoint": {"every_steps": 2, "keep": 2},
+        "dtype": "float64", "control": True,
+    }
+    raw.update(overrides)
+    return raw
+
+
+def compared(summary: dict) -> dict:
+    """What a resumed run must reproduce exactly: accuracies, final losses, selection, role matrices."""
+    keys = ["acc_before", "acc_after", "acc_control", "final_train_loss", "val_acc", "best_epoch", "control_best_epoch",
+            "positive_flips", "negative_flips", "teach_share_per_epoch"]
+    return {"participants": {n: {k: p[k] for k in keys} for n, p in summary["participants"].items()},
+            "role_matrix_per_epoch": summary["role_matrix_per_epoch"]}
+
+
+class Stop(Exception):
+    """Stands for the driver dying: raised from inside the run, after a chosen metrics record."""
+
+
+def stopped_after(record_index: int):
+    seen = []
+
+    def on_record(record: dict) -> None:
+        seen.append(record)
+        if len(seen) == record_index:
+            raise Stop
+
+    return on_record
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    cfg = parse_config(mlp_config())
+    out = tmp_path_factory.mktemp("full") / "run"
+    with RunDir(out) as rd:
+        summary = run(cfg, rd, "local")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return cfg, out, summary, records
+
+
+def test_a_finished_run_keeps_its_start_set_best_models_and_the_last_sets(uninterrupted):
+    cfg, out, summary, _ = uninterrupted
+    manifest = json.loads((out / "checkpoints" / "manifest.json").read_text())
+    names = [s["name"] for s in manifest["sets"]]
+    # 3 steps an epoch, 2 epochs, checkpoints every 2 steps and at epoch ends: control 2, 3, 4, 6 -> keep 2.
+    assert names == ["start", "control-0000004", "control-0000006"]
+    listed = {rel for s in manifest["sets"] for rel in s["files"]}
+    on_disk = {p.relative_to(out / "checkpoints").as_posix() for p in (out / "checkpoints").rglob("*") if p.is_file()}
+    assert on_disk == listed | {"manifest.json"}  # pruned sets and superseded best models are gone
+    for arm, best in summary["checkpoints"]["best"].items():
+        for name, rel in best.items():
+            epoch = summary["participants"][name]["best_epoch" if arm == "transfer" else "control_best_epoch"]
+            assert rel == f"best/{arm}/{name}-e{epoch}.pt" and rel in listed
+    ckpt = Checkpoints(out / "checkpoints", config_digest(to_dict(cfg)), ["wide", "narrow"], keep=2)
+    states, run_state = ckpt.load_set("control-0000006")
+    assert set(states[0]) == {"model", "optimizer", "rng"} and states[0]["optimizer"]["state"]
+    assert run_state["current"]["epoch"] == 2 and set(run_state["arms"]) == {"transfer"}
+
+
+def test_a_run_stopped_after_any_record_resumes_to_the_same_summary(uninterrupted, tmp_path):
+    """Every place the driver can die (each metrics record is written at a step, eval or test
+    boundary): stop there, resume, and compare with the run that never stopped, in float64."""
+    cfg, _, full, records = uninterrupted
+    for index in range(1, len(records) + 1):
+        out = tmp_path / f"stopped-{index}"
+        with pytest.raises(Stop):
+            with RunDir(out) as rd:
+                run(cfg, rd, "local", on_record=stopped_after(index))
+        with RunDir(out, resume=True) as rd:
+            resumed = run(cfg, rd, "local")
+        assert compared(resumed) == compared(full), f"stopped after record {index}: {records[index - 1]}"
+        assert resumed["faults"]["resumes"] == 1
+        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        # The log is the uninterrupted one plus the resume marker: steps after the checkpoint are not
+        # doubled. (Where the processes are is logged again: they are new ones.)
+        ours = [r for r in lines if r.get("event") not in ("resumed", "placed")]
+        assert ours == [r for r in records if r.get("event") != "placed"], index
+
+
+def run_cli(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "kt_swarm", "run", *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(HELPERS)}, start_new_session=True, **kwargs)
+
+
+def test_driver_killed_mid_epoch_resumes_to_the_same_summary(tmp_path):
+    """The real thing: the CLI on the Ray engine, SIGKILLed mid-epoch, then `--resume`."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(mlp_config(transfer={"epochs": 2, "batch_size": 16, "temperature": 2.0},
+                                                data={"max_per_split": 128})))
+    full = run_cli(config, "--out", tmp_path / "full", "-q")
+    assert full.wait(timeout=300) == 0, full.stderr.read()
+
+    out = tmp_path / "killed"
+    proc = run_cli(config, "--out", out, "-q")
+    deadline = time.time() + 300
+    # Kill it in the middle of the second epoch, after at least one step checkpoint (8 steps an epoch).
+    while time.time() < deadline and proc.poll() is None:
+        log = (out / "metrics.jsonl").read_text() if (out / "metrics.jsonl").exists() else ""
+        if any(r.get("epoch") == 1 and r.get("step", 0) >= 3 for r in map(json.loads, log.splitlines())):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.kill()  # SIGKILL: no handler runs, nothing is cleaned up
+    proc.wait()
+    os.killpg(proc.pid, signal.SIGKILL)  # and its private Ray instance with it, as a lost node would
+    assert not (out / "summary.json").exists() and (out / "checkpoints" / "manifest.json").exists()
+
+    resumed = run_cli("--resume", out, "-q")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    a = json.loads((tmp_path / "full" / "summary.json").read_text())
+    b = json.loads((out / "summary.json").read_text())
+    assert compared(b) == compared(a)
+    assert b["faults"]["resumes"] == 1 and b["engine"] == "ray"
+
+
+def test_nan_steps_are_skipped_by_everyone_and_counted(tmp_path):
+    raw = mlp_config(control=False)
+    raw["participants"][1] = {"name": "nanny", "model": "faulty_models:nan_mlp", "lr": 3e-3,
+                              "model_args": {"nan_from": 2, "nan_calls": 2}}
+    with RunDir(tmp_path / "run") as rd:
+        summary = run(parse_config(raw), rd, "local")
+    assert summary["faults"]["skipped_steps"] == {"transfer": 2}
+    skipped = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+               if '"skipped"' in line]
+    assert [(r["step"], r["participants"]) for r in skipped] == [(1, ["nanny"]), (2, ["nanny"])]
+    for p in summary["participants"].values():
+        assert all(x == x for x in p["val_acc"]) and p["final_train_loss"] == p["final_train_loss"]  # no NaN
+
+
+def test_too_many_nan_steps_in_a_row_stop_the_run_naming_the_participant(tmp_path):
+    raw = mlp_config(control=False, fault={"max_bad_steps": 3})
+    raw["participants"][1] = {"name": "nanny", "model": "faulty_models:nan_mlp", "lr": 3e-3,
+                              "model_args": {"nan_from": 2, "nan_calls": 100}}
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    proc = kt_swarm("run", config, "--out", out, "--engine", "local", env={**os.environ, "PYTHONPATH": str(HELPERS)})
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("kt-swarm: error: participant 'nanny': NaN or Inf") and "3 steps in a row" in line
+    assert "Traceback" not in proc.stderr
+    # The checkpoints written before the bad steps are intact and loadable.
+    cfg = parse_config(raw)
+    ckpt = Checkpoints(out / "checkpoints", config_digest(to_dict(cfg)), ["wide", "nanny"], keep=2)
+    states, _ = ckpt.load_set(ckpt.latest)
+    assert all(torch.isfinite(t).all() for s in states for t in s["model"].values())
+
+
+@pytest.fixture
+def stopped_run(tmp_path):
+    """A run stopped after its first step checkpoint: resumable."""
+    cfg = parse_config(mlp_config())
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        with RunDir(out) as rd:
+            run(cfg, rd, "local", on_record=stopped_after(6))
+    return cfg, out
+
+
+def resume_error(out) -> str:
+    proc = kt_swarm("run", "--resume", out, "--engine", "local", env={**os.environ, "PYTHONPATH": str(HELPERS)})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kt-swarm: error: "), proc.stderr
+    return lines[0]
+
+
+def latest_file(out, name="wide"):
+    manifest = json.loads((out / "checkpoints" / "manifest.json").read_text())
+    return out / "checkpoints" / manifest["sets"][-1]["name"] / f"{name}.pt"
+
+
+def test_a_truncated_checkpoint_is_refused(stopped_run):
+    _, out = stopped_run
+    path = latest_file(out)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert "is truncated or was modified" in resume_error(out)
+
+
+def test_a_foreign_checkpoint_is_refused_even_with_a_matching_hash(stopped_run):
+    """A file from elsewhere (here: a pickle that would run code) whose hash was put in the manifest."""
+    import hashlib
+
+    _, out = stopped_run
+    path = latest_file(out)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > /dev/null",))
+
+    torch.save({"format": "kt_swarm.checkpoint/1", "model": Evil()}, path)
+    manifest_path = out / "checkpoints" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    rel = path.relative_to(out / "checkpoints").as_posix()
+    manifest["sets"][-1]["files"][rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+    assert "is not a loadable weights-only file" in resume_error(out)
+
+
+def test_a_damaged_or_foreign_manifest_is_refused(stopped_run):
+    cfg, out = stopped_run
+    manifest_path = out / "checkpoints" / "manifest.json"
+    text = manifest_path.read_text()
+    manifest_path.write_text(text[: len(text) // 2])
+    assert "unreadable or truncated" in resume_error(out)
+    other = json.loads(text)
+    other["config_sha256"] = "0" * 64
+    manifest_path.write_text(json.dumps(other))
+    assert "belongs to another run" in resume_error(out)
+
+
+def test_resume_refuses_what_it_cannot_continue(stopped_run, tmp_path):
+    _, out = stopped_run
+    proc = kt_swarm("run", ROOT / "configs" / "smoke.yaml", "--resume", out)
+    assert proc.returncode == 2 and "give no CONFIG" in proc.stderr
+    assert "not a kt_swarm run directory" in resume_error(tmp_path / "nowhere")
