@@ -7,6 +7,9 @@ applied to the raw mapping first, so they are validated exactly like the file.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from kt_swarm.errors import UserError
+from kt_swarm.errors import UserError, first_line
 
 
 @dataclass
@@ -108,6 +111,21 @@ class TrackingConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Checkpoint sets in RUN_DIR/checkpoints: every participant's model, optimizer and RNG, plus the run's
+    own state, consistent at one step (see checkpoint.py)."""
+
+    every_steps: int | None = 500  # also at every epoch end; null: at epoch ends only
+    keep: int = 2  # step checkpoint sets kept; the start set and each participant's best model are kept too
+
+
+@dataclass
+class FaultConfig:
+    max_restarts: int = 3  # --engine ray: restarts of one participant's actor over the run before it stops
+    max_bad_steps: int = 5  # steps in a row skipped for a NaN/Inf loss or gradient before the run stops
+
+
+@dataclass
 class Config:
     participants: list[ParticipantConfig]
     data: DataConfig = field(default_factory=DataConfig)
@@ -116,6 +134,8 @@ class Config:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
     control: bool = False  # also train a CE-only copy of every participant (same data, steps, lr)
     selection: Literal["best_val", "last"] = "best_val"  # per participant, on the validation split only
     seed: int = 0
@@ -123,6 +143,35 @@ class Config:
     autocast: Literal["bfloat16", "float16"] | None = None  # mixed precision: forward passes under torch.autocast
     device: str = "auto"  # auto (cuda where the participant's process sees a GPU, else cpu) | cpu | cuda | cuda:N
     eval_batch_size: int = 1024
+
+
+class _ShortRepr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:  # repr() raises ValueError on ints of over 4300 digits
+        return super().repr_int(x, level) if x.bit_length() < 1000 else f"<{x.bit_length()}-bit int>"
+
+
+_repr = _ShortRepr()
+_repr.maxstring = _repr.maxother = 80
+_repr.maxlevel = 3
+
+
+def _short(value: Any) -> str:
+    """repr() for messages, one short line whatever the value (long strings, huge lists, YAML alias bombs)."""
+    text = _repr.repr(value)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _size(value: Any, limit: int) -> int:
+    """How many values `value` holds, aliases counted each time; stops past `limit` (so a recursive one ends)."""
+    count, todo = 0, [value]
+    while todo and count <= limit:
+        item = todo.pop()
+        count += 1
+        if isinstance(item, dict):
+            todo += [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            todo += item
+    return count
 
 
 def _type_name(tp: Any) -> str:
@@ -144,21 +193,26 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, option, key)
             except UserError:
                 continue
-        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+        raise UserError(f"config key {_short(key)}: expected {_type_name(tp)}, got {_short(value)}")
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
-        raise UserError(f"config key '{key}': expected one of {_type_name(tp)}, got {value!r}")
+        raise UserError(f"config key {_short(key)}: expected one of {_type_name(tp)}, got {_short(value)}")
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise UserError(f"config key '{key}': expected a list, got {value!r}")
+            raise UserError(f"config key {_short(key)}: expected a list, got {_short(value)}")
         return [_convert(v, item, f"{key}.{i}") for i, v in enumerate(value)]
     if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"config key '{key}': expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is Any:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict) or not all(isinstance(k, key_tp) for k in value):
+            raise UserError(f"config key {_short(key)}: expected a mapping with {_type_name(key_tp)} keys, "
+                            f"got {_short(value)}")
+        return {k: _convert(v, value_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:  # model_args values: plain YAML data, saved back to config.yaml with the run
+        if _size(value, 10_000) > 10_000:
+            raise UserError(f"config key {_short(key)}: over 10000 values (a YAML alias of itself?), "
+                            f"got {_short(value)}")
         return value
     if tp is type(None):
         if value is None:
@@ -166,31 +220,37 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     elif dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `3e-4` (no dot) as a string
+        # YAML 1.1 reads `3e-4` (no dot) as a string; nan and inf pass `> 0` or `>= 0` checks, so refuse them here
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             try:
-                return float(value)
-            except ValueError:
+                number = float(value)
+            except (ValueError, OverflowError):
                 pass
+            else:
+                if math.isfinite(number):
+                    return number
+                raise UserError(f"config key {_short(key)}: expected a finite float, got {_short(value)}")
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            if -2**63 <= value < 2**63:  # what torch takes for seeds, sizes and counts
+                return value
+            raise UserError(f"config key {_short(key)}: expected a 64-bit int, got {_short(value)}")
     elif isinstance(value, tp):
         return value
-    raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    raise UserError(f"config key {_short(key)}: expected {_type_name(tp)}, got {_short(value)}")
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     where = f"'{prefix}'" if prefix else "the top level"
     if not isinstance(raw, dict):
-        raise UserError(f"config {where}: expected a mapping, got {raw!r}")
+        raise UserError(f"config {where}: expected a mapping, got {_short(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
             known = ", ".join(fields)
-            raise UserError(f"config key '{prefix + '.' if prefix else ''}{key}' is unknown (known: {known})")
+            shown = key if isinstance(key, str) else _short(key)  # YAML keys can also be null, 1, a date...
+            raise UserError(f"config key {_short(f'{prefix}.{shown}' if prefix else shown)} is unknown (known: {known})")
     kwargs = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -215,7 +275,7 @@ def _check(cfg: Config) -> None:
         if p.weight_decay is not None and p.weight_decay < 0:
             raise UserError(f"config key 'participants.{i}.weight_decay': must be >= 0, got {p.weight_decay}")
         if names.count(p.name) > 1:
-            raise UserError(f"config key 'participants.{i}.name': '{p.name}' is used twice")
+            raise UserError(f"config key 'participants.{i}.name': {_short(p.name)} is used twice")
         for stat in ("mean", "std"):
             if getattr(p, stat) is not None and len(getattr(p, stat)) not in (1, 3):
                 raise UserError(f"config key 'participants.{i}.{stat}': expected 1 or 3 values")
@@ -229,6 +289,9 @@ def _check(cfg: Config) -> None:
         ("zoo.batch_size", cfg.zoo.batch_size),
         ("eval_batch_size", cfg.eval_batch_size),
         ("data.max_per_split", cfg.data.max_per_split),
+        ("checkpoint.every_steps", cfg.checkpoint.every_steps),
+        ("checkpoint.keep", cfg.checkpoint.keep),
+        ("fault.max_bad_steps", cfg.fault.max_bad_steps),
     ]:
         positive(key, value)
     r = cfg.resources
@@ -236,9 +299,11 @@ def _check(cfg: Config) -> None:
         if value is not None and value < 0:
             raise UserError(f"config key '{key}': must be >= 0, got {value}")
     for name, amount in r.custom.items():
-        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
-            raise UserError(f"config key 'resources.custom.{name}': must be a positive number, got {amount!r}")
+        if amount <= 0:
+            raise UserError(f"config key {_short(f'resources.custom.{name}')}: must be a positive number, got {amount}")
     positive("placement.timeout_s", cfg.placement.timeout_s)
+    if cfg.fault.max_restarts < 0:
+        raise UserError(f"config key 'fault.max_restarts': must be >= 0, got {cfg.fault.max_restarts}")
     if cfg.transfer.weight < 0:
         raise UserError(f"config key 'transfer.weight': must be >= 0, got {cfg.transfer.weight}")
     for key, value in [("data.val_fraction", cfg.data.val_fraction), ("data.pretrain_fraction", cfg.data.pretrain_fraction)]:
@@ -248,8 +313,8 @@ def _check(cfg: Config) -> None:
         raise UserError("config keys 'data.val_fraction' + 'data.pretrain_fraction' leave no transfer data")
     if cfg.data.augment.shift < 0:
         raise UserError(f"config key 'data.augment.shift': must be >= 0, got {cfg.data.augment.shift}")
-    if cfg.device not in ("cpu", "cuda", "auto") and not cfg.device.startswith("cuda:"):
-        raise UserError(f"config key 'device': expected cpu, cuda, cuda:N or auto, got {cfg.device!r}")
+    if not re.fullmatch(r"cpu|cuda|auto|cuda:[0-9]+", cfg.device):  # not `cuda:²` or `cuda:`: torch.device refuses them
+        raise UserError(f"config key 'device': expected cpu, cuda, cuda:N or auto, got {_short(cfg.device)}")
     if cfg.autocast and cfg.dtype != "float32":
         raise UserError(f"config key 'autocast': needs dtype float32 (the master weights), got dtype {cfg.dtype}")
 
@@ -257,22 +322,22 @@ def _check(cfg: Config) -> None:
 def apply_override(raw: dict, assignment: str) -> None:
     """Apply one `a.b.0.c=value` to the raw mapping; the value is parsed as YAML (3e-4, true, [1, 2])."""
     if "=" not in assignment:
-        raise UserError(f"--set {assignment!r}: expected KEY=VALUE")
+        raise UserError(f"--set {_short(assignment)}: expected KEY=VALUE")
     path, text = assignment.split("=", 1)
     try:
         value = yaml.safe_load(text) if text else None
-    except yaml.YAMLError:
+    except Exception:  # not YAML (PyYAML's constructors raise anything on `!!int x`, 2001-02-30, 5000 digits)
         value = text
     parts = path.strip().split(".")
     if not all(parts):
-        raise UserError(f"--set {assignment!r}: empty key")
+        raise UserError(f"--set {_short(assignment)}: empty key")
     if "*" in parts:  # `participants.*.lr=1e-4`: every item of the list
         star = parts.index("*")
         node: Any = raw
         for part in parts[:star]:
             node = node.get(part) if isinstance(node, dict) else None
         if not isinstance(node, list):
-            raise UserError(f"--set {path}: '{'.'.join(parts[:star])}' is not a list")
+            raise UserError(f"--set {_short(path)}: {_short('.'.join(parts[:star]))} is not a list")
         for i in range(len(node)):
             apply_override(raw, ".".join(parts[:star] + [str(i)] + parts[star + 1 :]) + "=" + text)
         return
@@ -281,14 +346,14 @@ def apply_override(raw: dict, assignment: str) -> None:
         last = depth == len(parts) - 1
         so_far = ".".join(parts[: depth + 1])
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise UserError(f"--set {path}: '{so_far}' is not an index of a list of {len(node)}")
+            if part not in map(str, range(len(node))):
+                raise UserError(f"--set {_short(path)}: {_short(so_far)} is not an index of a list of {len(node)}")
             part = int(part)
         elif isinstance(node, dict):
             if not last and part not in node:
                 node[part] = {}
         else:
-            raise UserError(f"--set {path}: '{'.'.join(parts[:depth])}' is not a mapping or a list")
+            raise UserError(f"--set {_short(path)}: {_short('.'.join(parts[:depth]))} is not a mapping or a list")
         if last:
             node[part] = value
         else:
@@ -314,14 +379,18 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     except FileNotFoundError:
         raise UserError(f"config file '{path}' does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"config file '{path}' cannot be read: {e}") from None
+        raise UserError(f"config file '{path}' cannot be read: {first_line(e)}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())[:200]  # one line; it can quote a whole tag
         raise UserError(f"config file '{path}': YAML syntax error{where}: {problem}") from None
+    except RecursionError:
+        raise UserError(f"config file '{path}': YAML nested too deeply") from None
+    except Exception as e:  # PyYAML's constructors raise anything on `!!int x`, `!!timestamp x`, 2001-02-30, 5000 digits
+        raise UserError(f"config file '{path}': bad YAML value ({type(e).__name__}): {first_line(e)[:200]}") from None
     return parse_config(raw, overrides)
 
 
