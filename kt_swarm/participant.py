@@ -43,13 +43,14 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _to_cpu(obj):
+def copy_tensors(obj, device: str | torch.device | None = None):
+    """A copy of every tensor in nested dicts/lists/tuples (on `device` if given), the rest as is."""
     if torch.is_tensor(obj):
-        return obj.detach().to("cpu", copy=True)
+        return obj.detach().to(device or obj.device, copy=True)
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: copy_tensors(v, device) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
+        return type(obj)(copy_tensors(v, device) for v in obj)
     return obj
 
 
@@ -107,7 +108,7 @@ class Participant:
     def state(self) -> dict:
         """Everything a checkpoint needs to continue this participant exactly: weights, optimizer, RNG."""
         opt = self.optimizer.state_dict() if self.optimizer is not None else None
-        return {"model": self.weights(), "optimizer": _to_cpu(opt), "rng": rng_state(self.device)}
+        return {"model": self.weights(), "optimizer": copy_tensors(opt, "cpu"), "rng": rng_state(self.device)}
 
     def load_state(self, state: dict) -> None:
         """Weights, and the optimizer's state and the RNG where `state` has them (a best model has neither)."""

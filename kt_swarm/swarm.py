@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 
 import ray
@@ -30,6 +31,7 @@ from kt_swarm.data import Dataset, batch_plan
 from kt_swarm.errors import ParticipantLost, UserError, first_line
 from kt_swarm.local import LossSpec, StepResult, blame
 from kt_swarm.objectives import participant_loss
+from kt_swarm.participant import copy_tensors
 from kt_swarm.progress import progress
 
 log = logging.getLogger("kt_swarm")
@@ -37,22 +39,27 @@ log = logging.getLogger("kt_swarm")
 # Tensors read zero-copy from the object store are read-only numpy buffers underneath; torch warns
 # about that on every first read. kt_swarm never writes them in place (see learn()), so say it once, here.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+# Ray warns when an actor sends a tensor that could be written after it is sent. What actors send are
+# fresh copies (logits, states, weights, predictions), never touched again.
+warnings.filterwarnings("ignore", message="Zero-copy tensor serialization is enabled")
 
 
 class ParticipantActor:
     """Hosts one participant (wrapped with ray.remote by RaySwarm)."""
 
-    def __init__(self, cfg: Config, index: int, data: Dataset):
+    def __init__(self, cfg: Config, index: int):
         # Nothing that can fail here: errors from setup() reach the driver as the task's own exception.
-        self.cfg, self.index, self.data = cfg, index, data
+        self.cfg, self.index, self.data = cfg, index, None
         self.p = None
         self.pending = None  # (own logits with their graph, target) between forward and learn
         self.unapplied = False  # gradients of the last learn() not yet applied
 
-    def setup(self) -> int:
-        """Build the participant; returns the number of classes it predicts."""
+    def setup(self, data: Dataset) -> int:
+        """Build the participant; returns the number of classes it predicts. (The data is not a
+        constructor argument: Ray warns about those in the object store for restartable actors.)"""
         from kt_swarm.coordinator import build_participant
 
+        self.data = data
         self.p = build_participant(self.cfg, self.index, self.data)
         return self.p.output_width(self.data.channels, self.data.image_size)
 
@@ -74,7 +81,9 @@ class ParticipantActor:
         return self.p.weights()
 
     def load(self, state: dict) -> None:
-        self.p.load_state(state)
+        # A copy: tensors arrive zero-copy (read-only shared memory), and the optimizer would adopt its
+        # state tensors as they are, then update them in place.
+        self.p.load_state(copy_tensors(state))
         self.pending, self.unapplied = None, False  # a step in flight belongs to the past being restored over
 
     def reset_optimizer(self, optimizer: str, lr: float, weight_decay: float) -> None:
@@ -163,7 +172,7 @@ class RaySwarm:
             self._start(cfg, data)
             for attempt in range(cfg.fault.max_restarts + 1):
                 try:  # both are idempotent (the zoo is cached), so an actor lost here just does them again
-                    widths = self._gather([a.setup.remote() for a in self.actors])
+                    widths = self._gather([a.setup.remote(self.data_ref) for a in self.actors])
                     check_classes(dict(zip(self.names, widths)), data.num_classes)
                     if pretrain:
                         self._gather([a.pretrain.remote() for a in self.actors], desc="participants ready")
@@ -218,7 +227,7 @@ class RaySwarm:
                 # A dead actor process comes back (same bundle, __init__ again); the coordinator then
                 # sets it up and restores every participant to the last consistent checkpoint.
                 max_restarts=cfg.fault.max_restarts,
-            ).remote(cfg, i, self.data_ref)
+            ).remote(cfg, i)
             for i in range(len(cfg.participants))
         ]
 
@@ -269,9 +278,19 @@ class RaySwarm:
             self._gather([a.apply.remote(update) for a in self.actors])
 
     def revive(self, index: int) -> None:
-        """Set up participant `index` again after Ray restarted its actor (its state is restored next)."""
+        """Set up participant `index` again once Ray has restarted its actor (its state is restored next)."""
         self.update = None
-        self._gather([self.actors[index].setup.remote()], actors=[index])
+        deadline = time.monotonic() + self.cfg.placement.timeout_s
+        while True:
+            try:
+                ray.get(self.actors[index].setup.remote(self.data_ref))
+                return
+            except ray.exceptions.ActorUnavailableError as e:  # still restarting: calls fail, not wait
+                if time.monotonic() > deadline:
+                    raise self._one_line(index, e) from None
+                time.sleep(0.2)
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+                raise self._one_line(index, e) from None
 
     def states(self):
         self._settle()

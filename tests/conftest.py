@@ -32,3 +32,25 @@ def kt_swarm(*args, cwd=ROOT, timeout=300, env=None):
         [sys.executable, "-m", "kt_swarm", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env=env,
     )
+
+
+def mlp_config(**overrides) -> dict:
+    """Two tiny MLPs in float64 (exact comparisons), both arms, checkpoints every 2 steps."""
+    raw = {
+        "participants": [{"name": "wide", "model": "faulty_models:tiny_mlp", "lr": 3e-3, "model_args": {"hidden": 24}},
+                         {"name": "narrow", "model": "faulty_models:tiny_mlp", "lr": 3e-3, "model_args": {"hidden": 8}}],
+        "data": {"max_per_split": 96, "augment": {"shift": 2, "hflip": True}},
+        "transfer": {"epochs": 2, "batch_size": 32, "temperature": 2.0},
+        "checkpoint": {"every_steps": 2, "keep": 2},
+        "dtype": "float64", "control": True,
+    }
+    raw.update(overrides)
+    return raw
+
+
+def compared(summary: dict) -> dict:
+    """What a resumed run must reproduce exactly: accuracies, final losses, selection, role matrices."""
+    keys = ["acc_before", "acc_after", "acc_control", "final_train_loss", "val_acc", "best_epoch", "control_best_epoch",
+            "positive_flips", "negative_flips", "teach_share_per_epoch"]
+    return {"participants": {n: {k: p[k] for k in keys} for n, p in summary["participants"].items()},
+            "role_matrix_per_epoch": summary["role_matrix_per_epoch"]}

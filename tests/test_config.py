@@ -159,21 +159,31 @@ def test_cli_unavailable_device(tmp_path):
     assert "CUDA is not available" in _cli_error(tmp_path, SMOKE.read_text(), "--set", "device=cuda")
 
 
-def test_sigterm_leaves_no_partial_run_directory(tmp_path):
+def test_sigterm_keeps_the_checkpoints_and_says_how_to_resume(tmp_path):
+    """A preempted node sends SIGTERM: the run stops, keeps what it checkpointed, and says how to go on."""
+    import os
     import signal
     import subprocess
     import sys
     import time
 
+    import yaml
+
+    from conftest import mlp_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(mlp_config(transfer={"epochs": 50, "batch_size": 32})))
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "kt_swarm", "run", str(SMOKE), "--out", str(out), "--engine", "local",
-                             "--set", "transfer.epochs=50"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "kt_swarm", "run", str(config), "--out", str(out), "--engine", "local"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "tests" / "helpers")})
+    manifest = out / "checkpoints" / "manifest.json"
     deadline = time.time() + 120
-    while not list(tmp_path.glob(".out.partial-*")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert list(tmp_path.glob(".out.partial-*")), "the run never started writing"
+    while not (manifest.exists() and "transfer-" in manifest.read_text()) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert manifest.exists(), "the run never wrote a checkpoint"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted" in err
-    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == f"kt-swarm: interrupted; continue with: kt-swarm run --resume {out}"
+    assert manifest.exists() and not (out / "summary.json").exists()

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, kt_swarm
+from conftest import ROOT, compared, kt_swarm, mlp_config
 from kt_swarm.checkpoint import Checkpoints, config_digest
 from kt_swarm.config import parse_config, to_dict
 from kt_swarm.coordinator import run
@@ -18,28 +18,6 @@ from kt_swarm.rundir import RunDir
 
 HELPERS = ROOT / "tests" / "helpers"
 sys.path.insert(0, str(HELPERS))
-
-
-def mlp_config(**overrides) -> dict:
-    """Two tiny MLPs in float64 (exact comparisons), both arms, checkpoints every 2 steps."""
-    raw = {
-        "participants": [{"name": "wide", "model": "faulty_models:tiny_mlp", "lr": 3e-3, "model_args": {"hidden": 24}},
-                         {"name": "narrow", "model": "faulty_models:tiny_mlp", "lr": 3e-3, "model_args": {"hidden": 8}}],
-        "data": {"max_per_split": 96, "augment": {"shift": 2, "hflip": True}},
-        "transfer": {"epochs": 2, "batch_size": 32, "temperature": 2.0},
-        "checkpoint": {"every_steps": 2, "keep": 2},
-        "dtype": "float64", "control": True,
-    }
-    raw.update(overrides)
-    return raw
-
-
-def compared(summary: dict) -> dict:
-    """What a resumed run must reproduce exactly: accuracies, final losses, selection, role matrices."""
-    keys = ["acc_before", "acc_after", "acc_control", "final_train_loss", "val_acc", "best_epoch", "control_best_epoch",
-            "positive_flips", "negative_flips", "teach_share_per_epoch"]
-    return {"participants": {n: {k: p[k] for k in keys} for n, p in summary["participants"].items()},
-            "role_matrix_per_epoch": summary["role_matrix_per_epoch"]}
 
 
 class Stop(Exception):

@@ -1,17 +1,21 @@
 """The Ray swarm: one actor per participant, exact against the local engine, at scale, on failure."""
+import json
+import os
+import signal
 import sys
 
 import pytest
 import ray
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, compared, mlp_config
 from kt_swarm.config import load_config, parse_config
 from kt_swarm.checkpoint import Checkpoints
-from kt_swarm.coordinator import fresh_arm, make_engine, save_start, train_arm
+from kt_swarm.coordinator import fresh_arm, make_engine, run, save_start, train_arm
 from kt_swarm.data import load_dataset
 from kt_swarm.errors import UserError
 from kt_swarm.local import LossSpec
+from kt_swarm.rundir import RunDir
 
 HELPERS = ROOT / "tests" / "helpers"
 sys.path.insert(0, str(HELPERS))
@@ -169,3 +173,64 @@ def test_half_precision_exchange_keeps_every_actor_on_one_partition():
         assert all(torch.equal(teachers[0], t) for t in teachers[1:])
     finally:
         engine.close()
+
+
+def killer(name: str, arm: str, step: int, epoch: int = 0):
+    """on_record that SIGKILLs participant `name`'s actor process once the run logs (arm, epoch, step)."""
+    pids, killed = {}, []
+
+    def on_record(record: dict) -> None:
+        if record.get("event") == "placed":
+            pids.update({n: where["pid"] for n, where in record["participants"].items()})
+        if (record.get("arm"), record.get("epoch"), record.get("step")) == (arm, epoch, step) and "losses" in record:
+            if not killed:  # once: the restored run logs this step again
+                os.kill(pids[name], signal.SIGKILL)
+                killed.append(pids[name])
+
+    return on_record
+
+
+def test_a_killed_actor_is_restarted_and_the_run_ends_as_if_nothing_happened(tmp_path):
+    """SIGKILL a participant's worker mid-arm: Ray restarts it, every participant goes back to the last
+    consistent checkpoint, and the summary is the one of the run nobody killed (float64)."""
+    cfg = parse_config(mlp_config())
+    with RunDir(tmp_path / "full") as rd:
+        full = run(cfg, rd, "ray")
+    with RunDir(tmp_path / "killed") as rd:
+        killed = run(cfg, rd, "ray", on_record=killer("narrow", "control", step=2))
+    assert compared(killed) == compared(full)
+    assert killed["faults"]["restarts"] == {"wide": 0, "narrow": 1}
+    events = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    restarted = [e for e in events if e.get("event") == "restarted"]
+    assert len(restarted) == 1 and restarted[0]["checkpoint"] == "control-0000002"
+    placed = [e["participants"] for e in events if e.get("event") == "placed"]
+    assert placed[0]["narrow"]["pid"] != placed[1]["narrow"]["pid"] and placed[0]["wide"] == placed[1]["wide"]
+
+
+def test_a_participant_that_keeps_dying_stops_the_run_with_one_line(tmp_path):
+    raw = mlp_config(control=False, fault={"max_restarts": 1})
+    raw["participants"][1] = {"name": "doomed", "model": "faulty_models:suicidal_mlp", "lr": 1e-3,
+                              "model_args": {"die_at": 2}}
+    with pytest.raises(UserError) as e:
+        with RunDir(tmp_path / "run") as rd:
+            run(parse_config(raw), rd, "ray")
+    message = str(e.value)
+    assert message.startswith("participant 'doomed': its actor died") and "fault.max_restarts 1" in message
+    assert "\n" not in message and (tmp_path / "run" / "checkpoints" / "manifest.json").exists()
+
+
+def test_nan_steps_are_skipped_alike_by_actors_and_by_the_local_engine(tmp_path):
+    """The actors apply an update only once every participant's step was finite: same result as local."""
+    raw = mlp_config(control=False)
+    raw["participants"][0] = {"name": "nanny", "model": "faulty_models:nan_mlp", "lr": 3e-3,
+                              "model_args": {"nan_from": 2, "nan_calls": 2}}
+    cfg = parse_config(raw)
+    summaries = {}
+    for engine in ("local", "ray"):
+        with RunDir(tmp_path / engine) as rd:
+            summaries[engine] = run(cfg, rd, engine)
+    assert summaries["ray"]["faults"]["skipped_steps"] == summaries["local"]["faults"]["skipped_steps"] == {"transfer": 2}
+    ray_, local = compared(summaries["ray"]), compared(summaries["local"])
+    for name, p in local["participants"].items():  # losses are summed in another order by each engine
+        assert ray_["participants"][name].pop("final_train_loss") == pytest.approx(p.pop("final_train_loss"), rel=1e-12)
+    assert ray_ == local
