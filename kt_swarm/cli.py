@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from kt_swarm.errors import UserError
+from kt_swarm.redaction import RedactingFormatter, redact
 
 log = logging.getLogger("kt_swarm")
 
@@ -109,7 +110,7 @@ def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C, so the partial ru
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("kt-swarm: %(message)s"))
+    handler.setFormatter(RedactingFormatter("kt-swarm: %(message)s"))
     logger = logging.getLogger("kt_swarm")
     logger.handlers[:] = [handler]
     logger.setLevel(level)
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"report": _report, "sweep": _sweep, "run": _run}[args.command](args)
     except UserError as e:
-        print(f"kt-swarm: error: {e}", file=sys.stderr)
+        print(redact(f"kt-swarm: error: {e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kt-swarm: interrupted; the run directory was not written", file=sys.stderr)

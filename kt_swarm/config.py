@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from kt_swarm.errors import UserError, first_line
+from kt_swarm.redaction import refuse_secrets_in
 
 
 @dataclass
@@ -369,6 +370,7 @@ def parse_config(raw: Any, overrides: list[str] = ()) -> Config:
         apply_override(raw, assignment)
     cfg = _build(Config, raw, "")
     _check(cfg)
+    refuse_secrets_in(to_dict(cfg))
     return cfg
 
 

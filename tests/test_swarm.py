@@ -16,6 +16,7 @@ from kt_swarm.data import load_dataset
 from kt_swarm.errors import UserError
 from kt_swarm.local import LossSpec
 from kt_swarm.rundir import RunDir
+from kt_swarm.swarm import start_private_ray
 
 HELPERS = ROOT / "tests" / "helpers"
 sys.path.insert(0, str(HELPERS))
@@ -24,8 +25,7 @@ sys.path.insert(0, str(HELPERS))
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
     """One Ray instance for the module, on loopback; workers can import the helper models."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": str(HELPERS)}})
+    start_private_ray(num_cpus=2, runtime_env={"env_vars": {"PYTHONPATH": str(HELPERS)}})
     yield
     ray.shutdown()
 

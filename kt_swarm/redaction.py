@@ -1,0 +1,51 @@
+"""Secrets stay out of what kt-swarm writes: its log lines, its one-line errors, and (refused up front)
+its config, from which config.yaml, summary.json, reports and the W&B run are made.
+
+A secret is the value of an environment variable whose name says it is one (WANDB_API_KEY,
+HF_TOKEN, AWS_SECRET_ACCESS_KEY, RAY_AUTH_TOKEN, ...). Ray and W&B read them from the environment,
+which is where they belong.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+from kt_swarm.errors import UserError
+
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+MIN_LENGTH = 6  # shorter values ("0", "true", "token") are settings, and masking them would garble text
+
+
+def secrets(environ=None) -> dict[str, str]:
+    """{value: variable name} of the secrets in the environment."""
+    environ = os.environ if environ is None else environ
+    return {v: k for k, v in environ.items() if SECRET_NAME.search(k) and len(v) >= MIN_LENGTH
+            and v.lower() not in ("disabled", "offline", "online", "token")}
+
+
+def redact(text: str) -> str:
+    for value, name in sorted(secrets().items(), key=lambda item: -len(item[0])):
+        text = text.replace(value, f"<${name}>")
+    return text
+
+
+def refuse_secrets_in(raw, where: str = "") -> None:
+    """One line, before anything is written, if a config value holds an environment secret."""
+    found = secrets()
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            refuse_secrets_in(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(raw, (list, tuple)):
+        for i, value in enumerate(raw):
+            refuse_secrets_in(value, f"{where}.{i}")
+    elif isinstance(raw, str):
+        for value, name in found.items():
+            if value in raw:
+                raise UserError(f"config key '{where}' holds the value of ${name}: keep secrets in the environment, "
+                                f"not in the config (it is saved with the run and sent to W&B)")
+
+
+class RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
