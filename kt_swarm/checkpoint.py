@@ -68,9 +68,11 @@ class Checkpoints:
         name = self.names[index]
         return self._write(f"{rel_dir}/{file_name(name)}{tag}.pt", {"participant": name, "model": weights})
 
-    def save(self, name: str, states, run_state: dict, metrics_bytes: int, refers_to: list[str] = ()) -> None:
+    def save(self, name: str, states, run_state: dict, metrics_bytes: int, refers_to: list[str] = (),
+             at: dict | None = None) -> None:
         """Write set `name`: `states` yields each participant's {model, optimizer, rng} in order (one in
-        memory at a time); `refers_to` are earlier files the run state names (best models, the start set)."""
+        memory at a time); `refers_to` are earlier files the run state names (best models); `at` says
+        where the run is (arm, epoch, step: the next one to run), for people reading the manifest."""
         files = {}
         for i, state in enumerate(states):
             rel = self._write(f"{name}/{file_name(self.names[i])}.pt", {"participant": self.names[i], **state})
@@ -81,7 +83,7 @@ class Checkpoints:
         for rel in refers_to:
             files[rel] = known[rel]
         sets = [s for s in (self.manifest["sets"] if self.manifest else []) if s["name"] != name]
-        sets.append({"name": name, "files": files, "run": f"{name}/run.pt", "metrics_bytes": metrics_bytes})
+        sets.append({"name": name, "at": at or {}, "files": files, "run": f"{name}/run.pt", "metrics_bytes": metrics_bytes})
         pinned = [s for s in sets if s["name"] == "start"]
         steps = [s for s in sets if s["name"] != "start"]
         sets = pinned + steps[-self.keep:]

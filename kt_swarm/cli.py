@@ -8,35 +8,47 @@ import sys
 import time
 from pathlib import Path
 
-from kt_swarm.errors import UserError
+from kt_swarm.errors import UserError, printable
 from kt_swarm.redaction import RedactingFormatter, redact
 
 log = logging.getLogger("kt_swarm")
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):  # no abbreviations: `--res` is not silently --resume
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
     def error(self, message: str) -> None:  # argparse's own errors: one line, code 2
-        self.exit(2, f"kt-swarm: error: {message}\n")
+        self.exit(2, f"kt-swarm: error: {printable(redact(message))}\n")
+
+
+def _path(text: str) -> str:
+    if not text or "\0" in text:  # the OS cannot name such a file
+        raise argparse.ArgumentTypeError(f"{text!r} is not a usable path")
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kt-swarm", description="Many-to-many knowledge transfer between pretrained models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run a swarm from a YAML config")
-    run.add_argument("config", nargs="?", help="YAML config, e.g. configs/quickstart.yaml")
+    run.add_argument("config", nargs="?", type=_path, help="YAML config, e.g. configs/quickstart.yaml")
     run.add_argument("assignments", nargs="*", metavar="KEY=VALUE",
                      help="overrides like --set, without it (the form `wandb agent` passes as ${args_no_hyphens})")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key (dotted, list indices allowed: participants.0.lr=3e-4)")
-    run.add_argument("--out", help="run directory to create (default: runs/<config>-<time>)")
-    run.add_argument("--resume", metavar="RUN_DIR",
+    run.add_argument("--out", type=_path, help="run directory to create (default: runs/<config>-<time>)")
+    run.add_argument("--resume", metavar="RUN_DIR", type=_path,
                      help="continue an unfinished run from its last consistent checkpoint, with its own config.yaml")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check the config, model names and (with --resume) every checkpoint file; print the "
+                          "resolved config; start and write nothing")
     report = sub.add_parser("report", help="rebuild a run's report.png and report.md, or compare runs side by side")
-    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run directories")
-    report.add_argument("--out", help="where several runs' compare.png and compare.md go (default: runs/compare-<time>)")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", type=_path, help="finished run directories")
+    report.add_argument("--out", type=_path, help="where several runs' compare.png and compare.md go (default: runs/compare-<time>)")
     sweep = sub.add_parser("sweep", help="search config keys with Ray Tune, every trial a full run")
-    sweep.add_argument("sweep", metavar="SWEEP.yaml", help="kt_swarm or `wandb sweep` YAML, e.g. configs/sweeps/transfer.yaml")
-    sweep.add_argument("--out", help="sweep directory to create (default: runs/sweep-<name>-<time>)")
+    sweep.add_argument("sweep", metavar="SWEEP.yaml", type=_path, help="kt_swarm or `wandb sweep` YAML, e.g. configs/sweeps/transfer.yaml")
+    sweep.add_argument("--out", type=_path, help="sweep directory to create (default: runs/sweep-<name>-<time>)")
     for command in (run, sweep):
         command.add_argument("--engine", choices=["local", "ray"], default="ray",
                              help="ray: one Ray actor per participant (default); local: all in one process")
@@ -71,14 +83,16 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kt_swarm.config import load_config
+    import yaml
+
+    from kt_swarm.config import load_config, to_dict
     from kt_swarm.rundir import RunDir, is_resumable
 
     if args.resume:
         if args.config or args.out or args.overrides or args.assignments:
             raise UserError("--resume continues with the run's own config.yaml: give no CONFIG, --out or overrides")
         out = Path(args.resume)
-        run_dir = RunDir(out, resume=True)
+        run_dir = RunDir(out, resume=True)  # checks it is an unfinished run directory; creates nothing
         cfg = load_config(out / "config.yaml")
     else:
         if not args.config:
@@ -88,6 +102,10 @@ def _run(args: argparse.Namespace) -> int:
         run_dir = RunDir(out)
     from kt_swarm.coordinator import format_table, run
 
+    if args.dry_run:
+        _check_run(cfg, out if args.resume else None)
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
     try:
         with run_dir:
             summary = run(cfg, run_dir, args.engine, args.address)
@@ -101,6 +119,22 @@ def _run(args: argparse.Namespace) -> int:
     for offline in sorted(Path(out).glob("wandb/offline-run-*")):
         log.info("W&B logged offline; upload with: wandb sync %s", offline)
     return 0
+
+
+def _check_run(cfg, resume_dir: Path | None) -> None:
+    """What --dry-run checks beyond the config itself: the model names, and a resumable checkpoint."""
+    from kt_swarm.checkpoint import Checkpoints, config_digest
+    from kt_swarm.config import to_dict
+    from kt_swarm.models import check_model_name
+
+    for spec in cfg.participants:
+        check_model_name(spec)
+    if resume_dir is not None:
+        names = [p.name for p in cfg.participants]
+        ckpt = Checkpoints(resume_dir / "checkpoints", config_digest(to_dict(cfg)), names, cfg.checkpoint.keep)
+        if ckpt.latest is not None:
+            ckpt.load_set(ckpt.latest)
+            log.info("would resume from checkpoint %s", ckpt.latest)
 
 
 def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C, so the partial run directory is removed
@@ -130,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"report": _report, "sweep": _sweep, "run": _run}[args.command](args)
     except UserError as e:
-        print(redact(f"kt-swarm: error: {e}"), file=sys.stderr)
+        print(f"kt-swarm: error: {printable(redact(str(e)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kt-swarm: interrupted; the run directory was not written", file=sys.stderr)

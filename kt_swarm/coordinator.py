@@ -146,7 +146,7 @@ def restore(engine, cfg: Config, ckpt: Checkpoints, name: str) -> dict:
 
 def save_start(engine, ckpt: Checkpoints, metrics_bytes: int = 0) -> None:
     """The start set: every participant as it enters the swarm. Each arm begins from it; never pruned."""
-    ckpt.save("start", engine.states(), RunState().to_dict(), metrics_bytes)
+    ckpt.save("start", engine.states(), RunState().to_dict(), metrics_bytes, at={"arm": None, "epoch": 0, "step": 0})
 
 
 def fresh_arm(engine, cfg: Config, ckpt: Checkpoints, arm: str) -> ArmState:
@@ -285,8 +285,10 @@ def advance(engine, cfg: Config, data: Dataset, state: RunState, log, ckpt: Chec
         state.preds[arm] = preds
 
     def save(name: str) -> None:
-        kept = [f for arm in state.arms.values() for f in arm["best_files"]] + state.current.best_files
-        ckpt.save(name, engine.states(), state.to_dict(), metrics_bytes(), [f for f in kept if f])
+        st = state.current
+        kept = [f for arm in state.arms.values() for f in arm["best_files"]] + st.best_files
+        ckpt.save(name, engine.states(), state.to_dict(), metrics_bytes(), [f for f in kept if f],
+                  at={"arm": st.arm, "epoch": st.epoch, "step": st.step})
         logger.debug("checkpoint %s written", name)
 
     if "start" not in state.preds:

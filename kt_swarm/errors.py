@@ -5,6 +5,12 @@ class UserError(Exception):
     """Bad input (config, data, model, CLI). The CLI prints it as one line and exits with code 2."""
 
 
+def printable(text: str) -> str:
+    """`text` as one printable line: control characters (line breaks of every kind included, which
+    a file name can hold) written as escapes."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message (or its type): third-party errors in one line."""
     text = str(e).strip()

@@ -29,6 +29,13 @@ def has_api_key() -> bool:
         return False
 
 
+def earlier_run_id(run_dir: Path) -> str | None:
+    """The W&B run id of an earlier start of this swarm run, from wandb's own folder names
+    (`run-<time>-<id>`, `offline-run-<time>-<id>`)."""
+    starts = sorted(Path(run_dir).glob("wandb/*run-*-*"), key=lambda p: p.name.removeprefix("offline-"))
+    return starts[-1].name.rsplit("-", 1)[1] if starts else None
+
+
 class Tracker:
     """Receives every metrics record and the summary; does nothing when tracking is off."""
 
@@ -49,6 +56,9 @@ class Tracker:
                 log.info("W&B: no API key here, logging offline (upload later with `wandb sync`)")
         kwargs = dict(project=wb.project, entity=wb.entity, group=wb.group, tags=wb.tags or None, name=wb.name,
                       config=to_dict(cfg), dir=str(run_dir), reinit="create_new")
+        earlier = earlier_run_id(run_dir)
+        if earlier:  # a resumed swarm run goes on as the same W&B run
+            kwargs.update(id=earlier, resume="allow")
         try:
             self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=30, silent=True), **kwargs)
         except Exception as e:  # noqa: BLE001 - no network, server down: keep the run, log offline

@@ -51,6 +51,10 @@ def test_a_finished_run_keeps_its_start_set_best_models_and_the_last_sets(uninte
     names = [s["name"] for s in manifest["sets"]]
     # 3 steps an epoch, 2 epochs, checkpoints every 2 steps and at epoch ends: control 2, 3, 4, 6 -> keep 2.
     assert names == ["start", "control-0000004", "control-0000006"]
+    # Where each set stands: the next step to run (control-0000004: 4 steps done, step 1 of epoch index 1 next).
+    assert [s["at"] for s in manifest["sets"]] == [{"arm": None, "epoch": 0, "step": 0},
+                                                    {"arm": "control", "epoch": 1, "step": 1},
+                                                    {"arm": "control", "epoch": 2, "step": 0}]
     listed = {rel for s in manifest["sets"] for rel in s["files"]}
     on_disk = {p.relative_to(out / "checkpoints").as_posix() for p in (out / "checkpoints").rglob("*") if p.is_file()}
     assert on_disk == listed | {"manifest.json"}  # pruned sets and superseded best models are gone

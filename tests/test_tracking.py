@@ -81,3 +81,30 @@ def test_without_an_api_key_the_cli_logs_offline_and_says_how_to_sync(tmp_path, 
     quiet = kt_swarm("run", SMOKE, "--engine", "local", "--out", tmp_path / "quiet", "-q", "tracking.wandb.project=kt-test", env=env)
     assert quiet.returncode == 0 and "kt-swarm:" not in quiet.stderr  # --quiet: warnings and errors only
     assert "vs ctrl" in quiet.stdout  # ... and the final table
+
+
+def test_a_resumed_run_goes_on_as_the_same_wandb_run(handed, monkeypatch, tmp_path):
+    import sys
+
+    from conftest import mlp_config
+
+    sys.path.insert(0, str(ROOT / "tests" / "helpers"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = parse_config(mlp_config(tracking={"wandb": {"project": "kt-test"}}))
+
+    class Stop(Exception):
+        pass
+
+    def stop(record):
+        if record.get("step") == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        with RunDir(tmp_path / "run") as out:
+            run(cfg, out, "local", on_record=stop)
+    with RunDir(tmp_path / "run", resume=True) as out:
+        run(cfg, out, "local")
+    first, second = handed["init"]
+    starts = sorted(p.name for p in (tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert "id" not in first and second["resume"] == "allow" and second["id"] == starts[0].rsplit("-", 1)[1]
+    assert len(starts) == 2 and starts[1].endswith(second["id"])  # `wandb sync` uploads both as one run
