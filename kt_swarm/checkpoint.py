@@ -4,7 +4,7 @@
       manifest.json            the only source of truth: kept sets, newest last, every file's sha256
       start/<name>.pt          each participant's weights before any transfer (never pruned)
       transfer-0000500/<name>.pt   model, optimizer and RNG state of one participant at that step
-      transfer-0000500/run.pt      the coordinator's own state at that step (arm, epoch, accumulators)
+      transfer-0000500/_run.pt     the coordinator's own state at that step (arm, epoch, accumulators)
       best/transfer/<name>-e2.pt   a participant's best-on-validation weights (selected at epoch 2)
 
 A set is consistent because it is listed only after every one of its files is on disk: each file is
@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -30,12 +29,17 @@ FORMAT = "kt_swarm.checkpoint/1"
 
 
 def config_digest(cfg_dict: dict) -> str:
-    """Identifies the run a checkpoint belongs to: the sha256 of its resolved config."""
-    return hashlib.sha256(json.dumps(cfg_dict, sort_keys=True).encode()).hexdigest()
+    """Identifies the run a checkpoint belongs to: the sha256 of its resolved config, whatever the
+    order of its keys (model_args may hold keys and values JSON cannot, so repr is the canonical form)."""
 
+    def canonical(x):
+        if isinstance(x, dict):
+            return sorted((repr(k), canonical(v)) for k, v in x.items())
+        if isinstance(x, (list, tuple)):
+            return [canonical(v) for v in x]
+        return repr(x)
 
-def file_name(participant: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", participant).lstrip(".") or "_"
+    return hashlib.sha256(repr(canonical(cfg_dict)).encode()).hexdigest()
 
 
 class Checkpoints:
@@ -66,7 +70,7 @@ class Checkpoints:
     def save_weights(self, rel_dir: str, index: int, weights: dict, tag: str = "") -> str:
         """One participant's weights alone (a best model); listed by the next set that refers to it."""
         name = self.names[index]
-        return self._write(f"{rel_dir}/{file_name(name)}{tag}.pt", {"participant": name, "model": weights})
+        return self._write(f"{rel_dir}/{name}{tag}.pt", {"participant": name, "model": weights})
 
     def save(self, name: str, states, run_state: dict, metrics_bytes: int, refers_to: list[str] = (),
              at: dict | None = None) -> None:
@@ -75,15 +79,15 @@ class Checkpoints:
         where the run is (arm, epoch, step: the next one to run), for people reading the manifest."""
         files = {}
         for i, state in enumerate(states):
-            rel = self._write(f"{name}/{file_name(self.names[i])}.pt", {"participant": self.names[i], **state})
+            rel = self._write(f"{name}/{self.names[i]}.pt", {"participant": self.names[i], **state})
             files[rel] = self._written[rel]
-        rel = self._write(f"{name}/run.pt", {"participant": None, "run": run_state})
-        files[rel] = self._written[rel]
+        run_rel = self._write(f"{name}/_run.pt", {"participant": None, "run": run_state})  # no participant is "_..."
+        files[run_rel] = self._written[run_rel]
         known = {**self._listed_files(), **self._written}
         for rel in refers_to:
             files[rel] = known[rel]
         sets = [s for s in (self.manifest["sets"] if self.manifest else []) if s["name"] != name]
-        sets.append({"name": name, "at": at or {}, "files": files, "run": f"{name}/run.pt", "metrics_bytes": metrics_bytes})
+        sets.append({"name": name, "at": at or {}, "files": files, "run": run_rel, "metrics_bytes": metrics_bytes})
         pinned = [s for s in sets if s["name"] == "start"]
         steps = [s for s in sets if s["name"] != "start"]
         sets = pinned + steps[-self.keep:]
@@ -123,15 +127,15 @@ class Checkpoints:
             sets = manifest["sets"]
             assert isinstance(sets, list) and sets
             for s in sets:
-                assert isinstance(s["name"], str) and isinstance(s["run"], str) and isinstance(s["metrics_bytes"], int)
+                assert isinstance(s["name"], str) and isinstance(s["run"], str)
+                assert type(s["metrics_bytes"]) is int and s["metrics_bytes"] >= 0
                 assert all(isinstance(k, str) and isinstance(v, str) for k, v in s["files"].items())
                 assert all(not Path(k).is_absolute() and ".." not in Path(k).parts for k in s["files"])
         except (AssertionError, KeyError, TypeError, AttributeError):
             raise self._refuse(str(path), "is malformed") from None
         return manifest
 
-    def load(self, rel: str, participant: str | None = ...) -> dict:
-        """One listed file, checked against its recorded sha256 and its own header."""
+    def _check_hash(self, rel: str) -> bytes:
         path = self.root / rel
         expected = self._listed_files().get(rel) or self._written.get(rel)
         if expected is None:
@@ -142,6 +146,12 @@ class Checkpoints:
             raise self._refuse(str(path), f"cannot be read ({e.strerror or type(e).__name__})") from None
         if hashlib.sha256(data).hexdigest() != expected:
             raise self._refuse(str(path), "is truncated or was modified (sha256 differs from the manifest)")
+        return data
+
+    def load(self, rel: str, participant: str | None = ...) -> dict:
+        """One listed file, checked against its recorded sha256 and its own header."""
+        path = self.root / rel
+        data = self._check_hash(rel)
         try:
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - whatever torch says, the file is not ours
@@ -152,16 +162,21 @@ class Checkpoints:
             raise self._refuse(str(path), f"holds participant {obj.get('participant')!r}, not {participant!r}")
         return obj
 
-    def load_set(self, name: str) -> tuple[list[dict], dict]:
-        """([each participant's {model, optimizer, rng}], run state) of a listed set, every file checked
-        before any is used."""
+    def load_set(self, name: str):
+        """(run state, a generator of each participant's {model, optimizer, rng} in turn) of a listed
+        set. Every file's hash is checked before any is used; states are read one at a time (N models
+        with their optimizer state need not fit in this process's memory at once)."""
         info = self.set_info(name)
-        states = []
-        for participant in self.names:
-            obj = self.load(f"{name}/{file_name(participant)}.pt", participant)
-            states.append({k: obj.get(k) for k in ("model", "optimizer", "rng")})
+        for rel in info["files"]:
+            self._check_hash(rel)
         run_state = self.load(info["run"], None)["run"]
-        return states, run_state
+
+        def states():
+            for participant in self.names:
+                obj = self.load(f"{name}/{participant}.pt", participant)
+                yield {k: obj.get(k) for k in ("model", "optimizer", "rng")}
+
+        return run_state, states()
 
     def load_weights(self, rel: str, index: int) -> dict:
         return self.load(rel, self.names[index])["model"]

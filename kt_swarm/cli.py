@@ -133,7 +133,8 @@ def _check_run(cfg, resume_dir: Path | None) -> None:
         names = [p.name for p in cfg.participants]
         ckpt = Checkpoints(resume_dir / "checkpoints", config_digest(to_dict(cfg)), names, cfg.checkpoint.keep)
         if ckpt.latest is not None:
-            ckpt.load_set(ckpt.latest)
+            for _ in ckpt.load_set(ckpt.latest)[1]:  # every file read and checked
+                pass
             log.info("would resume from checkpoint %s", ckpt.latest)
 
 

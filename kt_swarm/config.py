@@ -275,8 +275,11 @@ def _check(cfg: Config) -> None:
         positive(f"participants.{i}.input_size", p.input_size)
         if p.weight_decay is not None and p.weight_decay < 0:
             raise UserError(f"config key 'participants.{i}.weight_decay': must be >= 0, got {p.weight_decay}")
-        if names.count(p.name) > 1:
+        if [n.lower() for n in names].count(p.name.lower()) > 1:  # case too: on some file systems Vit.pt is vit.pt
             raise UserError(f"config key 'participants.{i}.name': {_short(p.name)} is used twice")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", p.name):  # it names files, metrics and W&B keys
+            raise UserError(f"config key 'participants.{i}.name': {_short(p.name)} may hold only letters, digits, "
+                            f"'_', '.' and '-' (up to 64, starting with a letter or digit)")
         for stat in ("mean", "std"):
             if getattr(p, stat) is not None and len(getattr(p, stat)) not in (1, 3):
                 raise UserError(f"config key 'participants.{i}.{stat}': expected 1 or 3 values")

@@ -138,9 +138,10 @@ def fresh_optimizers(engine, cfg: Config) -> None:
 
 def restore(engine, cfg: Config, ckpt: Checkpoints, name: str) -> dict:
     """Every participant back to checkpoint set `name` (weights, optimizer, RNG); returns its run state."""
-    states, run_state = ckpt.load_set(name)
+    run_state, states = ckpt.load_set(name)
     fresh_optimizers(engine, cfg)  # the set's optimizer state, if any, is loaded into these
-    engine.load(states)
+    for i, state in enumerate(states):
+        engine.load([state], [i])
     return run_state
 
 
@@ -313,21 +314,31 @@ def run_swarm(engine, cfg: Config, data: Dataset, out: RunDir, ckpt: Checkpoints
         log({"event": "placed", "participants": {n: {"node": node, "pid": pid}
                                                  for n, node, pid in zip(names, engine.nodes(), engine.pids())}})
 
-    state, reload, revive, restarts, event = None, ckpt.latest, None, {}, "resumed"
+    reload, lost, event = ckpt.latest, None, "resumed"
     if reload is None:
         save_start(engine, ckpt, out.metrics_bytes())
         state = RunState()
+    else:  # --resume: the counters are known before any participant is touched
+        state = RunState.from_dict(ckpt.load(ckpt.set_info(reload)["run"], None)["run"])
+        state.resumes += 1
     moved = True
     while True:
         try:
-            if revive is not None:
-                engine.revive(revive)
-                revive = None
+            if lost is not None:
+                revived, dead = engine.revive()
+                for i in revived or [lost.index]:
+                    state.restarts[names[i]] = state.restarts.get(names[i], 0) + 1
+                for i in dead + revived:
+                    if i in dead or state.restarts[names[i]] > cfg.fault.max_restarts:
+                        raise UserError(f"participant '{names[i]}': its actor died more than fault.max_restarts "
+                                        f"({cfg.fault.max_restarts}) times; checkpoints kept")
+                logger.warning("%s; restarted, continuing from checkpoint %s (restarts: %s)", lost, reload,
+                               ", ".join(f"{n} {k}" for n, k in state.restarts.items()))
+                lost = None
             if reload is not None:
                 loaded = RunState.from_dict(restore(engine, cfg, ckpt, reload))
                 out.truncate_metrics(ckpt.set_info(reload)["metrics_bytes"])  # the steps after it run again
-                loaded.restarts = {**loaded.restarts, **restarts}
-                loaded.resumes += event == "resumed"
+                loaded.resumes, loaded.restarts = state.resumes, state.restarts  # they happened all the same
                 log({"event": event, "checkpoint": reload, "restarts": loaded.restarts})
                 state, reload = loaded, None
             if moved:
@@ -335,17 +346,8 @@ def run_swarm(engine, cfg: Config, data: Dataset, out: RunDir, ckpt: Checkpoints
                 moved = False
             advance(engine, cfg, data, state, log, ckpt, out.metrics_bytes)
             return state
-        except ParticipantLost as lost:
-            name = names[lost.index]
-            restarts = {**state.restarts, name: state.restarts.get(name, 0) + 1} if state else {name: 1}
-            if restarts[name] > cfg.fault.max_restarts:
-                raise UserError(f"{lost} (restarted {restarts[name] - 1} times already, fault.max_restarts "
-                                f"{cfg.fault.max_restarts}); checkpoints kept") from None
-            logger.warning("%s; restarted (%d of %d), continuing from checkpoint %s",
-                           lost, restarts[name], cfg.fault.max_restarts, ckpt.latest)
-            if state:
-                state.restarts = restarts
-            revive, reload, event, moved = lost.index, ckpt.latest, "restarted", True
+        except ParticipantLost as e:
+            lost, reload, event, moved = e, ckpt.latest, "restarted", True
 
 
 def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None = None,

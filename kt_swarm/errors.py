@@ -23,3 +23,6 @@ class ParticipantLost(UserError):
     def __init__(self, message: str, index: int):
         super().__init__(message)
         self.index = index
+
+    def __reduce__(self):  # it crosses from actors to the driver: keep the index
+        return type(self), (str(self), self.index)

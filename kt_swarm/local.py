@@ -71,6 +71,7 @@ class LocalEngine:
 
     def train_step(self, epoch: int, step: int, loss: LossSpec) -> StepResult:
         plan = batch_plan(self.data.splits["train"], seed=self.seed, epoch=epoch, step=step, batch_size=self.batch_size, augment=self.augment)
+        buffers = [p.buffers() for p in self.participants]
         logits = [p.forward(self.data, plan) for p in self.participants]
         target = self.data.labels[plan.ids].to(logits[0].device)
         shares, teachers = swarm_loss_terms(
@@ -81,8 +82,10 @@ class LocalEngine:
         shares.sum().backward()
         bad = blame([bool(torch.isfinite(z).all()) for z in logits], torch.isfinite(shares.detach()).tolist(),
                     [p.gradients_finite() for p in self.participants])
-        if not bad:  # a NaN/Inf anywhere: nobody steps, so every participant stays on the same partition
-            for p in self.participants:
+        for p, saved in zip(self.participants, buffers):
+            if bad:  # a NaN/Inf anywhere: nobody steps (and BatchNorm forgets the batch), so every
+                p.set_buffers(saved)  # participant stays where the others are
+            else:
                 p.optimizer.step()
         return StepResult([float(s) for s in shares.detach()], teachers.cpu(), bad)
 

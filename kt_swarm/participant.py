@@ -118,6 +118,16 @@ class Participant:
         if state.get("rng") is not None:
             set_rng_state(state["rng"], self.device)
 
+    def buffers(self) -> list[torch.Tensor]:
+        """A copy of the model's buffers (BatchNorm statistics): a training forward updates them, so a
+        skipped step puts them back (usually a few KB; they are not parameters)."""
+        return [b.detach().clone() for b in self.model.buffers()]
+
+    @torch.no_grad()
+    def set_buffers(self, saved: list[torch.Tensor]) -> None:
+        for b, value in zip(self.model.buffers(), saved):
+            b.copy_(value)
+
     def gradients_finite(self) -> bool:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         # One reduction (and one device sync) for all of them; a norm that overflows counts as bad too.

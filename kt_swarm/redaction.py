@@ -2,7 +2,7 @@
 its config, from which config.yaml, summary.json, reports and the W&B run are made.
 
 A secret is the value of an environment variable whose name says it is one (WANDB_API_KEY,
-HF_TOKEN, AWS_SECRET_ACCESS_KEY, RAY_AUTH_TOKEN, ...). Ray and W&B read them from the environment,
+HF_TOKEN, AWS_SECRET_ACCESS_KEY, RAY_AUTH_TOKEN, MY_SERVICE_PASSWORD, ...). Ray and W&B read them from the environment,
 which is where they belong.
 """
 from __future__ import annotations
@@ -13,15 +13,19 @@ import re
 
 from kt_swarm.errors import UserError
 
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
-MIN_LENGTH = 6  # shorter values ("0", "true", "token") are settings, and masking them would garble text
+# Whole words of the variable's name, so GIT_AUTHOR_NAME or PIP_KEYRING_PROVIDER are not secrets;
+# names that point at something (a socket, a file) hold no secret themselves.
+SECRET_NAME = re.compile(r"(^|_)(API_?KEY|KEY|TOKEN|SECRET|SECRETS|PASSWORD|PASSWD|CREDENTIALS?|AUTH)(_|$)", re.IGNORECASE)
+NOT_SECRET = re.compile(r"_(SOCK|PATH|FILE|DIR|MODE|PROVIDER|BACKEND|TYPE|HOST|PORT)$", re.IGNORECASE)
+MIN_LENGTH = 8  # shorter values are settings, and masking them would garble text
 
 
 def secrets(environ=None) -> dict[str, str]:
     """{value: variable name} of the secrets in the environment."""
     environ = os.environ if environ is None else environ
-    return {v: k for k, v in environ.items() if SECRET_NAME.search(k) and len(v) >= MIN_LENGTH
-            and v.lower() not in ("disabled", "offline", "online", "token")}
+    return {v: k for k, v in environ.items()
+            if SECRET_NAME.search(k) and not NOT_SECRET.search(k) and len(v) >= MIN_LENGTH
+            and not v.startswith(("/", "~")) and v.lower() not in ("disabled", "offline", "online")}
 
 
 def redact(text: str) -> str:

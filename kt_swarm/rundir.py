@@ -6,6 +6,7 @@ nothing behind; one that fails later keeps its checkpoints. Every file is replac
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -48,6 +49,14 @@ class RunDir:
 
     def __enter__(self) -> "RunDir":
         self.path.mkdir(parents=True, exist_ok=True)
+        # One process at a time: a scheduler that requeues a job while its old driver still runs must
+        # not get two runs interleaving checkpoints in one directory.
+        self._lock = open(self.path / ".lock", "a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise UserError(f"'{self.path}' is in use by another kt-swarm process") from None
         self._metrics = open(self.path / "metrics.jsonl", "ab" if self.resume else "wb")
         return self
 
@@ -56,12 +65,14 @@ class RunDir:
         self._metrics.flush()
 
     def metrics_bytes(self) -> int:
-        """Where metrics.jsonl ends now: a checkpoint records it, a resume cuts the log back to it."""
+        """Where metrics.jsonl ends now, on disk: a checkpoint records it, a resume cuts the log back to it."""
         self._metrics.flush()
+        os.fsync(self._metrics.fileno())
         return self._metrics.tell()
 
     def truncate_metrics(self, size: int) -> None:
         self._metrics.flush()
+        size = min(size, os.fstat(self._metrics.fileno()).st_size)  # never pad a log that lost its end
         self._metrics.truncate(size)
         self._metrics.seek(size)
 
@@ -73,5 +84,6 @@ class RunDir:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._metrics.close()
+        self._lock.close()  # and with it the lock
         if exc_type is not None and not self.resume and not is_resumable(self.path):
             shutil.rmtree(self.path, ignore_errors=True)

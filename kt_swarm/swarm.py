@@ -53,6 +53,7 @@ class ParticipantActor:
         self.p = None
         self.pending = None  # (own logits with their graph, target) between forward and learn
         self.unapplied = False  # gradients of the last learn() not yet applied
+        self.kept_buffers = []  # the buffers before the last forward, put back if its step is skipped
 
     def setup(self, data: Dataset) -> int:
         """Build the participant; returns the number of classes it predicts. (The data is not a
@@ -63,37 +64,49 @@ class ParticipantActor:
         self.p = build_participant(self.cfg, self.index, self.data)
         return self.p.output_width(self.data.channels, self.data.image_size)
 
+    @property
+    def participant(self):
+        if self.p is None:  # Ray restarted this actor's process after the coordinator set it up
+            name = self.cfg.participants[self.index].name
+            raise ParticipantLost(f"participant '{name}': its actor was restarted", self.index)
+        return self.p
+
+    def is_set_up(self) -> bool:
+        return self.p is not None
+
     def node(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
     def pretrain(self) -> None:
         from kt_swarm.coordinator import pretrain_if_zoo
 
-        pretrain_if_zoo(self.cfg, self.index, self.p, self.data)
+        pretrain_if_zoo(self.cfg, self.index, self.participant, self.data)
 
     def pid(self) -> int:
         return os.getpid()
 
     def state(self) -> dict:
-        return self.p.state()
+        return self.participant.state()
 
     def weights(self) -> dict:
-        return self.p.weights()
+        return self.participant.weights()
 
     def load(self, state: dict) -> None:
         # A copy: tensors arrive zero-copy (read-only shared memory), and the optimizer would adopt its
         # state tensors as they are, then update them in place.
-        self.p.load_state(copy_tensors(state))
+        self.participant.load_state(copy_tensors(state))
         self.pending, self.unapplied = None, False  # a step in flight belongs to the past being restored over
 
     def reset_optimizer(self, optimizer: str, lr: float, weight_decay: float) -> None:
-        self.p.reset_optimizer(optimizer, lr, weight_decay)
+        self.participant.reset_optimizer(optimizer, lr, weight_decay)
 
     def apply(self, update: bool) -> None:
         """Step the optimizer with the gradients of the last learn(), or drop them: the coordinator
         decides once every participant has said whether its step was finite."""
         if self.unapplied and update:
-            self.p.optimizer.step()
+            self.participant.optimizer.step()
+        elif self.unapplied:  # skipped: BatchNorm forgets the batch too
+            self.participant.set_buffers(self.kept_buffers)
         self.unapplied = False
 
     def forward(self, epoch: int, step: int, batch_size: int, update: bool | None = None) -> ray.ObjectRef:
@@ -101,7 +114,8 @@ class ParticipantActor:
             self.apply(update)
         plan = batch_plan(self.data.splits["train"], seed=self.cfg.seed, epoch=epoch, step=step,
                           batch_size=batch_size, augment=self.cfg.data.augment)
-        logits = self.p.forward(self.data, plan)
+        self.kept_buffers = self.participant.buffers()
+        logits = self.participant.forward(self.data, plan)
         self.pending = (logits, self.data.labels[plan.ids].to(logits.device))
         sent = logits.detach()
         if self.cfg.transfer.exchange_dtype:  # fewer bytes; every actor partitions the same rounded numbers
@@ -117,14 +131,14 @@ class ParticipantActor:
         peers = torch.stack([t.to(device=own.device, dtype=own.dtype) for t in ray.get(refs)])
         value, teachers = participant_loss(own, peers, self.index, target, temperature=loss.temperature,
                                            weight=loss.weight, detach_teacher=loss.detach_teacher)
-        self.p.optimizer.zero_grad(set_to_none=True)
+        self.participant.optimizer.zero_grad(set_to_none=True)
         value.backward()
         self.unapplied = True
         logits_ok = torch.isfinite(peers).flatten(1).all(dim=1).tolist()
-        return value.item(), teachers.cpu(), logits_ok, bool(torch.isfinite(value)), self.p.gradients_finite()
+        return value.item(), teachers.cpu(), logits_ok, bool(torch.isfinite(value)), self.participant.gradients_finite()
 
     def predict(self, split: str, batch_size: int, k: int) -> torch.Tensor:
-        return self.p.predict(self.data, self.data.splits[split], batch_size, k)
+        return self.participant.predict(self.data, self.data.splits[split], batch_size, k)
 
 
 def _verbose() -> bool:
@@ -286,8 +300,12 @@ class RaySwarm:
         cause = getattr(error, "cause", None)
         if isinstance(error, ray.exceptions.RayTaskError) and cause is not None:
             error = cause
+        if isinstance(error, ParticipantLost):
+            return ParticipantLost(str(error), error.index)
         if isinstance(error, UserError):
             return UserError(str(error))
+        if isinstance(error, ray.exceptions.ObjectLostError):  # a peer's logits died with its actor
+            return ParticipantLost(f"participant '{self.names[index]}' lost a peer's logits: {first_line(error)}", index)
         if isinstance(error, ray.exceptions.RayActorError):
             return ParticipantLost(f"participant '{self.names[index]}': its actor died: {first_line(error)}", index)
         return UserError(f"participant '{self.names[index]}' failed: {type(error).__name__}: {first_line(error)}")
@@ -298,20 +316,34 @@ class RaySwarm:
             update, self.update = self.update, None
             self._gather([a.apply.remote(update) for a in self.actors])
 
-    def revive(self, index: int) -> None:
-        """Set up participant `index` again once Ray has restarted its actor (its state is restored next)."""
+    def revive(self) -> tuple[list[int], list[int]]:
+        """Set up again every actor Ray has restarted (their state is restored next): several may have
+        died at once (a lost node), and not only the one a call failed on. Returns (revived, dead:
+        actors Ray will not restart, their fault.max_restarts spent)."""
         self.update = None
+        revived, dead = [], []
         deadline = time.monotonic() + self.cfg.placement.timeout_s
-        while True:
-            try:
-                ray.get(self.actors[index].setup.remote(self.data_ref))
-                return
-            except ray.exceptions.ActorUnavailableError as e:  # still restarting: calls fail, not wait
-                if time.monotonic() > deadline:
-                    raise self._one_line(index, e) from None
-                time.sleep(0.2)
-            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
-                raise self._one_line(index, e) from None
+        for i, actor in enumerate(self.actors):
+            died_since = None
+            while True:
+                try:
+                    if not ray.get(actor.is_set_up.remote()):
+                        ray.get(actor.setup.remote(self.data_ref))
+                        revived.append(i)
+                    break
+                except ray.exceptions.ActorUnavailableError as e:  # still restarting: calls fail, not wait
+                    if time.monotonic() > deadline:
+                        raise self._one_line(i, e) from None
+                    time.sleep(0.2)
+                except ray.exceptions.ActorDiedError:  # dead for good, once Ray has had a moment to restart it
+                    died_since = died_since or time.monotonic()
+                    if time.monotonic() - died_since > 5:
+                        dead.append(i)
+                        break
+                    time.sleep(0.2)
+                except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+                    raise self._one_line(i, e) from None
+        return revived, dead
 
     def states(self):
         self._settle()

@@ -43,6 +43,10 @@ def test_overrides_reach_nested_keys_and_list_items():
     ("data.colour=red", "'data.colour' is unknown"),
     ("dtype=float16", "'dtype'"),
     ("participants.0.name=vit", "'vit' is used twice"),
+    ("participants.0.name=a/b", "'participants.0.name': 'a/b' may hold only letters"),  # it names checkpoint files
+    ("participants.0.name=../up", "'participants.0.name': '../up' may hold only letters"),
+    ("checkpoint.keep=0", "'checkpoint.keep': must be positive"),
+    ("fault.max_restarts=-1", "'fault.max_restarts': must be >= 0"),
     ("data.val_fraction=1.5", "'data.val_fraction'"),
     ("noequals", "expected KEY=VALUE"),
 ])

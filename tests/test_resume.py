@@ -14,6 +14,7 @@ from conftest import ROOT, compared, kt_swarm, mlp_config
 from kt_swarm.checkpoint import Checkpoints, config_digest
 from kt_swarm.config import parse_config, to_dict
 from kt_swarm.coordinator import run
+from kt_swarm.errors import UserError
 from kt_swarm.rundir import RunDir
 
 HELPERS = ROOT / "tests" / "helpers"
@@ -63,7 +64,8 @@ def test_a_finished_run_keeps_its_start_set_best_models_and_the_last_sets(uninte
             epoch = summary["participants"][name]["best_epoch" if arm == "transfer" else "control_best_epoch"]
             assert rel == f"best/{arm}/{name}-e{epoch}.pt" and rel in listed
     ckpt = Checkpoints(out / "checkpoints", config_digest(to_dict(cfg)), ["wide", "narrow"], keep=2)
-    states, run_state = ckpt.load_set("control-0000006")
+    run_state, states = ckpt.load_set("control-0000006")
+    states = list(states)
     assert set(states[0]) == {"model", "optimizer", "rng"} and states[0]["optimizer"]["state"]
     assert run_state["current"]["epoch"] == 2 and set(run_state["arms"]) == {"transfer"}
 
@@ -154,7 +156,7 @@ def test_too_many_nan_steps_in_a_row_stop_the_run_naming_the_participant(tmp_pat
     # The checkpoints written before the bad steps are intact and loadable.
     cfg = parse_config(raw)
     ckpt = Checkpoints(out / "checkpoints", config_digest(to_dict(cfg)), ["wide", "nanny"], keep=2)
-    states, _ = ckpt.load_set(ckpt.latest)
+    states = list(ckpt.load_set(ckpt.latest)[1])
     assert all(torch.isfinite(t).all() for s in states for t in s["model"].values())
 
 
@@ -226,3 +228,11 @@ def test_resume_refuses_what_it_cannot_continue(stopped_run, tmp_path):
     proc = kt_swarm("run", ROOT / "configs" / "smoke.yaml", "--resume", out)
     assert proc.returncode == 2 and "give no CONFIG" in proc.stderr
     assert "not a kt_swarm run directory" in resume_error(tmp_path / "nowhere")
+
+
+def test_one_process_at_a_time_in_a_run_directory(stopped_run):
+    _, out = stopped_run
+    with RunDir(out, resume=True):
+        with pytest.raises(UserError, match="is in use by another kt-swarm process"):
+            with RunDir(out, resume=True):
+                pass

@@ -69,3 +69,9 @@ class SuicidalMLP(nn.Module):
 
 def suicidal_mlp(num_classes: int, in_chans: int, **kwargs) -> nn.Module:
     return SuicidalMLP(num_classes, in_chans, **kwargs)
+
+
+def bn_mlp(num_classes: int, in_chans: int, img_size: int = 28, hidden: int = 16) -> nn.Module:
+    """A tiny MLP with BatchNorm: its running statistics change in every training forward."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_chans * img_size * img_size, hidden), nn.BatchNorm1d(hidden),
+                         nn.ReLU(), nn.Linear(hidden, num_classes))
