@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 from kt_swarm.config import Config, WandbConfig, to_dict
@@ -31,9 +32,12 @@ def has_api_key() -> bool:
 
 def earlier_run_id(run_dir: Path) -> str | None:
     """The W&B run id of an earlier start of this swarm run, from wandb's own folder names
-    (`run-<time>-<id>`, `offline-run-<time>-<id>`)."""
-    starts = sorted(Path(run_dir).glob("wandb/*run-*-*"), key=lambda p: p.name.removeprefix("offline-"))
-    return starts[-1].name.rsplit("-", 1)[1] if starts else None
+    (`run-<date>_<time>-<id>`, `offline-run-...`, with `-1`, `-2` added when a name is taken)."""
+    for path in sorted(Path(run_dir).glob("wandb/*run-*"), key=lambda p: p.name.removeprefix("offline-")):
+        found = re.fullmatch(r"(?:offline-)?run-\d{8}_\d{6}-([a-z0-9]+)(?:-\d+)?", path.name)
+        if found:
+            return found.group(1)
+    return None
 
 
 class Tracker:
@@ -88,7 +92,12 @@ class Tracker:
                 row[f"{name}/{arm}/{key}"] = value
         if "role_matrix" in record:
             row[f"{arm}/role_matrix"] = self._heat_map(record["role_matrix"], f"{arm}, epoch {record['epoch'] + 1}")
-        self.run.log(row)
+        if record.get("event") == "skipped":
+            row[f"{arm}/skipped_in_a_row"] = record["in_a_row"]
+        if record.get("event") in ("restarted", "resumed"):
+            row["restarts"] = sum(record["restarts"].values())
+        if len(row) > 1:  # where participants run ("placed") is in metrics.jsonl, not a metric
+            self.run.log(row)
 
     def _heat_map(self, matrix: list[list[int]], title: str):
         import io
