@@ -14,12 +14,17 @@ from kt_swarm.redaction import RedactingFormatter, redact
 log = logging.getLogger("kt_swarm")
 
 
+def _error_line(message: str) -> str:
+    """What every error ends as: one printable line, secrets masked."""
+    return f"kt-swarm: error: {printable(redact(message))}"
+
+
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):  # no abbreviations: `--res` is not silently --resume
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> None:  # argparse's own errors: one line, code 2
-        self.exit(2, f"kt-swarm: error: {printable(redact(message))}\n")
+        self.exit(2, _error_line(message) + "\n")
 
 
 def _path(text: str) -> str:
@@ -138,7 +143,7 @@ def _check_run(cfg, resume_dir: Path | None) -> None:
             log.info("would resume from checkpoint %s", ckpt.latest)
 
 
-def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C, so the partial run directory is removed
+def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C: checkpoints are kept, a run without any is removed
     raise KeyboardInterrupt
 
 
@@ -165,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"report": _report, "sweep": _sweep, "run": _run}[args.command](args)
     except UserError as e:
-        print(f"kt-swarm: error: {printable(redact(str(e)))}", file=sys.stderr)
+        print(_error_line(str(e)), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kt-swarm: interrupted; the run directory was not written", file=sys.stderr)

@@ -299,15 +299,14 @@ def _check(cfg: Config) -> None:
     ]:
         positive(key, value)
     r = cfg.resources
-    for key, value in [("resources.gpus_per_participant", r.gpus_per_participant), ("resources.cpus_per_participant", r.cpus_per_participant)]:
+    for key, value in [("resources.gpus_per_participant", r.gpus_per_participant), ("resources.cpus_per_participant", r.cpus_per_participant),
+                       ("fault.max_restarts", cfg.fault.max_restarts)]:
         if value is not None and value < 0:
             raise UserError(f"config key '{key}': must be >= 0, got {value}")
     for name, amount in r.custom.items():
         if amount <= 0:
             raise UserError(f"config key {_short(f'resources.custom.{name}')}: must be a positive number, got {amount}")
     positive("placement.timeout_s", cfg.placement.timeout_s)
-    if cfg.fault.max_restarts < 0:
-        raise UserError(f"config key 'fault.max_restarts': must be >= 0, got {cfg.fault.max_restarts}")
     if cfg.transfer.weight < 0:
         raise UserError(f"config key 'transfer.weight': must be >= 0, got {cfg.transfer.weight}")
     for key, value in [("data.val_fraction", cfg.data.val_fraction), ("data.pretrain_fraction", cfg.data.pretrain_fraction)]:

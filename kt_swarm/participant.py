@@ -103,7 +103,7 @@ class Participant:
 
     def weights(self) -> dict[str, torch.Tensor]:
         """A detached CPU copy of the model's weights (a best model, the start of the control arm)."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        return copy_tensors(self.model.state_dict(), "cpu")
 
     def state(self) -> dict:
         """Everything a checkpoint needs to continue this participant exactly: weights, optimizer, RNG."""

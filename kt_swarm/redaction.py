@@ -34,20 +34,25 @@ def redact(text: str) -> str:
     return text
 
 
-def refuse_secrets_in(raw, where: str = "") -> None:
+def refuse_secrets_in(raw) -> None:
     """One line, before anything is written, if a config value holds an environment secret."""
     found = secrets()
-    if isinstance(raw, dict):
-        for key, value in raw.items():
-            refuse_secrets_in(value, f"{where}.{key}" if where else str(key))
-    elif isinstance(raw, (list, tuple)):
-        for i, value in enumerate(raw):
-            refuse_secrets_in(value, f"{where}.{i}")
-    elif isinstance(raw, str):
-        for value, name in found.items():
-            if value in raw:
-                raise UserError(f"config key '{where}' holds the value of ${name}: keep secrets in the environment, "
-                                f"not in the config (it is saved with the run and sent to W&B)")
+
+    def check(node, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                check(value, f"{where}.{key}" if where else str(key))
+        elif isinstance(node, (list, tuple)):
+            for i, value in enumerate(node):
+                check(value, f"{where}.{i}")
+        elif isinstance(node, str):
+            for value, name in found.items():
+                if value in node:
+                    raise UserError(f"config key '{where}' holds the value of ${name}: keep secrets in the environment, "
+                                    f"not in the config (it is saved with the run and sent to W&B)")
+
+    if found:
+        check(raw, "")
 
 
 class RedactingFormatter(logging.Formatter):

@@ -12,7 +12,6 @@ import hashlib
 import logging
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from kt_swarm.data import Dataset, batch_plan, steps_per_epoch
 from kt_swarm.errors import UserError
 from kt_swarm.participant import Participant
 from kt_swarm.progress import progress
+from kt_swarm.rundir import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +48,10 @@ def cache_key(spec: ParticipantConfig, participant: Participant, cfg: ZooConfig,
 
 
 def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, save({k: v.contiguous() for k, v in state.items()}))
 
 
 def pretrain(spec: ParticipantConfig, participant: Participant, data: Dataset, cfg: ZooConfig, augment: AugmentConfig, seed: int) -> Path:
