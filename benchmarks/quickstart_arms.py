@@ -25,9 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kt_swarm.config import apply_override, load_config, parse_config, to_dict  # noqa: E402
 from kt_swarm.checkpoint import Checkpoints  # noqa: E402
-from kt_swarm.coordinator import fresh_arm, make_engine, save_start, train_arm  # noqa: E402
+from kt_swarm.coordinator import arms as run_arms, fresh_arm, make_engine, save_start, train_arm  # noqa: E402
 from kt_swarm.data import load_dataset  # noqa: E402
-from kt_swarm.local import LossSpec  # noqa: E402
 from kt_swarm.metrics import accuracy  # noqa: E402
 
 
@@ -73,16 +72,19 @@ def main() -> None:
         comp = [(~right[i] & torch.cat([right[:i], right[i + 1:]]).any(0)).double().mean().item() for i in range(len(names))]
         print(f"  complementary knowledge at start: {[round(100 * c, 2) for c in comp]}", flush=True)
         print(f"seed {seed}: zoo ready in {time.perf_counter() - t0:.0f} s; start {rows['start']}", flush=True)
-        arms = [("control", "transfer.weight=0")] + [tuple(a.split(":", 1)) if ":" in a else (a, "") for a in args.arm]
+        # NAME:overrides; the names control and self_training are those baseline arms, any other a transfer arm.
+        arms = [("control", "")] + [tuple(a.split(":", 1)) if ":" in a else (a, "") for a in args.arm]
         for name, overrides in arms:
             arm_raw = copy.deepcopy(raw)
             for o in filter(None, overrides.split(",")):
                 apply_override(arm_raw, o)
-            arm_cfg = parse_config(arm_raw)
-            t = arm_cfg.transfer
-            engine.batch_size = t.batch_size
-            res = train_arm(engine, arm_cfg, data, fresh_arm(engine, arm_cfg, ckpt, name),
-                            LossSpec(t.temperature, t.weight, t.detach_teacher), lambda r: None, ckpt)
+            arm_cfg = parse_config({**arm_raw, "control": True, "self_training": True})
+            engine.batch_size = arm_cfg.transfer.batch_size
+            specs = {arm: (loss, split) for arm, loss, split in run_arms(arm_cfg)}
+            loss, split = specs.get(name, specs["transfer"])
+            engine.set_start_copies((s["model"] for s in ckpt.load_set("start")[1]) if loss.start_copies else None)
+            res = train_arm(engine, arm_cfg, data, fresh_arm(engine, arm_cfg, ckpt, name), loss, lambda r: None, ckpt,
+                            split=split)
             rows[name] = accuracy(engine.predict(args.split, cfg.eval_batch_size), labels)
             gain = statistics.mean(a - c for a, c in zip(rows[name], rows["control"]))
             print(f"  {name:24s} {[round(100 * a, 2) for a in rows[name]]} mean vs control {100 * gain:+.2f} "

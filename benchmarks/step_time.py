@@ -26,10 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kt_swarm.config import load_config  # noqa: E402
-from kt_swarm.coordinator import build_participant, make_engine  # noqa: E402
+from kt_swarm.build import build_participant  # noqa: E402
+from kt_swarm.coordinator import arms as run_arms, make_engine  # noqa: E402
 from kt_swarm.data import batch_plan, load_dataset  # noqa: E402
-from kt_swarm.local import LossSpec  # noqa: E402
-from kt_swarm.objectives import participant_loss  # noqa: E402
+from kt_swarm.objectives import LossSpec, participant_loss  # noqa: E402
 from kt_swarm.swarm import init_ray  # noqa: E402
 from quickstart_arms import machine  # noqa: E402
 
@@ -136,7 +136,7 @@ def main() -> None:
     cfg = load_config(args.config, args.set)
     data = load_dataset(cfg.data)
     t = cfg.transfer
-    loss = LossSpec(t.temperature, t.weight, t.detach_teacher)
+    loss = run_arms(cfg)[0][1]  # the transfer arm's loss
     results = {"machine": machine(), "config": args.config, "overrides": args.set, "batch_size": t.batch_size,
                "autocast": cfg.autocast, "participants": [p.name for p in cfg.participants], "steps": args.steps}
     local = make_engine("local", cfg, data)

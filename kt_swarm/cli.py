@@ -105,7 +105,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides + args.assignments)
         out = Path(args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir = RunDir(out)
-    from kt_swarm.coordinator import format_table, run
+    from kt_swarm.coordinator import run
+    from kt_swarm.summary import format_table
 
     if args.dry_run:
         _check_run(cfg, out if args.resume else None)

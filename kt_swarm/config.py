@@ -34,6 +34,7 @@ class DataConfig:
     root: str | None = None  # fashion_mnist: searched in $KT_SWARM_DATA and the Debian path when unset
     val_fraction: float = 0.1  # carved from train (fixed split_seed) when the data has no val split
     pretrain_fraction: float = 0.0  # part of train reserved for zoo pretraining; transfer gets the rest
+    unlabelled_fraction: float = 0.0  # part of the transfer split whose labels are hidden from training
     max_per_split: int | None = None  # cap on every split: tiny runs
     split_seed: int = 0
     skip_corrupt: bool = False
@@ -66,6 +67,11 @@ class ParticipantConfig:
 
 @dataclass
 class TransferConfig:
+    strategy: Literal["best", "better", "dml", "kd", "kl_dp", "none"] = "best"  # method.md section 6
+    scores: Literal["true_class", "max_confidence"] = "true_class"  # unlabelled samples: max_confidence always
+    teacher: str | None = None  # kd: the participant that teaches, frozen (ignored by other strategies)
+    trusted_teachers: bool = False  # k may teach j only if k's validation accuracy at the arm's start is >= j's
+    pseudo_threshold: float = 0.95  # the self-training arm: pseudo-label where the model is at least this sure
     epochs: int = 1
     batch_size: int = 128
     temperature: float = 1.0
@@ -137,7 +143,8 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
-    control: bool = False  # also train a CE-only copy of every participant (same data, steps, lr)
+    control: bool = False  # also train a CE-only copy of every participant (same steps and lr, labelled data only)
+    self_training: bool = False  # also train every participant alone on labels + its own confident pseudo-labels
     selection: Literal["best_val", "last"] = "best_val"  # per participant, on the validation split only
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
@@ -312,6 +319,18 @@ def _check(cfg: Config) -> None:
     for key, value in [("data.val_fraction", cfg.data.val_fraction), ("data.pretrain_fraction", cfg.data.pretrain_fraction)]:
         if not 0 <= value < 1:
             raise UserError(f"config key '{key}': must be in [0, 1), got {value}")
+    if not 0 <= cfg.data.unlabelled_fraction < 1:
+        raise UserError(f"config key 'data.unlabelled_fraction': must be in [0, 1), got {cfg.data.unlabelled_fraction}")
+    if not 0 < cfg.transfer.pseudo_threshold <= 1:
+        raise UserError(f"config key 'transfer.pseudo_threshold': must be in (0, 1], got {cfg.transfer.pseudo_threshold}")
+    if cfg.transfer.strategy == "kd":
+        if cfg.transfer.teacher is None:
+            raise UserError("config key 'transfer.teacher': strategy kd needs a teacher (the name of a participant)")
+        if len(cfg.participants) < 2:
+            raise UserError("config key 'transfer.strategy': kd needs at least two participants (a teacher and a student)")
+    if cfg.transfer.teacher is not None and cfg.transfer.teacher not in names:
+        raise UserError(f"config key 'transfer.teacher': {_short(cfg.transfer.teacher)} is not a participant "
+                        f"(participants: {', '.join(names)})")
     if cfg.data.val_fraction + cfg.data.pretrain_fraction >= 1:
         raise UserError("config keys 'data.val_fraction' + 'data.pretrain_fraction' leave no transfer data")
     if cfg.data.augment.shift < 0:

@@ -5,66 +5,34 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import torch
 
+from kt_swarm.build import build_participant, check_classes, pretrain_if_zoo
 from kt_swarm.checkpoint import Checkpoints, config_digest
 from kt_swarm.config import Config, to_dict
 from kt_swarm.data import Dataset, load_dataset, steps_per_epoch
 from kt_swarm.errors import ParticipantLost, UserError
-from kt_swarm.local import LocalEngine, LossSpec
-from kt_swarm.metrics import accuracy, complementary, flips, success_rate, teach_share, topk_accuracy
-from kt_swarm.models import check_model_name, create_model, default_weights, preprocess_for
-from kt_swarm.participant import Participant, resolve_device
+from kt_swarm.local import LocalEngine
+from kt_swarm.metrics import accuracy, flips, teach_share, topk_accuracy
+from kt_swarm.models import check_model_name, default_weights
+from kt_swarm.objectives import LossSpec
 from kt_swarm.progress import progress
-from kt_swarm.report import pct, write_report
-from kt_swarm.roles import role_matrix
+from kt_swarm.report import write_report
+from kt_swarm.roles import trust_matrix
 from kt_swarm.rundir import RunDir
+from kt_swarm.summary import summarize
 from kt_swarm.tracking import Tracker
-from kt_swarm import zoo
 
 logger = logging.getLogger("kt_swarm")
-
-
-def member_seed(cfg: Config, index: int) -> int:
-    """Participant `index`'s own seed (initialisation, zoo pretraining): distinct, and fixed by the run seed."""
-    return cfg.seed * 1000 + index
-
-
-def build_participant(cfg: Config, index: int, data: Dataset) -> Participant:
-    """Participant `index`: its model (seeded), preprocessing, dtype and device; not yet pretrained.
-
-    Called in the driver by the local engine and inside each actor by the Ray swarm.
-    """
-    spec = cfg.participants[index]
-    dtype = getattr(torch, cfg.dtype)
-    device = resolve_device(cfg.device)
-    model = create_model(spec, num_classes=data.num_classes, in_chans=data.channels, seed=member_seed(cfg, index))
-    model = model.to(device=device, dtype=dtype)
-    prep = preprocess_for(model, spec, in_chans=data.channels, image_size=data.image_size, dtype=dtype)
-    autocast = getattr(torch, cfg.autocast) if cfg.autocast else None
-    return Participant(spec.name, model, prep, device, autocast=autocast)
-
-
-def pretrain_if_zoo(cfg: Config, index: int, participant: Participant, data: Dataset) -> None:
-    spec = cfg.participants[index]
-    if default_weights(spec) == "zoo":
-        zoo.pretrain(spec, participant, data, cfg.zoo, cfg.data.augment, seed=member_seed(cfg, index))
-
-
-def check_classes(widths: dict[str, int], num_classes: int) -> None:
-    """Participants must agree with each other, and with the data, on the classes."""
-    if len(set(widths.values())) > 1 or num_classes not in widths.values():
-        listed = ", ".join(f"{k}={v}" for k, v in widths.items())
-        raise UserError(f"participants disagree on the number of classes ({listed}; the data has {num_classes})")
 
 
 @dataclass
 class ArmResult:
     steps: int
-    role_matrix: list[list[list[int]]]  # per epoch
+    role_matrix: list[list[list[float]]]  # per epoch: R[k][j] = sum of k's teaching weights toward j
     teach_share: list[list[float]]  # per epoch
     final_train_loss: list[float]  # mean share over the last epoch
     val_acc: list[list[float]]  # per epoch
@@ -105,7 +73,7 @@ class ArmState:
         self.best_files = self.best_files or [None] * self.n
 
     def new_epoch(self) -> None:
-        self.matrix = torch.zeros(self.n, self.n, dtype=torch.long)
+        self.matrix = torch.zeros(self.n, self.n, dtype=torch.float64)
         self.losses = torch.zeros(self.n, dtype=torch.float64)
         self.good_steps = 0
 
@@ -114,7 +82,7 @@ class ArmState:
 class RunState:
     """The coordinator's side of a checkpoint: finished arms, their test predictions, the arm under way."""
 
-    preds: dict[str, torch.Tensor] = field(default_factory=dict)  # test [N, n, k]: start, transfer, control
+    preds: dict[str, torch.Tensor] = field(default_factory=dict)  # test [N, n, k]: start and each arm
     arms: dict[str, dict] = field(default_factory=dict)  # finished arms' ArmResult fields
     current: ArmState | None = None
     restarts: dict[str, int] = field(default_factory=dict)
@@ -156,10 +124,10 @@ def fresh_arm(engine, cfg: Config, ckpt: Checkpoints, arm: str) -> ArmState:
 
 
 def train_arm(engine, cfg: Config, data: Dataset, st: ArmState, loss: LossSpec, log, ckpt: Checkpoints,
-              save: Callable[[str], None] = lambda name: None) -> ArmResult:
-    """Train every participant for cfg.transfer.epochs, continuing from `st`; keep each one's
-    best-on-validation epoch (selection: best_val) or its last. `save(name)` writes a checkpoint set
-    every checkpoint.every_steps steps and at every epoch end."""
+              save: Callable[[str], None] = lambda name: None, split: str = "train") -> ArmResult:
+    """Train every participant for cfg.transfer.epochs on batches from `split`, continuing from `st`;
+    keep each one's best-on-validation epoch (selection: best_val) or its last. `save(name)` writes a
+    checkpoint set every checkpoint.every_steps steps and at every epoch end."""
     t0, seconds0 = time.perf_counter(), st.seconds
     n, arm, names = st.n, st.arm, [p.name for p in cfg.participants]
     steps = steps_per_epoch(len(data.splits["train"]), cfg.transfer.batch_size)
@@ -169,24 +137,27 @@ def train_arm(engine, cfg: Config, data: Dataset, st: ArmState, loss: LossSpec, 
     if st.val_start is None:
         st.val_start = engine.predict("val", cfg.eval_batch_size)
         log({"arm": arm, "epoch": -1, "event": "eval", "val_acc": dict(zip(names, accuracy(st.val_start, val_labels)))})
+    if cfg.transfer.trusted_teachers:  # from the arm's start on validation, so a resumed arm trusts the same
+        trusted = trust_matrix(accuracy(st.val_start, val_labels))
+        loss = replace(loss, trusted=tuple(tuple(row) for row in trusted.tolist()))
     every = cfg.checkpoint.every_steps
     bar = progress(total=cfg.transfer.epochs * steps, initial=st.epoch * steps + st.step, desc=arm, unit="step")
     while st.epoch < cfg.transfer.epochs:
         while st.step < steps:
-            result = engine.train_step(st.epoch, st.step, loss)
+            result = engine.train_step(st.epoch, st.step, loss, split)
             step, st.step = st.step, st.step + 1
             global_step = st.epoch * steps + step
             if result.bad:
                 skip_step(cfg, st, step, global_step, [names[i] for i in result.bad], log)
             else:
                 st.bad_in_a_row = 0
-                st.matrix += role_matrix(result.teachers, n)
+                st.matrix += result.roles
                 st.losses += torch.tensor(result.losses, dtype=torch.float64)
                 st.good_steps += 1
                 if step % cfg.transfer.log_every == 0 or step == steps - 1:
                     log({"arm": arm, "epoch": st.epoch, "step": step, "global_step": global_step,
                          "loss": sum(result.losses), "losses": dict(zip(names, result.losses)),
-                         "taught": dict(zip(names, torch.bincount(result.teachers[result.teachers >= 0], minlength=n).tolist()))})
+                         "taught": dict(zip(names, taught(result.roles)))})
                 bar.set_description(f"{arm} epoch {st.epoch + 1}, loss {sum(result.losses):.3f}")
             bar.update()
             st.seconds = seconds0 + time.perf_counter() - t0
@@ -209,6 +180,13 @@ def train_arm(engine, cfg: Config, data: Dataset, st: ArmState, loss: LossSpec, 
         skipped_steps=st.skipped,
         seconds=st.seconds,
     )
+
+
+def taught(roles: torch.Tensor) -> list[float]:
+    """Samples each participant taught in a step, weighted: its teaching weights over its N - 1 students
+    (with best, the number of samples it taught)."""
+    n = roles.shape[0]
+    return ((roles.sum(dim=1) - roles.diagonal()) / max(n - 1, 1)).tolist()
 
 
 def skip_step(cfg: Config, st: ArmState, step: int, global_step: int, culprits: list[str], log) -> None:
@@ -267,10 +245,17 @@ def make_engine(name: str, cfg: Config, data: Dataset, address: str | None = Non
     return LocalEngine(participants, data, seed=cfg.seed, batch_size=cfg.transfer.batch_size, augment=cfg.data.augment)
 
 
-def arms(cfg: Config) -> list[tuple[str, LossSpec]]:
+def arms(cfg: Config) -> list[tuple[str, LossSpec, str]]:
+    """(name, loss, split) of every arm, in order: the transfer arm, then the baselines. The control arm
+    trains on the labelled part of the transfer split only; self-training sees the transfer arm's data."""
     t = cfg.transfer
-    control = [("control", LossSpec(t.temperature, 0.0, t.detach_teacher))] if cfg.control else []
-    return [("transfer", LossSpec(t.temperature, t.weight, t.detach_teacher))] + control
+    names = [p.name for p in cfg.participants]
+    transfer = LossSpec(strategy=t.strategy, scores=t.scores, temperature=t.temperature, weight=t.weight,
+                        detach_teacher=t.detach_teacher, teacher=names.index(t.teacher) if t.strategy == "kd" else None,
+                        pseudo_threshold=t.pseudo_threshold)
+    return ([("transfer", transfer, "train")]
+            + ([("control", replace(transfer, strategy="none"), "labelled")] if cfg.control else [])
+            + ([("self_training", replace(transfer, strategy="self_training"), "train")] if cfg.self_training else []))
 
 
 def advance(engine, cfg: Config, data: Dataset, state: RunState, log, ckpt: Checkpoints, metrics_bytes) -> None:
@@ -294,12 +279,15 @@ def advance(engine, cfg: Config, data: Dataset, state: RunState, log, ckpt: Chec
 
     if "start" not in state.preds:
         test("start")
-    for arm, loss in arms(cfg):
+    for arm, loss, split in arms(cfg):
         if arm in state.preds:
             continue
         if state.current is None:
             state.current = fresh_arm(engine, cfg, ckpt, arm)
-        state.arms[arm] = asdict(train_arm(engine, cfg, data, state.current, loss, log, ckpt, save))
+        # Frozen copies of the arm's start (kl_dp): set again on every entry, as a restored or restarted
+        # participant has lost its own; dropped for arms without them.
+        engine.set_start_copies((st["model"] for st in ckpt.load_set("start")[1]) if loss.start_copies else None)
+        state.arms[arm] = asdict(train_arm(engine, cfg, data, state.current, loss, log, ckpt, save, split))
         state.current = None
         test(arm)
 
@@ -386,19 +374,16 @@ def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None 
             nodes = engine.nodes()
         finally:
             engine.close()
-        transfer = ArmResult(**state.arms["transfer"])
-        control = ArmResult(**state.arms["control"]) if cfg.control else None
-        test_labels = data.labels[data.splits["test"]]
-        preds = (state.preds["start"], state.preds["transfer"], state.preds.get("control"))
-        summary = summarize(cfg, data, names, test_labels, preds, (transfer, control), nodes, engine.name)
+        results = {arm: ArmResult(**r) for arm, r in state.arms.items()}
+        summary = summarize(cfg, data, names, data.labels[data.splits["test"]], state.preds, results, nodes, engine.name)
         summary["placement_group"] = engine.placement_group
         summary["faults"] = {"restarts": {name: state.restarts.get(name, 0) for name in names},
                              "resumes": state.resumes,
                              "skipped_steps": {arm: r["skipped_steps"] for arm, r in state.arms.items()}}
         summary["checkpoints"] = {"latest": ckpt.latest,
                                   "best": {arm: dict(zip(names, r["best_files"])) for arm, r in state.arms.items()}}
-        summary["seconds"] = {"zoo_and_setup": t_zoo, "transfer": transfer.seconds,
-                              "control": control.seconds if control else None, "total": time.perf_counter() - t_start}
+        summary["seconds"] = {"zoo_and_setup": t_zoo, **{arm: r.seconds for arm, r in results.items()},
+                              "total": time.perf_counter() - t_start}
         write_report(out.path, summary)
         out.write_json("summary.json", summary)  # last: a run directory with summary.json is finished
         tracker.finish(summary)
@@ -406,83 +391,3 @@ def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None 
         tracker.close(failed=True)
         raise
     return summary
-
-
-def summarize(cfg: Config, data: Dataset, names: list[str], labels: torch.Tensor, preds: tuple, arms: tuple,
-              nodes: list[str], engine: str) -> dict:
-    """summary.json from the test predictions ([N, n, k] at the start, after transfer, after control)."""
-    (start, end, end_control), (transfer, control) = preds, arms
-    top5 = start.shape[-1] == 5
-    before, after = accuracy(start, labels), accuracy(end, labels)
-    gained, lost = flips(start, end, labels)
-    comp = complementary(start, labels)
-    top_before, top_after = topk_accuracy(start, labels), topk_accuracy(end, labels)
-    n = len(names)
-    if end_control is not None:
-        acc_control, top_control = accuracy(end_control, labels), topk_accuracy(end_control, labels)
-        c_gained, c_lost = flips(start, end_control, labels)
-    else:
-        acc_control = top_control = c_gained = c_lost = [None] * n
-    deltas = [a - b for a, b in zip(after, before)]
-    selected = [transfer.val_acc[transfer.best_epoch[i] - 1][i] for i in range(n)]
-    return {
-        "engine": engine,
-        "steps": transfer.steps,
-        "seed": cfg.seed,
-        "gradient_mode": "detached" if cfg.transfer.detach_teacher else "exact",
-        "num_classes": data.num_classes,
-        "success_rate": success_rate(deltas),
-        "success_rate_vs_control": success_rate([a - c for a, c in zip(after, acc_control)]) if control else None,
-        # What sweeps optimise: the validation accuracy each participant was selected at, averaged.
-        "val_acc_mean": sum(selected) / n,
-        "participants": {
-            name: {
-                "acc_before": before[i],
-                "acc_after": after[i],
-                "acc_control": acc_control[i],
-                "delta": deltas[i],
-                "delta_vs_control": after[i] - acc_control[i] if control else None,
-                "top5_before": top_before[i] if top5 else None,
-                "top5_after": top_after[i] if top5 else None,
-                "top5_control": top_control[i] if top5 and control else None,
-                "positive_flips": gained[i],
-                "negative_flips": lost[i],
-                "control_positive_flips": c_gained[i],
-                "control_negative_flips": c_lost[i],
-                "complementary": comp[i],
-                "teach_share": transfer.teach_share[-1][i],
-                "teach_share_per_epoch": [s[i] for s in transfer.teach_share],
-                "final_train_loss": transfer.final_train_loss[i],
-                "node": nodes[i],
-                "best_epoch": transfer.best_epoch[i],
-                "val_acc": [v[i] for v in transfer.val_acc],
-                "val_acc_selected": selected[i],
-                "control_best_epoch": control.best_epoch[i] if control else None,
-            }
-            for i, name in enumerate(names)
-        },
-        "role_matrix": transfer.role_matrix[-1],
-        "role_matrix_per_epoch": transfer.role_matrix,
-        "data": {"source": data.source, "skipped_corrupt": data.skipped,
-                 **{f"{k}_samples": len(v) for k, v in data.splits.items()}},
-    }
-
-
-def format_table(summary: dict) -> str:
-    """The readable end-of-run table (fits 100 columns)."""
-    rows = [f"{'participant':<16} {'before':>7} {'after':>7} {'control':>7} {'delta':>7} {'vs ctrl':>7} "
-            f"{'+flips':>7} {'-flips':>7} {'taught':>7} {'loss':>7}"]
-    for name, p in summary["participants"].items():
-        rows.append(
-            f"{name[:16]:<16} {pct(p['acc_before']):>7} {pct(p['acc_after']):>7} {pct(p['acc_control']):>7} "
-            f"{pct(p['delta'], True):>7} {pct(p['delta_vs_control'], True):>7} "
-            f"{pct(p['positive_flips']):>7} {pct(p['negative_flips']):>7} "
-            f"{100 * p['teach_share']:6.1f}% {p['final_train_loss']:7.3f}"
-        )
-    vs_control = summary["success_rate_vs_control"]
-    rows.append(
-        f"test % (flips vs start); success rate {100 * summary['success_rate']:.0f}%"
-        + ("" if vs_control is None else f", {100 * vs_control:.0f}% above control")
-        + f"; {summary['engine']}, {summary['steps']} steps, {summary['gradient_mode']}, {summary['seconds']['total']:.0f} s"
-    )
-    return "\n".join(rows)

@@ -211,7 +211,21 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     for name in ("train", "val", "test"):
         if len(splits[name]) == 0:
             raise UserError(f"dataset '{source}': the {name} split is empty (check data.val_fraction / pretrain_fraction)")
+    labels = hide_labels(labels, splits, cfg.unlabelled_fraction, cfg.split_seed)
     return Dataset(images, labels, classes, splits, skipped, source)
+
+
+def hide_labels(labels: torch.Tensor, splits: dict[str, torch.Tensor], fraction: float, seed: int) -> torch.Tensor:
+    """The labels with those of `fraction` of the transfer split replaced by -1 (UNLABELLED), chosen with
+    the split seed: no loss can read what is not in memory. Adds splits["labelled"] (the rest of train, in
+    order) and splits["unlabelled"]; evaluation splits keep their labels."""
+    train = splits["train"]
+    hidden = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))[: round(fraction * len(train))]]
+    labels = labels.clone()
+    labels[hidden] = -1
+    splits["labelled"] = train[labels[train] >= 0]
+    splits["unlabelled"] = train[labels[train] < 0]
+    return labels
 
 
 # ----------------------------------------------------------------------------- batch plans
@@ -246,6 +260,19 @@ def batch_plan(split_ids: torch.Tensor, *, seed: int, epoch: int, step: int, bat
     shifts = torch.randint(-augment.shift, augment.shift + 1, (len(ids), 2), generator=g)
     flips = torch.rand(len(ids), generator=g) < 0.5 if augment.hflip else torch.zeros(len(ids), dtype=torch.bool)
     return BatchPlan(ids, shifts, flips)
+
+
+def arm_plan(data: Dataset, split: str, *, seed: int, epoch: int, step: int, batch_size: int, augment: AugmentConfig) -> BatchPlan:
+    """Batch `step` of `epoch` for an arm that runs as many steps per epoch as the transfer split
+    ("train") has batches, drawn from `split`: a smaller split (the control arm's labelled part) is
+    passed through again, reshuffled, as often as needed; "train" itself gives batch_plan's batches."""
+    steps = steps_per_epoch(len(data.splits["train"]), batch_size)
+    own = steps_per_epoch(len(data.splits[split]), batch_size)
+    if own == 0:
+        raise UserError(f"the {split} part of the transfer split has {len(data.splits[split])} samples, fewer than "
+                        f"transfer.batch_size {batch_size}")
+    k = epoch * steps + step
+    return batch_plan(data.splits[split], seed=seed, epoch=k // own, step=k % own, batch_size=batch_size, augment=augment)
 
 
 def augment_images(images: torch.Tensor, plan: BatchPlan) -> torch.Tensor:

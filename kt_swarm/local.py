@@ -5,30 +5,25 @@ optimizer steps (or none, when any loss or gradient is not finite). It is the re
 """
 from __future__ import annotations
 
+import itertools
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 
 from kt_swarm.config import AugmentConfig
-from kt_swarm.data import Dataset, batch_plan
-from kt_swarm.objectives import swarm_loss_terms
+from kt_swarm.data import Dataset, arm_plan
+from kt_swarm.objectives import LossSpec, swarm_loss_terms
 from kt_swarm.participant import Participant
 from kt_swarm.progress import progress
 
 
 @dataclass
-class LossSpec:
-    temperature: float = 1.0
-    weight: float = 1.0  # 0 = the CE-only control arm
-    detach_teacher: bool = True
-
-
-@dataclass
 class StepResult:
     losses: list[float]  # each participant's share of the global loss
-    teachers: torch.Tensor  # [B], -1 where tied
+    roles: torch.Tensor  # [N, N] float64: R[k][j] = sum of k's teaching weights toward j over the batch
     bad: list[int] = field(default_factory=list)  # participants blamed for a NaN/Inf; non-empty: nobody stepped
 
 
@@ -69,25 +64,34 @@ class LocalEngine:
         for p, lr, wd in zip(self.participants, lrs, weight_decays):
             p.reset_optimizer(optimizer, lr, wd)
 
-    def train_step(self, epoch: int, step: int, loss: LossSpec) -> StepResult:
-        plan = batch_plan(self.data.splits["train"], seed=self.seed, epoch=epoch, step=step, batch_size=self.batch_size, augment=self.augment)
+    def set_start_copies(self, weights: Iterable[dict] | None) -> None:
+        """Give every participant a frozen copy of its weights at the arm's start, one participant's
+        weights at a time (None: drop them)."""
+        for p, w in zip(self.participants, weights or itertools.repeat(None)):
+            p.set_start_copy(w)
+
+    def train_step(self, epoch: int, step: int, loss: LossSpec, split: str = "train") -> StepResult:
+        plan = arm_plan(self.data, split, seed=self.seed, epoch=epoch, step=step, batch_size=self.batch_size, augment=self.augment)
         buffers = [p.buffers() for p in self.participants]
-        logits = [p.forward(self.data, plan) for p in self.participants]
+        logits = [p.forward(self.data, plan, loss.learns(i)) for i, p in enumerate(self.participants)]
+        frozen = torch.stack([p.start_logits(self.data, plan) for p in self.participants]) if loss.start_copies else None
         target = self.data.labels[plan.ids].to(logits[0].device)
-        shares, teachers = swarm_loss_terms(
-            logits, target, temperature=loss.temperature, weight=loss.weight, detach_teacher=loss.detach_teacher
-        )
+        shares, roles = swarm_loss_terms(logits, target, frozen_logits=frozen, **loss.kwargs())
         for p in self.participants:
             p.optimizer.zero_grad(set_to_none=True)
-        shares.sum().backward()
-        bad = blame([bool(torch.isfinite(z).all()) for z in logits], torch.isfinite(shares.detach()).tolist(),
+        total = shares.sum()
+        if total.requires_grad:  # a step where nobody learns anything (no labels, no teacher) has no graph
+            total.backward()
+        logits_ok = [bool(torch.isfinite(z).all()) and (frozen is None or bool(torch.isfinite(frozen[i]).all()))
+                     for i, z in enumerate(logits)]
+        bad = blame(logits_ok, torch.isfinite(shares.detach()).tolist(),
                     [p.gradients_finite() for p in self.participants])
-        for p, saved in zip(self.participants, buffers):
+        for i, (p, saved) in enumerate(zip(self.participants, buffers)):
             if bad:  # a NaN/Inf anywhere: nobody steps (and BatchNorm forgets the batch), so every
                 p.set_buffers(saved)  # participant stays where the others are
-            else:
+            elif loss.learns(i):
                 p.optimizer.step()
-        return StepResult([float(s) for s in shares.detach()], teachers.cpu(), bad)
+        return StepResult([float(s) for s in shares.detach()], roles.cpu(), bad)
 
     def predict(self, split: str, batch_size: int, k: int = 1) -> torch.Tensor:
         """[N, n, k] top-k classes of every participant on a split, best first."""

@@ -42,7 +42,8 @@ def success_rate(deltas: list[float]) -> float:
 
 
 def teach_share(role_matrix: torch.Tensor, samples: int) -> list[float]:
-    """Share of the epoch's samples each participant taught (row sums over its N-1 students)."""
+    """Share of the epoch's samples each participant taught: its teaching weights toward its N - 1
+    students (the off-diagonal row sum; the diagonal is what it learned from itself) over N - 1."""
     n = role_matrix.shape[0]
-    taught = role_matrix.sum(dim=1).double() / max(n - 1, 1)
+    taught = (role_matrix.sum(dim=1) - role_matrix.diagonal()).double() / max(n - 1, 1)
     return (taught / max(samples, 1)).tolist()

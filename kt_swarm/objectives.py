@@ -1,18 +1,49 @@
-"""The loss of method.md section 3, whole (one process) and per participant (the swarm).
+"""The loss of method.md sections 3, 6 and 7, whole (one process) and per participant (the swarm).
 
-    L = sum_m CE(z_m, y) + weight * (1/B) * sum_i sum_{j != t(i)} T^2 KL(p_t(i)(i) || p_j(i))
+    L = sum_m CE(z_m, y)                      (mean over the labelled samples; kl_dp has none)
+      + weight * (1/B) * sum_i sum_j sum_{k != j} w[k->j](i) T^2 KL(p_k(i) || p_j(i))
+      + weight * (1/B) * sum_i sum_j r_j(i) T^2 KL(p_j0(i) || p_j(i))     (kl_dp: retention)
+      + weight * (1/B) * sum_i sum_j CE(z_j(i), argmax z_j(i)) [unlabelled, confident] (self_training)
 
-Both functions split L the same way: participant m's share is its own CE plus the
-transfer terms in which it is the student, so the shares sum to L.
+The teaching weights w come from roles.teaching_weights. Both functions split L the same way:
+participant m's share is its own CE plus the terms in which it is the student, so the shares sum to L.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from kt_swarm.roles import assign_teachers, student_mask, true_class_scores
+from kt_swarm.roles import confidence_scores, teaching_weights
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """swarm_loss's keyword arguments, as an arm hands them to an engine. The engines read only
+    `learns(i)` and `start_copies`; what the strategy means is the method's business."""
+
+    strategy: str = "best"
+    scores: str = "true_class"
+    temperature: float = 1.0
+    weight: float = 1.0  # the CE-only control arm: strategy none
+    detach_teacher: bool = True
+    teacher: int | None = None  # kd: the frozen teacher's index
+    pseudo_threshold: float = 0.95  # self_training
+    trusted: tuple[tuple[bool, ...], ...] | None = None  # trusted[k][j]: k may teach j
+
+    def kwargs(self) -> dict:
+        return asdict(self)
+
+    def learns(self, index: int) -> bool:
+        """False for a frozen participant (kd's teacher): it forwards in eval mode, without a graph, and never steps."""
+        return not (self.strategy == "kd" and index == self.teacher)
+
+    @property
+    def start_copies(self) -> bool:
+        """Each participant needs the logits of a frozen copy of its own weights at the start of the arm."""
+        return self.strategy == "kl_dp"
 
 
 def kl_to_student(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -22,48 +53,127 @@ def kl_to_student(teacher_logits: torch.Tensor, student_logits: torch.Tensor, te
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1) * temperature**2
 
 
+def labelled_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[..., B, C] -> [...]: CE averaged over the labelled samples (target >= 0); 0 where there are none."""
+    labelled = target >= 0
+    count = int(labelled.sum())
+    if count == 0:
+        return logits.sum(dim=(-1, -2)) * 0
+    z = logits[..., labelled, :]
+    y = target[labelled].expand(z.shape[:-1])
+    return F.cross_entropy(z.flatten(0, -2), y.flatten(), reduction="none").view(y.shape).mean(dim=-1)
+
+
+def pseudo_label_ce(logits: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Self-training: [..., B, C] -> [..., B] CE on each model's own arg-max, on unlabelled samples where
+    its confidence (T = 1) is at least `threshold`; 0 elsewhere."""
+    probs = logits.detach().softmax(dim=-1)
+    confident, guess = probs.max(dim=-1)
+    mask = (target < 0) & (confident >= threshold)
+    ce = F.cross_entropy(logits.flatten(0, -2), guess.flatten(), reduction="none").view(guess.shape)
+    return ce * mask
+
+
+def _weights(peers: torch.Tensor, target: torch.Tensor, frozen: torch.Tensor | None, spec: LossSpec):
+    """(W [N, N, B], retention [N, B] or None) from every participant's detached logits."""
+    scores = confidence_scores(peers, target, spec.scores)
+    start = confidence_scores(frozen, target, spec.scores) if frozen is not None else None
+    trusted = torch.tensor(spec.trusted, dtype=torch.bool) if spec.trusted is not None else None
+    w = teaching_weights(scores, spec.strategy, teacher=spec.teacher, start_scores=start, trusted=trusted)
+    keep = (1 - w.sum(dim=0)).clamp(min=0) if spec.start_copies else None
+    return w, keep
+
+
+def _self_roles(w: torch.Tensor, own_terms: torch.Tensor | None) -> torch.Tensor:
+    """The role matrix R[k][j] = sum_i w[k->j](i); its diagonal counts what each learned from itself
+    (kl_dp's frozen start, self-training's pseudo-labels)."""
+    roles = w.sum(dim=-1).to(torch.float64)
+    if own_terms is not None:
+        roles = roles + torch.diag(own_terms.sum(dim=-1).to(torch.float64))
+    return roles
+
+
+def _spec(kwargs: dict, frozen_logits: torch.Tensor | None) -> LossSpec:
+    """swarm_loss's keyword arguments as a LossSpec (its default gradient mode is exact)."""
+    spec = LossSpec(**{"detach_teacher": False, **kwargs, "trusted": _as_tuple(kwargs.get("trusted"))})
+    if spec.start_copies and frozen_logits is None:
+        raise ValueError("strategy 'kl_dp' needs frozen_logits, the frozen starting copies' logits [N, B, C]")
+    return spec
+
+
 def swarm_loss_terms(
     logits: torch.Tensor | Sequence[torch.Tensor],
     target: torch.Tensor,
     *,
-    temperature: float = 1.0,
-    weight: float = 1.0,
-    detach_teacher: bool = False,
+    frozen_logits: torch.Tensor | None = None,
+    **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (shares [N], teachers [B]); shares.sum() is the global loss, with autograd intact."""
+    """Returns (shares [N], roles [N, N]); shares.sum() is the global loss, with autograd intact.
+    Keyword arguments: those of swarm_loss."""
+    spec = _spec(kwargs, frozen_logits)
     z = torch.stack(list(logits)) if not torch.is_tensor(logits) else logits
     n, b, _ = z.shape
-    teachers = assign_teachers(true_class_scores(z, target))
-    ce = F.cross_entropy(z.flatten(0, 1), target.repeat(n), reduction="none").view(n, b).mean(dim=1)
-    if weight == 0:
-        return ce, teachers
-    # The teacher's logits of every sample ([B, C]); tied samples pick row 0 and are masked below.
-    z_teacher = z[teachers.clamp(min=0), torch.arange(b, device=z.device)]
-    if detach_teacher:
-        z_teacher = z_teacher.detach()
-    kl = kl_to_student(z_teacher.unsqueeze(0), z, temperature)  # [N, B]
-    transfer = (kl * student_mask(teachers, n)).sum(dim=1) / b
-    return ce + weight * transfer, teachers
+    w, keep = _weights(z.detach(), target, frozen_logits, spec)
+    learns = torch.tensor([spec.learns(m) for m in range(n)], dtype=z.dtype, device=z.device)
+    ce = labelled_ce(z, target) * learns if spec.strategy != "kl_dp" else z.sum(dim=(1, 2)) * 0
+    own_terms = None
+    if spec.weight == 0:
+        return ce, _self_roles(w, own_terms)
+    # Teachers inside the KL: constants when detached; a frozen participant is always one.
+    source = torch.stack([z[k] if spec.learns(k) and not spec.detach_teacher else z[k].detach() for k in range(n)])
+    kl = kl_to_student(source.unsqueeze(1), z.unsqueeze(0), spec.temperature)  # [teacher, student, B]
+    extra = (w * kl).sum(dim=(0, 2))
+    if keep is not None:
+        own_terms = keep
+        extra = extra + (keep * kl_to_student(frozen_logits.detach(), z, spec.temperature)).sum(dim=1)
+    if spec.strategy == "self_training":
+        pseudo = pseudo_label_ce(z, target, spec.pseudo_threshold)
+        own_terms = _confident_unlabelled(z, target, spec.pseudo_threshold)
+        extra = extra + pseudo.sum(dim=1)
+    return ce + spec.weight * extra / b * learns, _self_roles(w, own_terms)
+
+
+def _confident_unlabelled(z: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Tensor:
+    """[..., B] float mask of the unlabelled samples where the model is at least `threshold` sure."""
+    return ((target < 0) & (z.detach().softmax(dim=-1).amax(dim=-1) >= threshold)).to(torch.float64)
 
 
 def swarm_loss(
     logits: torch.Tensor | Sequence[torch.Tensor],
     target: torch.Tensor,
     *,
+    strategy: str = "best",
+    scores: str = "true_class",
     temperature: float = 1.0,
     weight: float = 1.0,
     detach_teacher: bool = False,
+    frozen_logits: torch.Tensor | None = None,
+    teacher: int | None = None,
+    pseudo_threshold: float = 0.95,
+    trusted=None,
 ) -> torch.Tensor:
-    """The whole single-process loss: sum of the participants' CE + weight * transfer term.
+    """The whole single-process loss: every participant's CE + weight * its transfer terms.
 
-    logits: [N, B, C] (or N tensors [B, C]); target: [B]. Exact gradients by default
-    (the teacher's distribution inside the KL receives gradient too, as in the published
-    code); detach_teacher=True makes it a constant target (classical distillation).
+    logits: [N, B, C] (or N tensors [B, C]); target: [B], -1 for an unlabelled sample (no CE term,
+    scored by max confidence). strategy: best | better | dml | kd | kl_dp | none | self_training
+    (method.md section 6); scores: true_class | max_confidence. Exact gradients by default (a live
+    teacher's distribution inside the KL receives gradient too, as in the published code);
+    detach_teacher=True makes it a constant target. kd: `teacher` is the index of the frozen teacher
+    (no CE, no gradient). kl_dp: `frozen_logits` [N, B, C] are the frozen starting copies' logits.
+    trusted: [N][N] bools, trusted[k][j] = k may teach j (trusted teachers).
     """
     shares, _ = swarm_loss_terms(
-        logits, target, temperature=temperature, weight=weight, detach_teacher=detach_teacher
+        logits, target, strategy=strategy, scores=scores, temperature=temperature, weight=weight,
+        detach_teacher=detach_teacher, frozen_logits=frozen_logits, teacher=teacher,
+        pseudo_threshold=pseudo_threshold, trusted=trusted,
     )
     return shares.sum()
+
+
+def _as_tuple(trusted) -> tuple | None:
+    if trusted is None:
+        return None
+    return tuple(tuple(bool(v) for v in row) for row in (trusted.tolist() if torch.is_tensor(trusted) else trusted))
 
 
 def participant_loss(
@@ -72,38 +182,45 @@ def participant_loss(
     index: int,
     target: torch.Tensor,
     *,
-    temperature: float = 1.0,
-    weight: float = 1.0,
-    detach_teacher: bool = False,
+    frozen_logits: torch.Tensor | None = None,
+    **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Participant `index`'s local surrogate of the global loss; returns (surrogate, teachers [B]).
+    """Participant `index`'s local surrogate of the global loss; returns (surrogate, roles [N, N]).
 
     own_logits [B, C] carries the participant's graph; all_logits [N, B, C] holds every
-    participant's detached logits (row `index` equal to own_logits' values). The
-    surrogate's gradient at own_logits equals the gradient of swarm_loss there, so each
-    participant can back-propagate its own share locally, once it has its peers' logits.
-    Its value is the participant's share of L (its CE plus the terms where it is student).
+    participant's detached logits (row `index` equal to own_logits' values), frozen_logits [N, B, C]
+    the frozen starting copies' (kl_dp). Keyword arguments: those of swarm_loss. The surrogate's
+    gradient at own_logits equals the gradient of swarm_loss there, so each participant can
+    back-propagate its own share locally, once it has its peers' logits. Its value is the
+    participant's share of L (its CE plus the terms where it is the student).
     """
+    spec = _spec(kwargs, frozen_logits)
     n, b, _ = all_logits.shape
-    teachers = assign_teachers(true_class_scores(all_logits, target))
-    loss = F.cross_entropy(own_logits, target)
-    if weight == 0:
-        return loss, teachers
     peers = all_logits.detach()
-    # As a student: learn from the (constant) teacher where someone else teaches.
-    learns = student_mask(teachers, n)[index]
-    z_teacher = peers[teachers.clamp(min=0), torch.arange(b, device=peers.device)]
-    as_student = (kl_to_student(z_teacher, own_logits, temperature) * learns).sum() / b
-    loss = loss + weight * as_student
-    if not detach_teacher:
-        # As a teacher (exact mode): the KL to every student also pulls on the teacher.
-        # Added as (x - x.detach()) so it shapes the gradient without counting twice in the value.
-        teaches = teachers == index
-        others = [j for j in range(n) if j != index]
-        kl = kl_to_student(own_logits.unsqueeze(0), peers[others], temperature)  # [N-1, B]
-        as_teacher = (kl * teaches).sum() / b
-        loss = loss + weight * (as_teacher - as_teacher.detach())
-    return loss, teachers
+    w, keep = _weights(peers, target, frozen_logits, spec)
+    own_terms = keep
+    if spec.strategy == "self_training":
+        own_terms = _confident_unlabelled(peers, target, spec.pseudo_threshold)
+    roles = _self_roles(w, own_terms if spec.weight != 0 else None)
+    if not spec.learns(index):  # frozen: no share, no gradient
+        return own_logits.sum() * 0, roles
+    loss = labelled_ce(own_logits, target) if spec.strategy != "kl_dp" else own_logits.sum() * 0
+    if spec.weight == 0:
+        return loss, roles
+    # As a student: learn from every (constant) teacher, its frozen start, its own confident guesses.
+    extra = (w[:, index] * kl_to_student(peers, own_logits.unsqueeze(0), spec.temperature)).sum()
+    if keep is not None:
+        extra = extra + (keep[index] * kl_to_student(frozen_logits[index].detach(), own_logits, spec.temperature)).sum()
+    if spec.strategy == "self_training":
+        extra = extra + pseudo_label_ce(own_logits, target, spec.pseudo_threshold).sum()
+    loss = loss + spec.weight * extra / b
+    if not spec.detach_teacher and w[index].any():
+        # As a teacher (exact mode): the KL to every student also pulls on the teacher. Added as
+        # (x - x.detach()) so it shapes the gradient without counting twice in the value.
+        kl = kl_to_student(own_logits.unsqueeze(0), peers, spec.temperature)  # [N, B]
+        as_teacher = spec.weight * (w[index] * kl).sum() / b
+        loss = loss + (as_teacher - as_teacher.detach())
+    return loss, roles
 
 
 def participant_grad(
@@ -116,5 +233,5 @@ def participant_grad(
     """d(swarm_loss)/d(own_logits), computed from the participant's logits and its peers' only."""
     own = own_logits.detach().requires_grad_(True)
     loss, _ = participant_loss(own, all_logits, index, target, **kwargs)
-    (grad,) = torch.autograd.grad(loss, own)
-    return grad
+    (grad,) = torch.autograd.grad(loss, own, allow_unused=True)
+    return torch.zeros_like(own) if grad is None else grad

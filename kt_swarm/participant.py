@@ -62,6 +62,7 @@ class Participant:
     device: torch.device
     optimizer: torch.optim.Optimizer | None = None
     autocast: torch.dtype | None = None  # mixed precision for the forward pass; weights stay float32
+    start_copy: nn.Module | None = None  # frozen copy of the weights at the start of the arm (kl_dp)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None)
@@ -69,14 +70,36 @@ class Participant:
     def reset_optimizer(self, kind: str, lr: float, weight_decay: float) -> None:
         self.optimizer = make_optimizer(kind, self.model.parameters(), lr, weight_decay)
 
-    def forward(self, data: Dataset, plan: BatchPlan) -> torch.Tensor:
-        """Training-mode logits [B, C] of the planned batch, graph kept for the backward."""
+    def forward(self, data: Dataset, plan: BatchPlan, learns: bool = True) -> torch.Tensor:
+        """Training-mode logits [B, C] of the planned batch, graph kept for the backward; a participant
+        that does not learn (a frozen teacher) forwards in eval mode without a graph."""
+        x = self.preprocess(augment_images(data.images[plan.ids], plan), self.device)
+        if not learns:
+            return self._frozen_logits(self.model, x)
         self.model.train()
-        images = augment_images(data.images[plan.ids], plan)
         with self._autocast():
-            logits = self.model(self.preprocess(images, self.device))
+            logits = self.model(x)
         # The losses (softmax, KL) are computed at the weights' precision, never in bf16/fp16.
         return logits.to(self.preprocess.dtype)
+
+    def start_logits(self, data: Dataset, plan: BatchPlan) -> torch.Tensor:
+        """The frozen starting copy's logits [B, C] of the planned batch (eval mode, no graph)."""
+        return self._frozen_logits(self.start_copy, self.preprocess(augment_images(data.images[plan.ids], plan), self.device))
+
+    @torch.no_grad()
+    def _frozen_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        model.eval()
+        with self._autocast():
+            return model(x).to(self.preprocess.dtype)
+
+    def set_start_copy(self, weights: dict[str, torch.Tensor] | None) -> None:
+        """Keep a frozen copy of the model with these weights (the arm's start), or drop it (None)."""
+        if weights is None:
+            self.start_copy = None
+            return
+        if self.start_copy is None:
+            self.start_copy = copy.deepcopy(self.model).requires_grad_(False)
+        self.start_copy.load_state_dict(weights)
 
     @torch.no_grad()
     def predict(self, data: Dataset, ids: torch.Tensor, batch_size: int, k: int = 1) -> torch.Tensor:

@@ -16,21 +16,24 @@ Same interface, and in float64 on the CPU the same numbers, as local.LocalEngine
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
 import warnings
+from collections.abc import Iterable
 
 import ray
 import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from kt_swarm.build import build_participant, check_classes, pretrain_if_zoo
 from kt_swarm.config import Config
-from kt_swarm.data import Dataset, batch_plan
+from kt_swarm.data import Dataset, arm_plan
 from kt_swarm.errors import ParticipantLost, UserError, first_line
-from kt_swarm.local import LossSpec, StepResult, blame
-from kt_swarm.objectives import participant_loss
+from kt_swarm.local import StepResult, blame
+from kt_swarm.objectives import LossSpec, participant_loss
 from kt_swarm.participant import copy_tensors
 from kt_swarm.progress import progress
 
@@ -58,8 +61,6 @@ class ParticipantActor:
     def setup(self, data: Dataset) -> int:
         """Build the participant; returns the number of classes it predicts. (The data is not a
         constructor argument: Ray warns about those in the object store for restartable actors.)"""
-        from kt_swarm.coordinator import build_participant
-
         self.data = data
         self.p = build_participant(self.cfg, self.index, self.data)
         return self.p.output_width(self.data.channels, self.data.image_size)
@@ -78,8 +79,6 @@ class ParticipantActor:
         return ray.get_runtime_context().get_node_id()
 
     def pretrain(self) -> None:
-        from kt_swarm.coordinator import pretrain_if_zoo
-
         pretrain_if_zoo(self.cfg, self.index, self.participant, self.data)
 
     def pid(self) -> int:
@@ -109,33 +108,42 @@ class ParticipantActor:
             self.participant.set_buffers(self.kept_buffers)
         self.unapplied = False
 
-    def forward(self, epoch: int, step: int, batch_size: int, update: bool | None = None) -> ray.ObjectRef:
+    def set_start_copy(self, weights: dict | None) -> None:
+        self.participant.set_start_copy(None if weights is None else copy_tensors(weights))
+
+    def forward(self, epoch: int, step: int, batch_size: int, update: bool | None = None, loss: LossSpec = LossSpec(),
+                split: str = "train") -> ray.ObjectRef:
+        """The logits of the batch, put in the object store (with the frozen starting copy's logits
+        stacked under them, [2, B, C], when the loss needs those)."""
         if update is not None:  # the previous step's verdict rides on this call: no extra round trip
             self.apply(update)
-        plan = batch_plan(self.data.splits["train"], seed=self.cfg.seed, epoch=epoch, step=step,
-                          batch_size=batch_size, augment=self.cfg.data.augment)
+        plan = arm_plan(self.data, split, seed=self.cfg.seed, epoch=epoch, step=step, batch_size=batch_size,
+                        augment=self.cfg.data.augment)
         self.kept_buffers = self.participant.buffers()
-        logits = self.participant.forward(self.data, plan)
+        logits = self.participant.forward(self.data, plan, loss.learns(self.index))
         self.pending = (logits, self.data.labels[plan.ids].to(logits.device))
         sent = logits.detach()
+        if loss.start_copies:
+            sent = torch.stack([sent, self.participant.start_logits(self.data, plan)])
         if self.cfg.transfer.exchange_dtype:  # fewer bytes; every actor partitions the same rounded numbers
             sent = sent.to(getattr(torch, self.cfg.transfer.exchange_dtype))
         return ray.put(sent.cpu())
 
     def learn(self, refs: list[ray.ObjectRef], loss: LossSpec) -> tuple[float, torch.Tensor, list[bool], bool, bool]:
         """Back-propagate this participant's share; the optimizer steps later, in apply().
-        Returns (share, teachers, every participant's logits finite, own share finite, own gradients finite)."""
+        Returns (share, roles, every participant's logits finite, own share finite, own gradients finite)."""
         own, target = self.pending
         self.pending = None
         # Peers' logits are read-only here: participant_loss never writes into them.
-        peers = torch.stack([t.to(device=own.device, dtype=own.dtype) for t in ray.get(refs)])
-        value, teachers = participant_loss(own, peers, self.index, target, temperature=loss.temperature,
-                                           weight=loss.weight, detach_teacher=loss.detach_teacher)
+        received = torch.stack([t.to(device=own.device, dtype=own.dtype) for t in ray.get(refs)])
+        peers, frozen = (received[:, 0], received[:, 1]) if loss.start_copies else (received, None)
+        value, roles = participant_loss(own, peers, self.index, target, frozen_logits=frozen, **loss.kwargs())
         self.participant.optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        self.unapplied = True
-        logits_ok = torch.isfinite(peers).flatten(1).all(dim=1).tolist()
-        return value.item(), teachers.cpu(), logits_ok, bool(torch.isfinite(value)), self.participant.gradients_finite()
+        if loss.learns(self.index):
+            value.backward()
+            self.unapplied = True
+        logits_ok = torch.isfinite(received).flatten(1).all(dim=1).tolist()
+        return value.item(), roles.cpu(), logits_ok, bool(torch.isfinite(value)), self.participant.gradients_finite()
 
     def predict(self, split: str, batch_size: int, k: int) -> torch.Tensor:
         return self.participant.predict(self.data, self.data.splits[split], batch_size, k)
@@ -195,8 +203,6 @@ class RaySwarm:
     name = "ray"
 
     def __init__(self, cfg: Config, data: Dataset, *, address: str | None = None, pretrain: bool = True):
-        from kt_swarm.coordinator import check_classes
-
         self.cfg, self.batch_size = cfg, cfg.transfer.batch_size
         self.names = [p.name for p in cfg.participants]
         self.actors, self.pg, self.owns_pg, self.data_ref = [], None, False, None
@@ -364,8 +370,12 @@ class RaySwarm:
         self.update = None
         self._gather([a.reset_optimizer.remote(optimizer, lr, wd) for a, lr, wd in zip(self.actors, lrs, weight_decays)])
 
-    def train_step(self, epoch: int, step: int, loss: LossSpec) -> StepResult:
-        refs = self._gather([a.forward.remote(epoch, step, self.batch_size, self.update) for a in self.actors])
+    def set_start_copies(self, weights: Iterable[dict] | None) -> None:
+        for i, (actor, w) in enumerate(zip(self.actors, weights or itertools.repeat(None))):  # one in memory at a time
+            self._gather([actor.set_start_copy.remote(w)], actors=[i])
+
+    def train_step(self, epoch: int, step: int, loss: LossSpec, split: str = "train") -> StepResult:
+        refs = self._gather([a.forward.remote(epoch, step, self.batch_size, self.update, loss, split) for a in self.actors])
         results = self._gather([a.learn.remote(refs, loss) for a in self.actors])
         bad = blame(results[0][2], [r[3] for r in results], [r[4] for r in results])
         self.update = not bad

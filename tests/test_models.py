@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 from conftest import ROOT
 from kt_swarm.config import ParticipantConfig, parse_config
-from kt_swarm.coordinator import build_participant
+from kt_swarm.build import build_participant
 from kt_swarm.data import augment_images, batch_plan, load_dataset
 from kt_swarm.errors import UserError
 from kt_swarm.models import create_model, preprocess_for

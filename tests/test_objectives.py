@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kt_swarm.objectives import participant_grad, participant_loss, swarm_loss, swarm_loss_terms
-from kt_swarm.roles import NO_TEACHER
+from kt_swarm.roles import NO_TEACHER, assign_teachers, true_class_scores
 
 
 def _logits(n, b=24, c=7, seed=0, ties=True):
@@ -84,7 +84,7 @@ def test_gradient_split_holds_for_any_shape(n, b, c, seed, detach, temperature):
 
 def test_detached_teacher_gets_only_its_own_ce_gradient_on_samples_it_teaches():
     z, y = _logits(3, ties=False)
-    _, teachers = swarm_loss_terms(z, y)
+    teachers = assign_teachers(true_class_scores(z, y))
     zd, ze = z.clone().requires_grad_(), z.clone().requires_grad_()
     swarm_loss(zd, y, detach_teacher=True).backward()
     swarm_loss(ze, y, detach_teacher=False).backward()
@@ -98,8 +98,9 @@ def test_detached_teacher_gets_only_its_own_ce_gradient_on_samples_it_teaches():
 def test_ties_carry_no_transfer_term():
     z = torch.zeros(3, 1, 4, dtype=torch.float64)  # every participant identical: a three-way tie
     y = torch.tensor([2])
-    shares, teachers = swarm_loss_terms(z, y)
-    assert teachers.tolist() == [NO_TEACHER]
+    shares, roles = swarm_loss_terms(z, y)
+    assert assign_teachers(true_class_scores(z, y)).tolist() == [NO_TEACHER]
+    assert roles.sum() == 0
     torch.testing.assert_close(shares, torch.full((3,), torch.log(torch.tensor(4.0, dtype=torch.float64)).item(), dtype=torch.float64))
 
 

@@ -12,7 +12,7 @@ from conftest import ROOT, kt_swarm
 from kt_swarm.config import DataConfig, load_config
 from kt_swarm.coordinator import make_engine
 from kt_swarm.data import batch_plan, load_dataset
-from kt_swarm.local import LossSpec
+from kt_swarm.objectives import LossSpec
 from kt_swarm.objectives import participant_loss
 from test_data import write_folder
 
@@ -103,7 +103,8 @@ def test_metrics_log_one_line_per_step_for_each_arm(smoke_run):
     assert len([l for l in steps if l["arm"] == "transfer"]) == summary["steps"]
     assert len([l for l in steps if l["arm"] == "control"]) == summary["steps"]
     assert all(l["loss"] == pytest.approx(sum(l["losses"].values())) for l in steps)
-    assert any(sum(l["taught"].values()) > 0 for l in steps if l["arm"] == "control")  # teachers are still scored
+    assert any(sum(l["taught"].values()) > 0 for l in steps if l["arm"] == "transfer")
+    assert all(sum(l["taught"].values()) == 0 for l in steps if l["arm"] == "control")  # strategy none: nobody teaches
     evals = [l for l in lines if l.get("event") == "eval"]
     assert [(l["arm"], l["epoch"]) for l in evals] == [("transfer", -1), ("transfer", 0), ("control", -1), ("control", 0)]
     assert evals[0]["val_acc"] == evals[2]["val_acc"]  # both arms start from the same weights
@@ -171,12 +172,12 @@ def test_local_engine_equals_each_participant_stepping_its_own_share():
             peers = torch.stack([z.detach() for z in own])
             values = []
             for m, p in enumerate(solo):
-                value, teachers = participant_loss(own[m], peers, m, target, temperature=2.0, weight=1.0, detach_teacher=detach)
+                value, roles = participant_loss(own[m], peers, m, target, temperature=2.0, weight=1.0, detach_teacher=detach)
                 p.optimizer.zero_grad()
                 value.backward(retain_graph=True)
                 p.optimizer.step()
                 values.append(value.item())
-            assert torch.equal(teachers, result.teachers)
+            assert torch.equal(roles, result.roles)
             assert values == pytest.approx(result.losses, rel=1e-12)
         for a, b in zip(engine.participants, solo):
             for (k, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):

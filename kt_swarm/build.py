@@ -1,0 +1,44 @@
+"""Building participants from the config: model, preprocessing, dtype, device, zoo pretraining.
+
+Below both engines: the local engine calls it in the driver, each Ray actor in its own process.
+"""
+from __future__ import annotations
+
+import torch
+
+from kt_swarm import zoo
+from kt_swarm.config import Config
+from kt_swarm.data import Dataset
+from kt_swarm.errors import UserError
+from kt_swarm.models import create_model, default_weights, preprocess_for
+from kt_swarm.participant import Participant, resolve_device
+
+
+def member_seed(cfg: Config, index: int) -> int:
+    """Participant `index`'s own seed (initialisation, zoo pretraining): distinct, and fixed by the run seed."""
+    return cfg.seed * 1000 + index
+
+
+def build_participant(cfg: Config, index: int, data: Dataset) -> Participant:
+    """Participant `index`: its model (seeded), preprocessing, dtype and device; not yet pretrained."""
+    spec = cfg.participants[index]
+    dtype = getattr(torch, cfg.dtype)
+    device = resolve_device(cfg.device)
+    model = create_model(spec, num_classes=data.num_classes, in_chans=data.channels, seed=member_seed(cfg, index))
+    model = model.to(device=device, dtype=dtype)
+    prep = preprocess_for(model, spec, in_chans=data.channels, image_size=data.image_size, dtype=dtype)
+    autocast = getattr(torch, cfg.autocast) if cfg.autocast else None
+    return Participant(spec.name, model, prep, device, autocast=autocast)
+
+
+def pretrain_if_zoo(cfg: Config, index: int, participant: Participant, data: Dataset) -> None:
+    spec = cfg.participants[index]
+    if default_weights(spec) == "zoo":
+        zoo.pretrain(spec, participant, data, cfg.zoo, cfg.data.augment, seed=member_seed(cfg, index))
+
+
+def check_classes(widths: dict[str, int], num_classes: int) -> None:
+    """Participants must agree with each other, and with the data, on the classes."""
+    if len(set(widths.values())) > 1 or num_classes not in widths.values():
+        listed = ", ".join(f"{k}={v}" for k, v in widths.items())
+        raise UserError(f"participants disagree on the number of classes ({listed}; the data has {num_classes})")

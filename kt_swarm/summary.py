@@ -1,0 +1,110 @@
+"""summary.json from a finished run's test predictions and arm results, and the end-of-run table."""
+from __future__ import annotations
+
+import torch
+
+from kt_swarm.config import Config
+from kt_swarm.data import Dataset
+from kt_swarm.metrics import accuracy, complementary, flips, success_rate, topk_accuracy
+from kt_swarm.report import pct
+
+BASELINES = ("control", "self_training")  # the arms every transfer result is compared with
+
+
+def summarize(cfg: Config, data: Dataset, names: list[str], labels: torch.Tensor, preds: dict[str, torch.Tensor],
+              results: dict, nodes: list[str], engine: str) -> dict:
+    """summary.json from the test predictions ([N, n, k] at the start and after each arm) and each
+    arm's ArmResult. A baseline the run did not train has None in its keys."""
+    start, end, transfer = preds["start"], preds["transfer"], results["transfer"]
+    top5 = start.shape[-1] == 5
+    n = len(names)
+    before, after = accuracy(start, labels), accuracy(end, labels)
+    gained, lost = flips(start, end, labels)
+    comp = complementary(start, labels)
+    top_before, top_after = topk_accuracy(start, labels), topk_accuracy(end, labels)
+    deltas = [a - b for a, b in zip(after, before)]
+    selected = [transfer.val_acc[transfer.best_epoch[i] - 1][i] for i in range(n)]
+    base = {}  # per participant: the baselines' keys
+    rates = {}
+    for arm in BASELINES:
+        if arm in preds:
+            acc = accuracy(preds[arm], labels)
+            top = topk_accuracy(preds[arm], labels)
+            b_gained, b_lost = flips(start, preds[arm], labels)
+            rates[f"success_rate_vs_{arm}"] = success_rate([a - c for a, c in zip(after, acc)])
+            for i, name in enumerate(names):
+                base.setdefault(name, {}).update({
+                    f"acc_{arm}": acc[i], f"delta_vs_{arm}": after[i] - acc[i], f"top5_{arm}": top[i] if top5 else None,
+                    f"{arm}_positive_flips": b_gained[i], f"{arm}_negative_flips": b_lost[i],
+                    f"{arm}_best_epoch": results[arm].best_epoch[i]})
+        else:
+            rates[f"success_rate_vs_{arm}"] = None
+            for name in names:
+                base.setdefault(name, {}).update({
+                    f"acc_{arm}": None, f"delta_vs_{arm}": None, f"top5_{arm}": None, f"{arm}_positive_flips": None,
+                    f"{arm}_negative_flips": None, f"{arm}_best_epoch": None})
+    t = cfg.transfer
+    return {
+        "engine": engine,
+        "steps": transfer.steps,
+        "seed": cfg.seed,
+        "strategy": t.strategy,
+        "scores": t.scores,
+        "teacher": t.teacher if t.strategy == "kd" else None,
+        "trusted_teachers": t.trusted_teachers,
+        "gradient_mode": "detached" if t.detach_teacher else "exact",
+        "num_classes": data.num_classes,
+        "success_rate": success_rate(deltas),
+        **rates,
+        # What sweeps optimise: the validation accuracy each participant was selected at, averaged.
+        "val_acc_mean": sum(selected) / n,
+        "participants": {
+            name: {
+                "acc_before": before[i],
+                "acc_after": after[i],
+                "delta": deltas[i],
+                "top5_before": top_before[i] if top5 else None,
+                "top5_after": top_after[i] if top5 else None,
+                "positive_flips": gained[i],
+                "negative_flips": lost[i],
+                **base[name],
+                "complementary": comp[i],
+                "teach_share": transfer.teach_share[-1][i],
+                "teach_share_per_epoch": [s[i] for s in transfer.teach_share],
+                "final_train_loss": transfer.final_train_loss[i],
+                "node": nodes[i],
+                "best_epoch": transfer.best_epoch[i],
+                "val_acc": [v[i] for v in transfer.val_acc],
+                "val_acc_selected": selected[i],
+            }
+            for i, name in enumerate(names)
+        },
+        "role_matrix": transfer.role_matrix[-1],
+        "role_matrix_per_epoch": transfer.role_matrix,
+        "data": {"source": data.source, "skipped_corrupt": data.skipped,
+                 **{f"{k}_samples": len(v) for k, v in data.splits.items()}},
+    }
+
+
+def format_table(summary: dict) -> str:
+    """The readable end-of-run table (fits 100 columns)."""
+    selftrain = summary.get("success_rate_vs_self_training") is not None
+    rows = [f"{'participant':<16} {'before':>7} {'after':>7} {'control':>7} {'delta':>7} {'vs ctrl':>7} "
+            + (f"{'vs self':>7} " if selftrain else "") + f"{'+flips':>7} {'-flips':>7} {'taught':>7} {'loss':>7}"]
+    for name, p in summary["participants"].items():
+        rows.append(
+            f"{name[:16]:<16} {pct(p['acc_before']):>7} {pct(p['acc_after']):>7} {pct(p['acc_control']):>7} "
+            f"{pct(p['delta'], True):>7} {pct(p['delta_vs_control'], True):>7} "
+            + (f"{pct(p['delta_vs_self_training'], True):>7} " if selftrain else "")
+            + f"{pct(p['positive_flips']):>7} {pct(p['negative_flips']):>7} "
+            f"{100 * p['teach_share']:6.1f}% {p['final_train_loss']:7.3f}"
+        )
+    vs_control, vs_self = summary["success_rate_vs_control"], summary.get("success_rate_vs_self_training")
+    rows.append(
+        f"test % (flips vs start); success rate {100 * summary['success_rate']:.0f}%"
+        + ("" if vs_control is None else f", {100 * vs_control:.0f}% above control")
+        + ("" if vs_self is None else f", {100 * vs_self:.0f}% above self-training")
+        + f"; {summary['engine']}, {summary.get('strategy', 'best')}, {summary['steps']} steps, "
+        f"{summary['gradient_mode']}, {summary['seconds']['total']:.0f} s"
+    )
+    return "\n".join(rows)
