@@ -13,7 +13,7 @@ import torch
 from kt_swarm.build import build_participant, check_classes, pretrain_if_zoo
 from kt_swarm.checkpoint import Checkpoints, config_digest
 from kt_swarm.config import Config, to_dict
-from kt_swarm.data import Dataset, load_dataset, steps_per_epoch
+from kt_swarm.data import Dataset, batches_in, load_dataset
 from kt_swarm.errors import ParticipantLost, UserError
 from kt_swarm.local import LocalEngine
 from kt_swarm.metrics import accuracy, flips, teach_share, topk_accuracy
@@ -130,9 +130,7 @@ def train_arm(engine, cfg: Config, data: Dataset, st: ArmState, loss: LossSpec, 
     checkpoint set every checkpoint.every_steps steps and at every epoch end."""
     t0, seconds0 = time.perf_counter(), st.seconds
     n, arm, names = st.n, st.arm, [p.name for p in cfg.participants]
-    steps = steps_per_epoch(len(data.splits["train"]), cfg.transfer.batch_size)
-    if steps == 0:
-        raise UserError(f"transfer.batch_size {cfg.transfer.batch_size} is larger than the {len(data.splits['train'])} transfer samples")
+    steps = batches_in(data, "train", cfg.transfer.batch_size)
     val_labels = data.labels[data.splits["val"]]
     if st.val_start is None:
         st.val_start = engine.predict("val", cfg.eval_batch_size)
@@ -357,6 +355,8 @@ def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None 
     data = load_dataset(cfg.data)
     if any(default_weights(p) == "zoo" for p in cfg.participants) and len(data.splits["pretrain"]) == 0:
         raise UserError("participants use weights: zoo but data.pretrain_fraction is 0 (no pretraining split)")
+    for _, _, split in arms(cfg):  # every arm has full batches, before anything trains
+        batches_in(data, split, cfg.transfer.batch_size)
     tracker = Tracker(cfg, out.path, names)
 
     def log(record: dict) -> None:

@@ -262,15 +262,21 @@ def batch_plan(split_ids: torch.Tensor, *, seed: int, epoch: int, step: int, bat
     return BatchPlan(ids, shifts, flips)
 
 
+def batches_in(data: Dataset, split: str, batch_size: int) -> int:
+    """Full batches in a split of the transfer data ("train", or its "labelled" part); none is an error."""
+    n = steps_per_epoch(len(data.splits[split]), batch_size)
+    if n == 0:
+        part = "transfer split" if split == "train" else f"{split} part of the transfer split"
+        raise UserError(f"the {part} has {len(data.splits[split])} samples, fewer than transfer.batch_size {batch_size}"
+                        + (" (lower data.unlabelled_fraction)" if split == "labelled" else ""))
+    return n
+
+
 def arm_plan(data: Dataset, split: str, *, seed: int, epoch: int, step: int, batch_size: int, augment: AugmentConfig) -> BatchPlan:
     """Batch `step` of `epoch` for an arm that runs as many steps per epoch as the transfer split
     ("train") has batches, drawn from `split`: a smaller split (the control arm's labelled part) is
     passed through again, reshuffled, as often as needed; "train" itself gives batch_plan's batches."""
-    steps = steps_per_epoch(len(data.splits["train"]), batch_size)
-    own = steps_per_epoch(len(data.splits[split]), batch_size)
-    if own == 0:
-        raise UserError(f"the {split} part of the transfer split has {len(data.splits[split])} samples, fewer than "
-                        f"transfer.batch_size {batch_size}")
+    steps, own = batches_in(data, "train", batch_size), batches_in(data, split, batch_size)
     k = epoch * steps + step
     return batch_plan(data.splits[split], seed=seed, epoch=k // own, step=k % own, batch_size=batch_size, augment=augment)
 

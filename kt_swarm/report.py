@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from kt_swarm.errors import UserError
 from kt_swarm.rundir import atomic_write
 
-ARMS = {"transfer": "-", "control": "--"}
+ARMS = {"transfer": "-", "control": "--", "self_training": ":"}
 
 
 def load_run(run_dir: str | Path, summary: dict | None = None) -> tuple[dict, list[dict], str]:
@@ -36,8 +36,14 @@ def pct(x: float | None, signed: bool = False) -> str:
     return "-" if x is None else f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
 
 
-def draw_role_matrix(ax, matrix: list[list[int]], names: list[str]) -> None:
-    """Heat map of R[t][s] = samples on which t taught s (rows teach, columns learn)."""
+def count(x: float) -> str:
+    """A role-matrix cell: weighted sample counts, whole numbers for one-teacher strategies."""
+    return f"{x:.0f}" if float(x).is_integer() or abs(x) >= 100 else f"{x:.1f}"
+
+
+def draw_role_matrix(ax, matrix: list[list[float]], names: list[str]) -> None:
+    """Heat map of R[t][s] = samples on which t taught s, weighted (rows teach, columns learn; the
+    diagonal: what a participant learned from itself, kl_dp's start or self-training's pseudo-labels)."""
     image = ax.imshow(matrix, cmap="viridis")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
@@ -46,12 +52,12 @@ def draw_role_matrix(ax, matrix: list[list[int]], names: list[str]) -> None:
     peak = max(max(row) for row in matrix) or 1
     if len(names) <= 8:  # counts stay readable
         for t, row in enumerate(matrix):
-            for s, count in enumerate(row):
-                ax.text(s, t, str(count), ha="center", va="center", fontsize=8, color="white" if count < peak / 2 else "black")
+            for s, cell in enumerate(row):
+                ax.text(s, t, count(cell), ha="center", va="center", fontsize=8, color="white" if cell < peak / 2 else "black")
     ax.figure.colorbar(image, ax=ax, fraction=0.046)
 
 
-def role_matrix_figure(matrix: list[list[int]], names: list[str], title: str = "role matrix") -> Figure:
+def role_matrix_figure(matrix: list[list[float]], names: list[str], title: str = "role matrix") -> Figure:
     fig = Figure(figsize=(4.5, 4), layout="constrained")
     ax = fig.add_subplot()
     draw_role_matrix(ax, matrix, names)
@@ -65,14 +71,14 @@ def report_figure(summary: dict, records: list[dict]) -> Figure:
     fig = Figure(figsize=(13, 9), layout="constrained")
     (bars, loss), (val, roles) = fig.subplots(2, 2)
 
-    arms = [("before", "acc_before"), ("after transfer", "acc_after"), ("control (CE only)", "acc_control")]
+    arms = [("before", "acc_before"), (f"after transfer ({summary.get('strategy', 'best')})", "acc_after"),
+            ("control (CE only)", "acc_control"), ("self-training", "acc_self_training")]
+    arms = [(label, key) for label, key in arms if any(parts[n].get(key) is not None for n in names)]
     width = 0.8 / len(arms)
     for j, (label, key) in enumerate(arms):
-        values = [100 * (parts[n][key] or 0) for n in names]
-        if any(parts[n][key] is not None for n in names):
-            xs = [i + (j - 1) * width for i in range(len(names))]
-            bars.bar(xs, values, width, label=label)
-    low = min(100 * v for n in names for v in (parts[n]["acc_before"], parts[n]["acc_after"], parts[n]["acc_control"]) if v is not None)
+        xs = [i + (j - (len(arms) - 1) / 2) * width for i in range(len(names))]
+        bars.bar(xs, [100 * parts[n][key] for n in names], width, label=label)
+    low = min(100 * parts[n][key] for n in names for _, key in arms)
     bars.set_ylim(max(0, low - 5), None)  # the differences are the point, not the distance from zero
     bars.set_xticks(range(len(names)), names)
     bars.set_ylabel("test accuracy (%)")
@@ -93,7 +99,7 @@ def report_figure(summary: dict, records: list[dict]) -> Figure:
                          color=colours[n], label=f"{n} ({arm})")
     loss.set_xlabel("step")
     loss.set_ylabel("training loss (own share)")
-    loss.set_title("training curves (solid: transfer, dashed: control)")
+    loss.set_title("training curves (solid: transfer, dashed: control, dotted: self-training)")
     loss.legend(fontsize=7, ncol=2)
     val.set_xlabel("epochs trained")
     val.set_ylabel("validation accuracy (%)")
@@ -101,17 +107,20 @@ def report_figure(summary: dict, records: list[dict]) -> Figure:
     val.xaxis.get_major_locator().set_params(integer=True)
     val.legend(fontsize=7, ncol=2)
     draw_role_matrix(roles, summary["role_matrix"], names)
-    roles.set_title("role matrix, last epoch: samples t taught s")
+    roles.set_title("role matrix, last epoch: samples t taught s (weighted)")
     return fig
 
 
 def summary_table(summary: dict) -> str:
-    rows = ["| participant | before | after | control | delta | vs control | top-5 after | + flips | - flips "
-            "| complementary | taught | best epoch |", "|---|" + "---:|" * 11]
+    selftrain = summary.get("success_rate_vs_self_training") is not None
+    extra = " self-training | vs self-training |" if selftrain else ""
+    rows = ["| participant | before | after | control | delta | vs control |" + extra + " top-5 after | + flips | - flips "
+            "| complementary | taught | best epoch |", "|---|" + "---:|" * (13 if selftrain else 11)]
     for name, p in summary["participants"].items():
+        cells = f" {pct(p['acc_self_training'])} | {pct(p['delta_vs_self_training'], True)} |" if selftrain else ""
         rows.append(
             f"| {name} | {pct(p['acc_before'])} | {pct(p['acc_after'])} | {pct(p['acc_control'])} | "
-            f"{pct(p['delta'], True)} | {pct(p['delta_vs_control'], True)} | {pct(p.get('top5_after'))} | "
+            f"{pct(p['delta'], True)} | {pct(p['delta_vs_control'], True)} |{cells} {pct(p.get('top5_after'))} | "
             f"{pct(p['positive_flips'])} | {pct(p['negative_flips'])} | {pct(p['complementary'])} | "
             f"{100 * p['teach_share']:.1f}% | {p['best_epoch']} |"
         )
@@ -122,8 +131,9 @@ def report_markdown(summary: dict, config: str) -> str:
     names = list(summary["participants"])
     seconds = summary.get("seconds", {})
     vs_control = summary.get("success_rate_vs_control")
+    vs_self = summary.get("success_rate_vs_self_training")
     matrix = ["| teacher \\ student | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    matrix += [f"| {t} | " + " | ".join(str(c) for c in row) + " |" for t, row in zip(names, summary["role_matrix"])]
+    matrix += [f"| {t} | " + " | ".join(count(c) for c in row) + " |" for t, row in zip(names, summary["role_matrix"])]
     shares = ["| epoch | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     epochs = len(next(iter(summary["participants"].values()))["teach_share_per_epoch"])
     shares += [f"| {e + 1} | " + " | ".join(f"{100 * summary['participants'][n]['teach_share_per_epoch'][e]:.1f}%" for n in names) + " |"
@@ -131,8 +141,8 @@ def report_markdown(summary: dict, config: str) -> str:
     timing = ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in seconds.items() if v is not None)
     return f"""# kt-swarm run report
 
-{summary['engine']} engine, {summary['steps']} transfer steps, {summary['gradient_mode']} gradients, seed {summary['seed']}.
-Success rate (participants whose test accuracy went up): {100 * summary['success_rate']:.0f}%{'' if vs_control is None else f'; above their CE-only control: {100 * vs_control:.0f}%'}.
+{summary['engine']} engine, strategy {summary.get('strategy', 'best')}, {summary['steps']} transfer steps, {summary['gradient_mode']} gradients, seed {summary['seed']}.
+Success rate (participants whose test accuracy went up): {100 * summary['success_rate']:.0f}%{'' if vs_control is None else f'; above their CE-only control: {100 * vs_control:.0f}%'}{'' if vs_self is None else f'; above self-training: {100 * vs_self:.0f}%'}.
 
 Test accuracy in % (the test split is never used for selection). Flips are against each participant's own
 starting predictions: + wrong before and right after, - right before and wrong after (delta = + minus -).
@@ -146,7 +156,7 @@ Complementary: test samples another participant got right and this one wrong, be
 
 {chr(10).join(shares)}
 
-## Role matrix, last epoch (samples on which the row taught the column)
+## Role matrix, last epoch (samples on which the row taught the column, weighted; the diagonal: learned from itself)
 
 {chr(10).join(matrix)}
 
@@ -204,10 +214,12 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
             rows.append(f"| {label} | {n} | {pct(p['acc_before'])} | {pct(p['acc_after'])} | {pct(p['acc_control'])} | "
                         f"{pct(p['delta'], True)} | {pct(p['delta_vs_control'], True)} | {pct(p['positive_flips'])} | "
                         f"{pct(p['negative_flips'])} | {100 * p['teach_share']:.1f}% |")
-    totals = ["| run | engine | steps | gradients | success rate | above control | seconds |", "|---|---|---:|---|---:|---:|---:|"]
+    totals = ["| run | engine | strategy | seed | steps | gradients | success rate | above control | seconds |",
+              "|---|---|---|---:|---:|---|---:|---:|---:|"]
     for label, s in runs:
         vs = s.get("success_rate_vs_control")
-        totals.append(f"| {label} | {s['engine']} | {s['steps']} | {s['gradient_mode']} | {100 * s['success_rate']:.0f}% | "
+        totals.append(f"| {label} | {s['engine']} | {s.get('strategy', 'best')} | {s['seed']} | {s['steps']} | "
+                      f"{s['gradient_mode']} | {100 * s['success_rate']:.0f}% | "
                       f"{'-' if vs is None else f'{100 * vs:.0f}%'} | {s.get('seconds', {}).get('total', 0):.0f} |")
     (out / "compare.md").write_text("# kt-swarm runs side by side\n\nTest accuracy in %.\n\n" + "\n".join(totals)
                                     + "\n\n" + "\n".join(rows) + "\n\n![compare](compare.png)\n")

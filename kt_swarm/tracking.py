@@ -117,7 +117,8 @@ class Tracker:
             return
         import wandb
 
-        columns = ["participant", "acc_before", "acc_after", "acc_control", "delta", "delta_vs_control", "top5_after",
+        columns = ["participant", "acc_before", "acc_after", "acc_control", "delta", "delta_vs_control", "acc_self_training",
+                   "delta_vs_self_training", "top5_after",
                    "positive_flips", "negative_flips", "complementary", "teach_share"]
         table = wandb.Table(columns=columns, data=[[name] + [p.get(c) for c in columns[1:]]
                                                    for name, p in summary["participants"].items()])
@@ -129,7 +130,7 @@ class Tracker:
             for key, value in p.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     self.run.summary[f"{name}/{key}"] = value
-        for key in ("success_rate", "success_rate_vs_control", "val_acc_mean", "steps"):
+        for key in ("success_rate", "success_rate_vs_control", "success_rate_vs_self_training", "val_acc_mean", "steps"):
             if summary.get(key) is not None:
                 self.run.summary[key] = summary[key]
         self.close()

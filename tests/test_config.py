@@ -1,4 +1,5 @@
 """Config validation and the CLI's answer to bad input: one line, exit code 2, nothing left in --out."""
+import re
 import textwrap
 
 import pytest
@@ -49,10 +50,35 @@ def test_overrides_reach_nested_keys_and_list_items():
     ("fault.max_restarts=-1", "'fault.max_restarts': must be >= 0"),
     ("data.val_fraction=1.5", "'data.val_fraction'"),
     ("noequals", "expected KEY=VALUE"),
+    ("transfer.strategy=kd", "'transfer.teacher': strategy kd needs a teacher"),
+    ("transfer.teacher=nobody", "'transfer.teacher': 'nobody' is not a participant (participants: resnet, vit, mixer)"),
+    ("transfer.strategy=ensemble", "'transfer.strategy': expected one of 'best' | 'better' | 'dml' | 'kd' | 'kl_dp' | 'none'"),
+    ("transfer.scores=entropy", "'transfer.scores': expected one of"),
+    ("data.unlabelled_fraction=1", "'data.unlabelled_fraction': must be in [0, 1), got 1.0"),
+    ("data.unlabelled_fraction=-0.1", "'data.unlabelled_fraction': must be in [0, 1)"),
+    ("transfer.pseudo_threshold=0", "'transfer.pseudo_threshold': must be in (0, 1], got 0.0"),
+    ("transfer.pseudo_threshold=1.01", "'transfer.pseudo_threshold': must be in (0, 1]"),
 ])
 def test_bad_values_name_the_key(override, message):
-    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+    with pytest.raises(UserError, match=re.escape(message)):
         parse_config(raw_smoke(), [override])
+
+
+def test_strategies_and_unlabelled_data_validate():
+    cfg = parse_config(raw_smoke(), ["transfer.strategy=kd", "transfer.teacher=vit", "data.unlabelled_fraction=0.9",
+                                     "self_training=true", "transfer.pseudo_threshold=1", "transfer.scores=max_confidence"])
+    assert cfg.transfer.teacher == "vit" and cfg.self_training and cfg.data.unlabelled_fraction == 0.9
+    raw = raw_smoke()
+    raw["participants"] = raw["participants"][:1]
+    with pytest.raises(UserError, match="kd needs at least two participants"):
+        parse_config(raw, ["transfer.strategy=kd", "transfer.teacher=resnet"])
+
+
+def test_cli_bad_strategy_combinations_are_one_line(tmp_path):
+    assert "strategy kd needs a teacher" in _cli_error(tmp_path, SMOKE.read_text(), "--set", "transfer.strategy=kd")
+    # Too few labelled samples for the control arm's batches: found once the data is loaded, before training.
+    msg = _cli_error(tmp_path, SMOKE.read_text(), "--set", "data.unlabelled_fraction=0.95")
+    assert "the labelled part of the transfer split has" in msg and "transfer.batch_size 64" in msg
 
 
 def test_autocast_needs_float32_master_weights():
@@ -135,6 +161,7 @@ def test_cli_hub_weights_offline(tmp_path):
           - {name: a, model: timm/resnet10t, lr: 1.0e-4}
           - {name: b, model: resnet10t, weights: none, lr: 1.0e-4}
         data: {max_per_split: 64}
+        transfer: {batch_size: 32}
     """)
     assert "cannot load pretrained weights for 'timm/resnet10t'" in _cli_error(tmp_path, text)
 

@@ -90,6 +90,32 @@ def test_a_run_stopped_after_any_record_resumes_to_the_same_summary(uninterrupte
         assert ours == [r for r in records if r.get("event") != "placed"], index
 
 
+@pytest.mark.parametrize("strategy", ["kl_dp", "kd"])
+def test_frozen_copies_survive_a_resume(strategy, tmp_path):
+    """kl_dp's start copies and kd's frozen teacher, on half-unlabelled data with all three arms: a run
+    stopped mid-transfer, at the arm's end and mid-self-training resumes to the uninterrupted summary."""
+    cfg = parse_config(mlp_config(transfer={"epochs": 2, "batch_size": 16, "temperature": 2.0, "strategy": strategy,
+                                            "teacher": "wide"},
+                                  data={"max_per_split": 96, "unlabelled_fraction": 0.5}, self_training=True))
+    with RunDir(tmp_path / "full") as rd:
+        full = run(cfg, rd, "local")
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    arms = [r.get("arm") for r in records]
+    assert full["data"]["unlabelled_samples"] == 48 and full["participants"]["wide"]["acc_self_training"] is not None
+    if strategy == "kd":  # the frozen teacher ends where it started
+        assert full["participants"]["wide"]["acc_after"] == full["participants"]["wide"]["acc_before"]
+    else:
+        assert full["role_matrix"][0][0] > 0  # learned from its own start somewhere
+    for index in (arms.index("transfer") + 8, arms.index("control"), len(arms) - 4):
+        out = tmp_path / f"stopped-{index}"
+        with pytest.raises(Stop):
+            with RunDir(out) as rd:
+                run(cfg, rd, "local", on_record=stopped_after(index))
+        with RunDir(out, resume=True) as rd:
+            resumed = run(cfg, rd, "local")
+        assert compared(resumed) == compared(full), f"stopped after record {index}: {records[index - 1]}"
+
+
 def run_cli(*args, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "kt_swarm", "run", *map(str, args)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -235,6 +235,18 @@ def test_a_killed_actor_is_restarted_and_the_run_ends_as_if_nothing_happened(tmp
     assert placed[0]["narrow"]["pid"] != placed[1]["narrow"]["pid"] and placed[0]["wide"] == placed[1]["wide"]
 
 
+def test_a_killed_actor_gets_its_start_copy_back(tmp_path):
+    """kl_dp: the restarted actor builds its frozen start copy again; the run ends as if nothing happened."""
+    cfg = parse_config(mlp_config(control=False, transfer={"epochs": 2, "batch_size": 32, "temperature": 2.0,
+                                                             "strategy": "kl_dp", "detach_teacher": False}))
+    with RunDir(tmp_path / "full") as rd:
+        full = run(cfg, rd, "ray")
+    with RunDir(tmp_path / "killed") as rd:
+        killed = run(cfg, rd, "ray", on_record=killer(["wide"], "transfer", step=1, epoch=1))
+    assert compared(killed) == compared(full)
+    assert killed["faults"]["restarts"] == {"wide": 1, "narrow": 0}
+
+
 def test_a_participant_that_keeps_dying_stops_the_run_with_one_line(tmp_path):
     raw = mlp_config(control=False, fault={"max_restarts": 1})
     raw["participants"][1] = {"name": "doomed", "model": "faulty_models:suicidal_mlp", "lr": 1e-3,
