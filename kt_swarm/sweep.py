@@ -227,15 +227,17 @@ def sweep(path: str | Path, out: str | Path, engine: str = "ray", address: str |
 
 def _examples(space: dict) -> list[dict]:
     """A few concrete parameter sets from the space (each grid value, each choice, the bounds)."""
+    from ray.tune.search.sample import Categorical, Domain
+
     examples = [{}]
     for key, domain in space.items():
         if isinstance(domain, dict) and "grid_search" in domain:
             values = domain["grid_search"]
-        elif hasattr(domain, "categories"):
+        elif isinstance(domain, Categorical):
             values = list(domain.categories)
-        elif hasattr(domain, "lower"):
+        elif isinstance(domain, Domain):  # Float, Integer: the lower bound
             values = [domain.lower]
-        else:
+        else:  # a constant (`value:`), of any type: a string has .lower too
             values = [domain]
         examples = [{**e, key: v} for e in examples for v in values][:64]
     return examples

@@ -4,10 +4,12 @@ import os
 import textwrap
 
 import pytest
+import yaml
 
 from conftest import ROOT, kt_swarm
+from kt_swarm.config import parse_config
 from kt_swarm.errors import UserError
-from kt_swarm.sweep import load_sweep, search_space
+from kt_swarm.sweep import _examples, _overrides, load_sweep, search_space
 
 
 def write(tmp_path, text):
@@ -22,6 +24,17 @@ def test_shipped_sweeps_load_and_cover_the_settings_that_matter():
         assert spec["config"] == "configs/quickstart.yaml" and spec["metric"] == "val_acc_mean" and spec["mode"] == "max"
         assert {"participants.*.lr", "transfer.temperature", "transfer.weight", "transfer.detach_teacher"} <= set(spec["parameters"])
         search_space(spec["parameters"], spec["method"])
+
+
+def test_the_strategy_sweep_covers_every_strategy_and_three_seeds():
+    spec = load_sweep(ROOT / "configs" / "sweeps" / "strategies.yaml")
+    space = search_space(spec["parameters"], spec["method"])
+    examples = _examples(space)  # also what the sweep checks before any trial: a constant string is a value
+    assert {e["transfer.strategy"] for e in examples} == {"best", "better", "dml", "kd", "kl_dp"}
+    assert {e["seed"] for e in examples} == {0, 1, 2} and len(examples) == 15
+    assert all(e["transfer.teacher"] == "resnet" for e in examples)
+    for e in examples:
+        parse_config(yaml.safe_load((ROOT / spec["config"]).read_text()), _overrides(e))
 
 
 def test_a_wandb_sweep_names_its_config_in_the_command(tmp_path):
