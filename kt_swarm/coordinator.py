@@ -129,7 +129,7 @@ def train_arm(engine, cfg: Config, data: Dataset, st: ArmState, loss: LossSpec, 
     keep each one's best-on-validation epoch (selection: best_val) or its last. `save(name)` writes a
     checkpoint set every checkpoint.every_steps steps and at every epoch end."""
     t0, seconds0 = time.perf_counter(), st.seconds
-    n, arm, names = st.n, st.arm, [p.name for p in cfg.participants]
+    arm, names = st.arm, [p.name for p in cfg.participants]
     steps = batches_in(data, "train", cfg.transfer.batch_size)
     val_labels = data.labels[data.splits["val"]]
     if st.val_start is None:

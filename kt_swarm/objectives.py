@@ -64,14 +64,16 @@ def labelled_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(z.flatten(0, -2), y.flatten(), reduction="none").view(y.shape).mean(dim=-1)
 
 
+def confident_unlabelled(logits: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Tensor:
+    """[..., B, C] -> [..., B] float64 mask: unlabelled samples where the model is at least `threshold` sure (T = 1)."""
+    return ((target < 0) & (logits.detach().softmax(dim=-1).amax(dim=-1) >= threshold)).to(torch.float64)
+
+
 def pseudo_label_ce(logits: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Self-training: [..., B, C] -> [..., B] CE on each model's own arg-max, on unlabelled samples where
-    its confidence (T = 1) is at least `threshold`; 0 elsewhere."""
-    probs = logits.detach().softmax(dim=-1)
-    confident, guess = probs.max(dim=-1)
-    mask = (target < 0) & (confident >= threshold)
+    """Self-training: [..., B, C] -> [..., B] CE on each model's own arg-max where confident_unlabelled; 0 elsewhere."""
+    guess = logits.detach().argmax(dim=-1)
     ce = F.cross_entropy(logits.flatten(0, -2), guess.flatten(), reduction="none").view(guess.shape)
-    return ce * mask
+    return ce * confident_unlabelled(logits, target, threshold).to(ce.dtype)
 
 
 def _weights(peers: torch.Tensor, target: torch.Tensor, frozen: torch.Tensor | None, spec: LossSpec):
@@ -119,23 +121,19 @@ def swarm_loss_terms(
     own_terms = None
     if spec.weight == 0:
         return ce, _self_roles(w, own_terms)
-    # Teachers inside the KL: constants when detached; a frozen participant is always one.
-    source = torch.stack([z[k] if spec.learns(k) and not spec.detach_teacher else z[k].detach() for k in range(n)])
-    kl = kl_to_student(source.unsqueeze(1), z.unsqueeze(0), spec.temperature)  # [teacher, student, B]
-    extra = (w * kl).sum(dim=(0, 2))
+    extra = ce * 0
+    if w.any():  # the N x N pairs' KL only where someone teaches (not for none, self_training)
+        # Teachers inside the KL: constants when detached; a frozen participant is always one.
+        source = torch.stack([z[k] if spec.learns(k) and not spec.detach_teacher else z[k].detach() for k in range(n)])
+        kl = kl_to_student(source.unsqueeze(1), z.unsqueeze(0), spec.temperature)  # [teacher, student, B]
+        extra = extra + (w * kl).sum(dim=(0, 2))
     if keep is not None:
         own_terms = keep
         extra = extra + (keep * kl_to_student(frozen_logits.detach(), z, spec.temperature)).sum(dim=1)
     if spec.strategy == "self_training":
-        pseudo = pseudo_label_ce(z, target, spec.pseudo_threshold)
-        own_terms = _confident_unlabelled(z, target, spec.pseudo_threshold)
-        extra = extra + pseudo.sum(dim=1)
+        own_terms = confident_unlabelled(z, target, spec.pseudo_threshold)
+        extra = extra + pseudo_label_ce(z, target, spec.pseudo_threshold).sum(dim=1)
     return ce + spec.weight * extra / b * learns, _self_roles(w, own_terms)
-
-
-def _confident_unlabelled(z: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Tensor:
-    """[..., B] float mask of the unlabelled samples where the model is at least `threshold` sure."""
-    return ((target < 0) & (z.detach().softmax(dim=-1).amax(dim=-1) >= threshold)).to(torch.float64)
 
 
 def swarm_loss(
@@ -200,7 +198,7 @@ def participant_loss(
     w, keep = _weights(peers, target, frozen_logits, spec)
     own_terms = keep
     if spec.strategy == "self_training":
-        own_terms = _confident_unlabelled(peers, target, spec.pseudo_threshold)
+        own_terms = confident_unlabelled(peers, target, spec.pseudo_threshold)
     roles = _self_roles(w, own_terms if spec.weight != 0 else None)
     if not spec.learns(index):  # frozen: no share, no gradient
         return own_logits.sum() * 0, roles
@@ -208,7 +206,9 @@ def participant_loss(
     if spec.weight == 0:
         return loss, roles
     # As a student: learn from every (constant) teacher, its frozen start, its own confident guesses.
-    extra = (w[:, index] * kl_to_student(peers, own_logits.unsqueeze(0), spec.temperature)).sum()
+    extra = own_logits.sum() * 0
+    if w[:, index].any():
+        extra = extra + (w[:, index] * kl_to_student(peers, own_logits.unsqueeze(0), spec.temperature)).sum()
     if keep is not None:
         extra = extra + (keep[index] * kl_to_student(frozen_logits[index].detach(), own_logits, spec.temperature)).sum()
     if spec.strategy == "self_training":

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from kt_swarm.config import apply_override, load_config, parse_config, to_dict
+from kt_swarm.config import load_config, parse_config, to_dict
 from kt_swarm.errors import UserError, first_line
 
 log = logging.getLogger("kt_swarm")

@@ -1,11 +1,9 @@
 """End to end: `kt-swarm run` on the smoke config, the zoo cache, folder data, and the engine's numbers."""
-import copy
 import json
 import shutil
 
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from conftest import ROOT, compared, kt_swarm

@@ -9,7 +9,7 @@ import ray
 import torch
 
 from conftest import ROOT, compared, mlp_config
-from kt_swarm.config import load_config, parse_config
+from kt_swarm.config import Config, load_config, parse_config
 from kt_swarm.checkpoint import Checkpoints
 from kt_swarm.coordinator import fresh_arm, make_engine, run, save_start, train_arm
 from kt_swarm.data import load_dataset
@@ -30,7 +30,7 @@ def ray_instance():
     ray.shutdown()
 
 
-def tiny_config(n: int, **overrides) -> "Config":
+def tiny_config(n: int, **overrides) -> Config:
     raw = load_config(ROOT / "configs" / "smoke.yaml")
     from kt_swarm.config import to_dict
 

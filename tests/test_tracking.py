@@ -1,5 +1,4 @@
 """W&B tracking: what kt_swarm hands to a real wandb (offline or disabled; never a server)."""
-import json
 import os
 
 import pytest
