@@ -53,8 +53,9 @@ def main() -> None:
     complementary = {seed: [100 * runs[0]["participants"][n]["complementary"] for n in names] for seed in seeds}
     for r in runs:
         complementary[r["seed"]] = [100 * r["participants"][n]["complementary"] for n in names]
-    header = "| arm | " + " | ".join(names) + " | mean vs control | mean vs start | above start | above control | seeds |"
-    lines = [header, "|---|" + "---:|" * (len(names) + 5)]
+    header = ("| arm | " + " | ".join(names) + " | mean vs control | mean vs start | above start | above control "
+              "| val (selection) | seeds |")
+    lines = [header, "|---|" + "---:|" * (len(names) + 6)]
     table = {}
     for arm in ["start", "control"] + [s for s in ("best", "better", "dml", "kd", "kl_dp", "none") if s in by]:
         have = [s for s in seeds if s in acc[arm]]
@@ -64,10 +65,12 @@ def main() -> None:
         above_start = [100 * statistics.mean(a > b for a, b in zip(acc[arm][s], acc["start"][s])) for s in have]
         above_control = [100 * statistics.mean(a > c for a, c in zip(acc[arm][s], acc["control"][s])) for s in have]
         table[arm] = {"acc": {s: acc[arm][s] for s in have}, "vs_control": vs_control, "vs_start": vs_start}
-        rates = "| |" if arm == "start" else f"| {statistics.mean(above_start):.0f}% | {statistics.mean(above_control):.0f}% |"
-        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {signed(vs_control)} | {signed(vs_start)} {rates} {len(have)} |")
+        rates = "| | |" if arm == "start" else f"| {statistics.mean(above_start):.0f}% | {statistics.mean(above_control):.0f}% |"
+        # The runs' own validation accuracy (mean over participants, at the selected epoch): what a user may choose on.
+        val = ms([100 * by[arm][s]["val_acc_mean"] for s in have]) if arm in by else ""
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {signed(vs_control)} | {signed(vs_start)} {rates} {val} | {len(have)} |")
     lines.append("| complementary knowledge at start | " + " | ".join(ms([complementary[s][i] for s in seeds]) for i in range(len(names)))
-                 + " | | | | | |")
+                 + " | | | | | | |")
     text = "\n".join(lines)
     print(text)
     if args.out:
