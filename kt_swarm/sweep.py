@@ -125,12 +125,17 @@ def _overrides(params: dict) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in params.items()]
 
 
-def _trial_resources(cfg, cluster: dict):
-    """One placement group per trial: the trial itself, then one bundle per participant."""
+def _trial_resources(cfg, cluster: dict, engine: str = "ray"):
+    """One placement group per trial: the trial itself, then one bundle per participant (--engine ray).
+    With --engine local every participant runs in the trial's own process, so its one bundle holds what
+    the participants would have had: Ray gives it as many threads as CPUs (not 1 for a 0.5-CPU trial)."""
     from ray import tune
 
     n, res = len(cfg.participants), cfg.resources
     gpu_total = cluster.get("GPU", 0)
+    if engine == "local":
+        cpus = res.cpus_per_participant * n if res.cpus_per_participant is not None else max(1.0, cluster.get("CPU", 1))
+        return tune.PlacementGroupFactory([{"CPU": cpus, **({"GPU": 1} if gpu_total else {}), **res.custom}])
     gpus = res.gpus_per_participant if res.gpus_per_participant is not None else (1.0 if gpu_total >= n else gpu_total / n)
     cpus = res.cpus_per_participant if res.cpus_per_participant is not None else max(0.5, (cluster.get("CPU", 1) - 0.5) / n)
     participant = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **res.custom}
@@ -209,7 +214,7 @@ def sweep(path: str | Path, out: str | Path, engine: str = "ray", address: str |
             callbacks.append(WandbLoggerCallback(project=wandb.get("project", "kt_swarm"), group=wandb.get("group"),
                                                  entity=wandb.get("entity"), tags=wandb.get("tags"), log_config=True))
         trainable = tune.with_resources(tune.with_parameters(trial, base=base, engine=engine, out=str(out / "trials")),
-                                        _trial_resources(base_cfg, ray.cluster_resources()))
+                                        _trial_resources(base_cfg, ray.cluster_resources(), engine))
         tuner = tune.Tuner(
             trainable,
             param_space=space,

@@ -37,6 +37,17 @@ def test_the_strategy_sweep_covers_every_strategy_and_three_seeds():
         parse_config(yaml.safe_load((ROOT / spec["config"]).read_text()), _overrides(e))
 
 
+def test_a_local_engine_trial_reserves_the_participants_cpus_for_itself():
+    """--engine local runs every participant in the trial's process: one bundle, all the CPUs (Ray gives a
+    0.5-CPU trial one thread, which halved the speed of a local-engine sweep on 2 cores)."""
+    from kt_swarm.config import load_config
+    from kt_swarm.sweep import _trial_resources
+
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml")
+    assert _trial_resources(cfg, {"CPU": 2.0}, "local").bundles == [{"CPU": 2.0}]
+    assert len(_trial_resources(cfg, {"CPU": 2.0}, "ray").bundles) == 4  # the trial, then one per participant
+
+
 def test_a_wandb_sweep_names_its_config_in_the_command(tmp_path):
     spec = load_sweep(write(tmp_path, """
         program: kt-swarm
