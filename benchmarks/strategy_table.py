@@ -65,7 +65,8 @@ def main() -> None:
         above_start = [100 * statistics.mean(a > b for a, b in zip(acc[arm][s], acc["start"][s])) for s in have]
         above_control = [100 * statistics.mean(a > c for a, c in zip(acc[arm][s], acc["control"][s])) for s in have]
         table[arm] = {"acc": {s: acc[arm][s] for s in have}, "vs_control": vs_control, "vs_start": vs_start}
-        rates = "| | |" if arm == "start" else f"| {statistics.mean(above_start):.0f}% | {statistics.mean(above_control):.0f}% |"
+        rates = ("| | |" if arm == "start" else f"| {statistics.mean(above_start):.0f}% | |" if arm == "control"
+                 else f"| {statistics.mean(above_start):.0f}% | {statistics.mean(above_control):.0f}% |")
         # The runs' own validation accuracy (mean over participants, at the selected epoch): what a user may choose on.
         val = ms([100 * by[arm][s]["val_acc_mean"] for s in have]) if arm in by else ""
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {signed(vs_control)} | {signed(vs_start)} {rates} {val} | {len(have)} |")

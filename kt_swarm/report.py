@@ -193,10 +193,13 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = list(dict.fromkeys(n for _, s in runs for n in s["participants"]))
-    fig = Figure(figsize=(max(6, 1.6 * len(names) * len(runs) / 2 + 4), 4.5), layout="constrained")
+    # The legend says what differs between the runs (a sweep's trial folders are only ids).
+    settings = [f"{s.get('strategy', 'best')}, seed {s['seed']}" for _, s in runs]
+    legend = [f"{label} ({setting})" for (label, _), setting in zip(runs, settings)] if len(set(settings)) > 1 else labels
+    fig = Figure(figsize=(min(16, max(6, 1.6 * len(names) * len(runs) / 2 + 4)), 4.5 + 0.12 * len(runs)), layout="constrained")
     delta_ax, control_ax = fig.subplots(1, 2)
     width = 0.8 / len(runs)
-    for j, (label, s) in enumerate(runs):
+    for j, ((_, s), label) in enumerate(zip(runs, legend)):
         xs = [i + (j - (len(runs) - 1) / 2) * width for i in range(len(names))]
         parts = [s["participants"].get(n, {}) for n in names]
         delta_ax.bar(xs, [100 * (p.get("delta") or 0) for p in parts], width, label=label)
@@ -205,7 +208,7 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(names)), names)
         ax.set_title(title)
-        ax.legend(fontsize=8)
+    control_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.savefig(out / "compare.png", dpi=110)
     rows = ["| run | participant | before | after | control | delta | vs control | + flips | - flips | taught |",
             "|---|---|" + "---:|" * 8]
