@@ -102,15 +102,21 @@ class Participant:
         self.start_copy.load_state_dict(weights)
 
     @torch.no_grad()
-    def predict(self, data: Dataset, ids: torch.Tensor, batch_size: int, k: int = 1) -> torch.Tensor:
-        """[n, k] eval-mode top-k classes, best first, for the given ids (no augmentation), on the CPU."""
+    def _evaluate(self, data: Dataset, ids: torch.Tensor, batch_size: int, keep) -> list[torch.Tensor]:
+        """keep(eval-mode logits) of each batch of the given ids (no augmentation), on the CPU."""
         self.model.eval()
         with self._autocast():
-            out = [
-                self.model(self.preprocess(data.images[ids[i : i + batch_size]], self.device)).topk(k, dim=-1).indices.cpu()
-                for i in range(0, len(ids), batch_size)
-            ]
+            return [keep(self.model(self.preprocess(data.images[ids[i : i + batch_size]], self.device))).cpu()
+                    for i in range(0, len(ids), batch_size)]
+
+    def predict(self, data: Dataset, ids: torch.Tensor, batch_size: int, k: int = 1) -> torch.Tensor:
+        """[n, k] eval-mode top-k classes, best first, for the given ids, on the CPU."""
+        out = self._evaluate(data, ids, batch_size, lambda z: z.topk(k, dim=-1).indices)
         return torch.cat(out) if out else torch.empty(0, k, dtype=torch.long)
+
+    def logits(self, data: Dataset, ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """[n, C] eval-mode logits at the weights' dtype for the given ids, on the CPU (calibration)."""
+        return torch.cat(self._evaluate(data, ids, batch_size, lambda z: z.to(self.preprocess.dtype)))
 
     @torch.no_grad()
     def output_width(self, channels: int, image_size: int) -> int:

@@ -148,6 +148,9 @@ class ParticipantActor:
     def predict(self, split: str, batch_size: int, k: int) -> torch.Tensor:
         return self.participant.predict(self.data, self.data.splits[split], batch_size, k)
 
+    def logits(self, split: str, batch_size: int) -> torch.Tensor:
+        return self.participant.logits(self.data, self.data.splits[split], batch_size)
+
 
 def _verbose() -> bool:
     return logging.getLogger("kt_swarm").isEnabledFor(logging.DEBUG)
@@ -384,6 +387,10 @@ class RaySwarm:
     def predict(self, split: str, batch_size: int, k: int = 1) -> torch.Tensor:
         self._settle()
         return torch.stack(self._gather([a.predict.remote(split, batch_size, k) for a in self.actors], desc=f"eval {split}"))
+
+    def logits(self, split: str, batch_size: int) -> torch.Tensor:
+        self._settle()
+        return torch.stack(self._gather([a.logits.remote(split, batch_size) for a in self.actors]))
 
     def nodes(self) -> list[str]:
         return self._gather([a.node.remote() for a in self.actors])
