@@ -81,6 +81,7 @@ class TransferConfig:
     weight: float = 1.0
     detach_teacher: bool = True  # chosen by measurement: see README "Results"
     optimizer: Literal["adam", "adamw"] = "adam"
+    schedule: Literal["constant", "cosine"] = "constant"  # learning rate over each arm's steps (every arm alike)
     weight_decay: float = 1e-5
     log_every: int = 1
     exchange_dtype: Literal["float16", "bfloat16"] | None = None  # --engine ray: logits sent at this precision (default: the model's)

@@ -19,6 +19,7 @@ from kt_swarm.local import LocalEngine
 from kt_swarm.metrics import accuracy, flips, teach_share, topk_accuracy
 from kt_swarm.models import check_model_name, default_weights
 from kt_swarm.objectives import LossSpec
+from kt_swarm.participant import lr_scale
 from kt_swarm.progress import progress
 from kt_swarm.report import write_report
 from kt_swarm.roles import fit_temperature, trust_matrix
@@ -148,7 +149,8 @@ def train_arm(engine, cfg: Config, data: Dataset, st: ArmState, loss: LossSpec, 
     bar = progress(total=cfg.transfer.epochs * steps, initial=st.epoch * steps + st.step, desc=arm, unit="step")
     while st.epoch < cfg.transfer.epochs:
         while st.step < steps:
-            result = engine.train_step(st.epoch, st.step, loss, split)
+            result = engine.train_step(st.epoch, st.step, loss, split,
+                                       lr_scale(cfg.transfer.schedule, st.epoch * steps + st.step, cfg.transfer.epochs * steps))
             step, st.step = st.step, st.step + 1
             global_step = st.epoch * steps + step
             if result.bad:

@@ -6,6 +6,7 @@ through these methods, so both run the same numbers.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,18 @@ def resolve_device(name: str) -> torch.device:
 
 def make_optimizer(kind: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind]
-    return cls(params, lr=lr, weight_decay=weight_decay)
+    optimizer = cls(params, lr=lr, weight_decay=weight_decay)
+    for group in optimizer.param_groups:  # where torch's schedulers keep it too; saved with the optimizer's state
+        group["initial_lr"] = lr
+    return optimizer
+
+
+def lr_scale(schedule: str, step: int, total: int) -> float:
+    """The learning rate of step `step` of `total`, as a share of the participant's own: constant, or
+    cosine from 1 down to 0 over the arm. A function of the step alone, so a resumed arm continues exactly."""
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * step / total))
+    return 1.0
 
 
 def rng_state(device: torch.device) -> dict:
@@ -69,6 +81,12 @@ class Participant:
 
     def reset_optimizer(self, kind: str, lr: float, weight_decay: float) -> None:
         self.optimizer = make_optimizer(kind, self.model.parameters(), lr, weight_decay)
+
+    def step(self, scale: float = 1.0) -> None:
+        """The optimizer's step at `scale` times the participant's learning rate (lr_scale)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * scale
+        self.optimizer.step()
 
     def forward(self, data: Dataset, plan: BatchPlan, learns: bool = True) -> torch.Tensor:
         """Training-mode logits [B, C] of the planned batch, graph kept for the backward; a participant

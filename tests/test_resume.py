@@ -97,7 +97,8 @@ def test_frozen_copies_survive_a_resume(strategy, tmp_path):
     mid-self-training resumes to the uninterrupted summary."""
     cfg = parse_config(mlp_config(transfer={"epochs": 2, "batch_size": 16, "temperature": 2.0, "strategy": strategy,
                                             "teacher": "wide", "calibrate": strategy == "kl_dp",
-                                            "trusted_teachers": strategy == "kl_dp"},
+                                            "trusted_teachers": strategy == "kl_dp",
+                                            "schedule": "cosine" if strategy == "kd" else "constant"},
                                   data={"max_per_split": 96, "unlabelled_fraction": 0.5}, self_training=True))
     with RunDir(tmp_path / "full") as rd:
         full = run(cfg, rd, "local")

@@ -244,3 +244,10 @@ def test_gradient_split_holds_with_calibrated_scores(strategy):
     local = torch.stack([participant_grad(z[m], z, m, y, **kw) for m in range(4)])
     torch.testing.assert_close(local, global_grad, rtol=1e-12, atol=1e-14)
     assert swarm_loss(z, y, **kw) != swarm_loss(z, y, **{**kw, "score_temperatures": None})
+
+
+def test_cosine_schedule_runs_from_the_full_rate_down_to_zero():
+    from kt_swarm.participant import lr_scale
+
+    assert [round(lr_scale("cosine", k, 4), 6) for k in range(5)] == [1.0, 0.853553, 0.5, 0.146447, 0.0]
+    assert {lr_scale("constant", k, 4) for k in range(4)} == {1.0}
