@@ -36,6 +36,15 @@ def stopped_after(record_index: int):
     return on_record
 
 
+def stop_and_resume(cfg, out, index: int) -> dict:
+    """Run on the local engine into `out`, stop after metrics record `index`, resume; the resumed summary."""
+    with pytest.raises(Stop):
+        with RunDir(out) as rd:
+            run(cfg, rd, "local", on_record=stopped_after(index))
+    with RunDir(out, resume=True) as rd:
+        return run(cfg, rd, "local")
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     cfg = parse_config(mlp_config())
@@ -76,11 +85,7 @@ def test_a_run_stopped_after_any_record_resumes_to_the_same_summary(uninterrupte
     cfg, _, full, records = uninterrupted
     for index in range(1, len(records) + 1):
         out = tmp_path / f"stopped-{index}"
-        with pytest.raises(Stop):
-            with RunDir(out) as rd:
-                run(cfg, rd, "local", on_record=stopped_after(index))
-        with RunDir(out, resume=True) as rd:
-            resumed = run(cfg, rd, "local")
+        resumed = stop_and_resume(cfg, out, index)
         assert compared(resumed) == compared(full), f"stopped after record {index}: {records[index - 1]}"
         assert resumed["faults"]["resumes"] == 1
         lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -112,12 +117,7 @@ def test_frozen_copies_survive_a_resume(strategy, tmp_path):
         # Calibration temperatures, fit once at each arm's start, are kept by a resumed arm (compared below).
         assert all(r["score_temperature"]["wide"] > 0 for r in records if r.get("epoch") == -1 and r.get("event") == "eval")
     for index in (arms.index("transfer") + 8, arms.index("control"), len(arms) - 4):
-        out = tmp_path / f"stopped-{index}"
-        with pytest.raises(Stop):
-            with RunDir(out) as rd:
-                run(cfg, rd, "local", on_record=stopped_after(index))
-        with RunDir(out, resume=True) as rd:
-            resumed = run(cfg, rd, "local")
+        resumed = stop_and_resume(cfg, tmp_path / f"stopped-{index}", index)
         assert compared(resumed) == compared(full), f"stopped after record {index}: {records[index - 1]}"
 
 
