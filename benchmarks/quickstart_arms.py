@@ -4,8 +4,10 @@
         --arm detached:transfer.detach_teacher=true --arm exact:transfer.detach_teacher=false
 
 Per seed: the zoo (cached), accuracy before, the control arm, then every named arm from the
-same starting weights. `--split val` is for choosing settings (never choose on test);
-`--split test` reports. Writes JSON and a markdown table (mean and std over seeds).
+same starting weights. NAME:overrides: the names `control` and `self_training` are those baseline
+arms (same data, steps and learning rates), any other name is a transfer arm. `--split` is what the
+table reports; validation accuracy is recorded for every arm too ("val: mean vs control"), and
+settings are chosen on it, never on test. Writes JSON and a markdown table (mean and std over seeds).
 """
 from __future__ import annotations
 
@@ -67,6 +69,9 @@ def main() -> None:
         save_start(engine, ckpt)  # every arm starts from these weights
         preds = engine.predict(args.split, cfg.eval_batch_size)
         rows = {"start": accuracy(preds, labels)}
+        # Validation accuracy of every arm too, whatever --split reports: settings are chosen on it.
+        val_labels = data.labels[data.splits["val"]]
+        val_rows = {"start": accuracy(engine.predict("val", cfg.eval_batch_size), val_labels)}
         # Complementary knowledge (Roth et al.): samples some other participant gets right and this one wrong.
         right = preds == labels
         comp = [(~right[i] & torch.cat([right[:i], right[i + 1:]]).any(0)).double().mean().item() for i in range(len(names))]
@@ -74,6 +79,7 @@ def main() -> None:
         print(f"seed {seed}: zoo ready in {time.perf_counter() - t0:.0f} s; start {rows['start']}", flush=True)
         # NAME:overrides; the names control and self_training are those baseline arms, any other a transfer arm.
         arms = [("control", "")] + [tuple(a.split(":", 1)) if ":" in a else (a, "") for a in args.arm]
+        seconds = {}
         for name, overrides in arms:
             arm_raw = copy.deepcopy(raw)
             for o in filter(None, overrides.split(",")):
@@ -85,30 +91,37 @@ def main() -> None:
             engine.set_start_copies((s["model"] for s in ckpt.load_set("start")[1]) if loss.start_copies else None)
             res = train_arm(engine, arm_cfg, data, fresh_arm(engine, arm_cfg, ckpt, name), loss, lambda r: None, ckpt,
                             split=split)
+            seconds[name] = res.seconds
             rows[name] = accuracy(engine.predict(args.split, cfg.eval_batch_size), labels)
+            val_rows[name] = accuracy(engine.predict("val", cfg.eval_batch_size), val_labels)
             gain = statistics.mean(a - c for a, c in zip(rows[name], rows["control"]))
             print(f"  {name:24s} {[round(100 * a, 2) for a in rows[name]]} mean vs control {100 * gain:+.2f} "
                   f"({res.seconds:.0f} s)", flush=True)
-        results["seeds"][seed] = {"names": names, "acc": rows, "complementary": comp}
+        results["seeds"][seed] = {"names": names, "acc": rows, "val_acc": val_rows, "complementary": comp,
+                                  "arm_seconds": seconds}
 
     # Mean and std over seeds, in points, per participant and arm.
     names = results["seeds"][args.seeds[0]]["names"]
     arm_names = list(results["seeds"][args.seeds[0]]["acc"])
-    lines = [f"| arm | {' | '.join(names)} | mean vs control | mean vs start |", "|---" * (len(names) + 3) + "|"]
+    lines = [f"| arm | {' | '.join(names)} | mean vs control | mean vs start | val: mean vs control | seconds |",
+             "|---" * (len(names) + 5) + "|"]
     for arm in arm_names:
         cells = []
         for i in range(len(names)):
             vals = [100 * results["seeds"][s]["acc"][arm][i] for s in args.seeds]
             cells.append(f"{statistics.mean(vals):.2f} ± {statistics.pstdev(vals):.2f}")
-        def gain(ref):
-            per_seed = [100 * statistics.mean(a - r for a, r in zip(results["seeds"][s]["acc"][arm], results["seeds"][s]["acc"][ref])) for s in args.seeds]
+        def gain(ref, key="acc"):
+            per_seed = [100 * statistics.mean(a - r for a, r in zip(results["seeds"][s][key][arm], results["seeds"][s][key][ref]))
+                        for s in args.seeds]
             return f"{statistics.mean(per_seed):+.2f} ± {statistics.pstdev(per_seed):.2f}"
-        lines.append(f"| {arm} | {' | '.join(cells)} | {gain('control')} | {gain('start')} |")
+        secs = [results["seeds"][s]["arm_seconds"][arm] for s in args.seeds if arm in results["seeds"][s]["arm_seconds"]]
+        lines.append(f"| {arm} | {' | '.join(cells)} | {gain('control')} | {gain('start')} | {gain('control', 'val_acc')} | "
+                     f"{statistics.median(secs) if secs else 0:.0f} |")
     comp_cells = []
     for i in range(len(names)):
         vals = [100 * results["seeds"][s]["complementary"][i] for s in args.seeds]
         comp_cells.append(f"{statistics.mean(vals):.2f} ± {statistics.pstdev(vals):.2f}")
-    lines.append(f"| complementary knowledge at start | {' | '.join(comp_cells)} | | |")
+    lines.append(f"| complementary knowledge at start | {' | '.join(comp_cells)} | | | | |")
     table = "\n".join(lines)
     print(table)
     out = Path(args.out)

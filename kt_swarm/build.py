@@ -31,10 +31,22 @@ def build_participant(cfg: Config, index: int, data: Dataset) -> Participant:
     return Participant(spec.name, model, prep, device, autocast=autocast)
 
 
+def pretrain_ids(cfg: Config, index: int, data: Dataset) -> torch.Tensor:
+    """What zoo member `index` pretrains on: the whole pretraining split, or (zoo.disjoint) its own share of
+    it, like hub models from different labs trained on different data. Shares go to the zoo members in
+    participant order."""
+    ids = data.splits["pretrain"]
+    if not cfg.zoo.disjoint:
+        return ids
+    members = [i for i, p in enumerate(cfg.participants) if default_weights(p) == "zoo"]
+    return ids.tensor_split(len(members))[members.index(index)]
+
+
 def pretrain_if_zoo(cfg: Config, index: int, participant: Participant, data: Dataset) -> None:
     spec = cfg.participants[index]
     if default_weights(spec) == "zoo":
-        zoo.pretrain(spec, participant, data, cfg.zoo, cfg.data.augment, seed=member_seed(cfg, index))
+        zoo.pretrain(spec, participant, data, pretrain_ids(cfg, index, data), cfg.zoo, cfg.data.augment,
+                     seed=member_seed(cfg, index))
 
 
 def check_classes(widths: dict[str, int], num_classes: int) -> None:

@@ -35,6 +35,7 @@ class DataConfig:
     val_fraction: float = 0.1  # carved from train (fixed split_seed) when the data has no val split
     pretrain_fraction: float = 0.0  # part of train reserved for zoo pretraining; transfer gets the rest
     unlabelled_fraction: float = 0.0  # part of the transfer split whose labels are hidden from training
+    transfer_samples: int | None = None  # keep only the first N of the transfer split (its order is the split seed's)
     max_per_split: int | None = None  # cap on every split: tiny runs
     split_seed: int = 0
     skip_corrupt: bool = False
@@ -49,6 +50,7 @@ class ZooConfig:
     lr: float = 2e-3
     weight_decay: float = 0.05
     batch_size: int = 128
+    disjoint: bool = False  # each member pretrains on its own disjoint share of the pretraining split
     cache_dir: str | None = None  # default: $KT_SWARM_CACHE or ~/.cache/kt_swarm
 
 
@@ -71,6 +73,7 @@ class TransferConfig:
     scores: Literal["true_class", "max_confidence"] = "true_class"  # unlabelled samples: max_confidence always
     teacher: str | None = None  # kd: the participant that teaches, frozen (ignored by other strategies)
     trusted_teachers: bool = False  # k may teach j only if k's validation accuracy at the arm's start is >= j's
+    calibrate: bool = False  # scores use each participant's temperature, fit on validation at the arm's start
     pseudo_threshold: float = 0.95  # the self-training arm: pseudo-label where the model is at least this sure
     epochs: int = 1
     batch_size: int = 128
@@ -78,6 +81,7 @@ class TransferConfig:
     weight: float = 1.0
     detach_teacher: bool = True  # chosen by measurement: see README "Results"
     optimizer: Literal["adam", "adamw"] = "adam"
+    schedule: Literal["constant", "cosine"] = "constant"  # learning rate over each arm's steps (every arm alike)
     weight_decay: float = 1e-5
     log_every: int = 1
     exchange_dtype: Literal["float16", "bfloat16"] | None = None  # --engine ray: logits sent at this precision (default: the model's)
@@ -300,6 +304,7 @@ def _check(cfg: Config) -> None:
         ("zoo.batch_size", cfg.zoo.batch_size),
         ("eval_batch_size", cfg.eval_batch_size),
         ("data.max_per_split", cfg.data.max_per_split),
+        ("data.transfer_samples", cfg.data.transfer_samples),
         ("checkpoint.every_steps", cfg.checkpoint.every_steps),
         ("checkpoint.keep", cfg.checkpoint.keep),
         ("fault.max_bad_steps", cfg.fault.max_bad_steps),

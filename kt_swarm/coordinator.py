@@ -19,9 +19,10 @@ from kt_swarm.local import LocalEngine
 from kt_swarm.metrics import accuracy, flips, teach_share, topk_accuracy
 from kt_swarm.models import check_model_name, default_weights
 from kt_swarm.objectives import LossSpec
+from kt_swarm.participant import lr_scale
 from kt_swarm.progress import progress
 from kt_swarm.report import write_report
-from kt_swarm.roles import trust_matrix
+from kt_swarm.roles import fit_temperature, trust_matrix
 from kt_swarm.rundir import RunDir
 from kt_swarm.summary import summarize
 from kt_swarm.tracking import Tracker
@@ -54,6 +55,7 @@ class ArmState:
     losses: torch.Tensor | None = None  # summed shares of this epoch so far
     good_steps: int = 0  # steps of this epoch not skipped
     val_start: torch.Tensor | None = None  # validation predictions at the start (flips count against them)
+    score_temperatures: list[float] | None = None  # transfer.calibrate: each participant's, fit at the start
     best_acc: list[float] = field(default_factory=list)
     best_epoch: list[int] = field(default_factory=list)
     best_files: list[str | None] = field(default_factory=list)
@@ -134,7 +136,12 @@ def train_arm(engine, cfg: Config, data: Dataset, st: ArmState, loss: LossSpec, 
     val_labels = data.labels[data.splits["val"]]
     if st.val_start is None:
         st.val_start = engine.predict("val", cfg.eval_batch_size)
-        log({"arm": arm, "epoch": -1, "event": "eval", "val_acc": dict(zip(names, accuracy(st.val_start, val_labels)))})
+        if cfg.transfer.calibrate:  # temperature scaling on validation, once per arm (a resumed arm keeps it)
+            st.score_temperatures = [fit_temperature(z, val_labels) for z in engine.logits("val", cfg.eval_batch_size)]
+        log({"arm": arm, "epoch": -1, "event": "eval", "val_acc": dict(zip(names, accuracy(st.val_start, val_labels))),
+             **({"score_temperature": dict(zip(names, st.score_temperatures))} if cfg.transfer.calibrate else {})})
+    if st.score_temperatures is not None:
+        loss = replace(loss, score_temperatures=tuple(st.score_temperatures))
     if cfg.transfer.trusted_teachers:  # from the arm's start on validation, so a resumed arm trusts the same
         trusted = trust_matrix(accuracy(st.val_start, val_labels))
         loss = replace(loss, trusted=tuple(tuple(row) for row in trusted.tolist()))
@@ -142,7 +149,8 @@ def train_arm(engine, cfg: Config, data: Dataset, st: ArmState, loss: LossSpec, 
     bar = progress(total=cfg.transfer.epochs * steps, initial=st.epoch * steps + st.step, desc=arm, unit="step")
     while st.epoch < cfg.transfer.epochs:
         while st.step < steps:
-            result = engine.train_step(st.epoch, st.step, loss, split)
+            result = engine.train_step(st.epoch, st.step, loss, split,
+                                       lr_scale(cfg.transfer.schedule, st.epoch * steps + st.step, cfg.transfer.epochs * steps))
             step, st.step = st.step, st.step + 1
             global_step = st.epoch * steps + step
             if result.bad:

@@ -61,9 +61,8 @@ class Dataset:
     def image_size(self) -> int:
         return self.images.shape[2]
 
-    def fingerprint(self, split: str) -> str:
-        """Content hash of one split (images and labels): a cache key for what was trained on it."""
-        ids = self.splits[split]
+    def fingerprint(self, ids: torch.Tensor) -> str:
+        """Content hash of these samples (images and labels): a cache key for what was trained on them."""
         h = hashlib.sha256()
         h.update(self.images[ids].numpy().tobytes())
         h.update(self.labels[ids].numpy().tobytes())
@@ -208,6 +207,8 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     splits["train"] = train[n_val + n_pre :]
     if cfg.max_per_split:
         splits = {k: v[: cfg.max_per_split] for k, v in splits.items()}
+    if cfg.transfer_samples:  # a smaller labelled set for transfer; the other splits stay whole
+        splits["train"] = splits["train"][: cfg.transfer_samples]
     for name in ("train", "val", "test"):
         if len(splits[name]) == 0:
             raise UserError(f"dataset '{source}': the {name} split is empty (check data.val_fraction / pretrain_fraction)")

@@ -70,7 +70,7 @@ class LocalEngine:
         for p, w in zip(self.participants, weights or itertools.repeat(None)):
             p.set_start_copy(w)
 
-    def train_step(self, epoch: int, step: int, loss: LossSpec, split: str = "train") -> StepResult:
+    def train_step(self, epoch: int, step: int, loss: LossSpec, split: str = "train", lr_scale: float = 1.0) -> StepResult:
         plan = arm_plan(self.data, split, seed=self.seed, epoch=epoch, step=step, batch_size=self.batch_size, augment=self.augment)
         buffers = [p.buffers() for p in self.participants]
         logits = [p.forward(self.data, plan, loss.learns(i)) for i, p in enumerate(self.participants)]
@@ -90,7 +90,7 @@ class LocalEngine:
             if bad:  # a NaN/Inf anywhere: nobody steps (and BatchNorm forgets the batch), so every
                 p.set_buffers(saved)  # participant stays where the others are
             elif loss.learns(i):
-                p.optimizer.step()
+                p.step(lr_scale)
         return StepResult([float(s) for s in shares.detach()], roles.cpu(), bad)
 
     def predict(self, split: str, batch_size: int, k: int = 1) -> torch.Tensor:
@@ -103,6 +103,10 @@ class LocalEngine:
             bar.update()
         bar.close()
         return torch.stack(preds)
+
+    def logits(self, split: str, batch_size: int) -> torch.Tensor:
+        """[N, n, C] every participant's eval-mode logits on a split."""
+        return torch.stack([p.logits(self.data, self.data.splits[split], batch_size) for p in self.participants])
 
     def nodes(self) -> list[str]:
         return [socket.gethostname()] * len(self.participants)

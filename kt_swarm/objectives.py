@@ -32,6 +32,7 @@ class LossSpec:
     teacher: int | None = None  # kd: the frozen teacher's index
     pseudo_threshold: float = 0.95  # self_training
     trusted: tuple[tuple[bool, ...], ...] | None = None  # trusted[k][j]: k may teach j
+    score_temperatures: tuple[float, ...] | None = None  # calibrated scores: participant m's softmax(z / T_m)
 
     def kwargs(self) -> dict:
         return asdict(self)
@@ -78,8 +79,9 @@ def pseudo_label_ce(logits: torch.Tensor, target: torch.Tensor, threshold: float
 
 def _weights(peers: torch.Tensor, target: torch.Tensor, frozen: torch.Tensor | None, spec: LossSpec):
     """(W [N, N, B], retention [N, B] or None) from every participant's detached logits."""
-    scores = confidence_scores(peers, target, spec.scores)
-    start = confidence_scores(frozen, target, spec.scores) if frozen is not None else None
+    temps = torch.tensor(spec.score_temperatures) if spec.score_temperatures is not None else None
+    scores = confidence_scores(peers, target, spec.scores, temps)
+    start = confidence_scores(frozen, target, spec.scores, temps) if frozen is not None else None
     trusted = torch.tensor(spec.trusted, dtype=torch.bool) if spec.trusted is not None else None
     w = teaching_weights(scores, spec.strategy, teacher=spec.teacher, start_scores=start, trusted=trusted)
     keep = (1 - w.sum(dim=0)).clamp(min=0) if spec.start_copies else None
@@ -97,7 +99,9 @@ def _self_roles(w: torch.Tensor, own_terms: torch.Tensor | None) -> torch.Tensor
 
 def _spec(kwargs: dict, frozen_logits: torch.Tensor | None) -> LossSpec:
     """swarm_loss's keyword arguments as a LossSpec (its default gradient mode is exact)."""
-    spec = LossSpec(**{"detach_teacher": False, **kwargs, "trusted": _as_tuple(kwargs.get("trusted"))})
+    temps = kwargs.get("score_temperatures")
+    spec = LossSpec(**{"detach_teacher": False, **kwargs, "trusted": _as_tuple(kwargs.get("trusted")),
+                       "score_temperatures": tuple(float(t) for t in temps) if temps is not None else None})
     if spec.start_copies and frozen_logits is None:
         raise ValueError("strategy 'kl_dp' needs frozen_logits, the frozen starting copies' logits [N, B, C]")
     return spec
@@ -149,6 +153,7 @@ def swarm_loss(
     teacher: int | None = None,
     pseudo_threshold: float = 0.95,
     trusted=None,
+    score_temperatures=None,
 ) -> torch.Tensor:
     """The whole single-process loss: every participant's CE + weight * its transfer terms.
 
@@ -158,12 +163,13 @@ def swarm_loss(
     teacher's distribution inside the KL receives gradient too, as in the published code);
     detach_teacher=True makes it a constant target. kd: `teacher` is the index of the frozen teacher
     (no CE, no gradient). kl_dp: `frozen_logits` [N, B, C] are the frozen starting copies' logits.
-    trusted: [N][N] bools, trusted[k][j] = k may teach j (trusted teachers).
+    trusted: [N][N] bools, trusted[k][j] = k may teach j (trusted teachers). score_temperatures: [N]
+    calibration temperatures the scores use (roles.fit_temperature); the KL keeps `temperature`.
     """
     shares, _ = swarm_loss_terms(
         logits, target, strategy=strategy, scores=scores, temperature=temperature, weight=weight,
         detach_teacher=detach_teacher, frozen_logits=frozen_logits, teacher=teacher,
-        pseudo_threshold=pseudo_threshold, trusted=trusted,
+        pseudo_threshold=pseudo_threshold, trusted=trusted, score_temperatures=score_temperatures,
     )
     return shares.sum()
 

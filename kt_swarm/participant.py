@@ -6,6 +6,7 @@ through these methods, so both run the same numbers.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,18 @@ def resolve_device(name: str) -> torch.device:
 
 def make_optimizer(kind: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind]
-    return cls(params, lr=lr, weight_decay=weight_decay)
+    optimizer = cls(params, lr=lr, weight_decay=weight_decay)
+    for group in optimizer.param_groups:  # where torch's schedulers keep it too; saved with the optimizer's state
+        group["initial_lr"] = lr
+    return optimizer
+
+
+def lr_scale(schedule: str, step: int, total: int) -> float:
+    """The learning rate of step `step` of `total`, as a share of the participant's own: constant, or
+    cosine from 1 down to 0 over the arm. A function of the step alone, so a resumed arm continues exactly."""
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * step / total))
+    return 1.0
 
 
 def rng_state(device: torch.device) -> dict:
@@ -70,6 +82,12 @@ class Participant:
     def reset_optimizer(self, kind: str, lr: float, weight_decay: float) -> None:
         self.optimizer = make_optimizer(kind, self.model.parameters(), lr, weight_decay)
 
+    def step(self, scale: float = 1.0) -> None:
+        """The optimizer's step at `scale` times the participant's learning rate (lr_scale)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * scale
+        self.optimizer.step()
+
     def forward(self, data: Dataset, plan: BatchPlan, learns: bool = True) -> torch.Tensor:
         """Training-mode logits [B, C] of the planned batch, graph kept for the backward; a participant
         that does not learn (a frozen teacher) forwards in eval mode without a graph."""
@@ -102,15 +120,21 @@ class Participant:
         self.start_copy.load_state_dict(weights)
 
     @torch.no_grad()
-    def predict(self, data: Dataset, ids: torch.Tensor, batch_size: int, k: int = 1) -> torch.Tensor:
-        """[n, k] eval-mode top-k classes, best first, for the given ids (no augmentation), on the CPU."""
+    def _evaluate(self, data: Dataset, ids: torch.Tensor, batch_size: int, keep) -> list[torch.Tensor]:
+        """keep(eval-mode logits) of each batch of the given ids (no augmentation), on the CPU."""
         self.model.eval()
         with self._autocast():
-            out = [
-                self.model(self.preprocess(data.images[ids[i : i + batch_size]], self.device)).topk(k, dim=-1).indices.cpu()
-                for i in range(0, len(ids), batch_size)
-            ]
+            return [keep(self.model(self.preprocess(data.images[ids[i : i + batch_size]], self.device))).cpu()
+                    for i in range(0, len(ids), batch_size)]
+
+    def predict(self, data: Dataset, ids: torch.Tensor, batch_size: int, k: int = 1) -> torch.Tensor:
+        """[n, k] eval-mode top-k classes, best first, for the given ids, on the CPU."""
+        out = self._evaluate(data, ids, batch_size, lambda z: z.topk(k, dim=-1).indices)
         return torch.cat(out) if out else torch.empty(0, k, dtype=torch.long)
+
+    def logits(self, data: Dataset, ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """[n, C] eval-mode logits at the weights' dtype for the given ids, on the CPU (calibration)."""
+        return torch.cat(self._evaluate(data, ids, batch_size, lambda z: z.to(self.preprocess.dtype)))
 
     @torch.no_grad()
     def output_width(self, channels: int, image_size: int) -> int:

@@ -6,6 +6,8 @@ Pure tensor functions: no I/O, no Ray, no optimisation state.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 NO_TEACHER = -1
@@ -25,15 +27,40 @@ def true_class_scores(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return probs.gather(-1, index).squeeze(-1)
 
 
-def confidence_scores(logits: torch.Tensor, target: torch.Tensor, kind: str = "true_class") -> torch.Tensor:
+def confidence_scores(logits: torch.Tensor, target: torch.Tensor, kind: str = "true_class",
+                      temperatures: torch.Tensor | None = None) -> torch.Tensor:
     """[N, B, C] logits -> [N, B] scores: the true class's probability (`true_class`) where the sample
-    is labelled, else the highest probability of any class (`max_confidence`, Roth et al.); T = 1."""
+    is labelled, else the highest probability of any class (`max_confidence`, Roth et al.). The plain
+    softmax (T = 1), or each participant's own calibration temperature ([N], fit_temperature)."""
     if kind not in SCORES:
         raise ValueError(f"scores must be one of {SCORES}, got {kind!r}")
+    if temperatures is not None:
+        logits = logits.detach() / temperatures.to(logits).view(-1, 1, 1)
     confidence = logits.detach().softmax(dim=-1).amax(dim=-1)
     if kind == "max_confidence":
         return confidence
     return torch.where(target >= 0, true_class_scores(logits, target), confidence)
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, lo: float = 0.01, hi: float = 100.0) -> float:
+    """Temperature scaling (Guo et al. 2017): the T in [lo, hi] that minimises the NLL of softmax(z / T)
+    on held-out labelled logits [n, C]. The NLL is convex in 1/T, so its derivative, mean(E_p[z] - z_y),
+    is bisected on a log scale; a T at a bound means the data asked for more."""
+    z = logits.detach().double()
+    true = z.gather(1, labels.view(-1, 1)).squeeze(1)
+
+    def slope(beta: float) -> float:
+        return float(((z * beta).softmax(dim=-1) * z).sum(dim=-1).sub(true).mean())
+
+    a, b = math.log(1 / hi), math.log(1 / lo)  # log(1/T)
+    if slope(math.exp(b)) <= 0:
+        return lo
+    if slope(math.exp(a)) >= 0:
+        return hi
+    for _ in range(60):
+        mid = (a + b) / 2
+        a, b = (mid, b) if slope(math.exp(mid)) < 0 else (a, mid)
+    return 1 / math.exp((a + b) / 2)
 
 
 def assign_teachers(scores: torch.Tensor) -> torch.Tensor:

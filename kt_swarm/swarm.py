@@ -56,6 +56,7 @@ class ParticipantActor:
         self.p = None
         self.pending = None  # (own logits with their graph, target) between forward and learn
         self.unapplied = False  # gradients of the last learn() not yet applied
+        self.lr_scale = 1.0  # and the learning-rate scale they are to be applied at
         self.kept_buffers = []  # the buffers before the last forward, put back if its step is skipped
 
     def setup(self, data: Dataset) -> int:
@@ -103,7 +104,7 @@ class ParticipantActor:
         """Step the optimizer with the gradients of the last learn(), or drop them: the coordinator
         decides once every participant has said whether its step was finite."""
         if self.unapplied and update:
-            self.participant.optimizer.step()
+            self.participant.step(self.lr_scale)
         elif self.unapplied:  # skipped: BatchNorm forgets the batch too
             self.participant.set_buffers(self.kept_buffers)
         self.unapplied = False
@@ -129,11 +130,11 @@ class ParticipantActor:
             sent = sent.to(getattr(torch, self.cfg.transfer.exchange_dtype))
         return ray.put(sent.cpu())
 
-    def learn(self, refs: list[ray.ObjectRef], loss: LossSpec) -> tuple[float, torch.Tensor, list[bool], bool, bool]:
-        """Back-propagate this participant's share; the optimizer steps later, in apply().
+    def learn(self, refs: list[ray.ObjectRef], loss: LossSpec, lr_scale: float = 1.0) -> tuple[float, torch.Tensor, list[bool], bool, bool]:
+        """Back-propagate this participant's share; the optimizer steps later (at lr_scale), in apply().
         Returns (share, roles, every participant's logits finite, own share finite, own gradients finite)."""
         own, target = self.pending
-        self.pending = None
+        self.pending, self.lr_scale = None, lr_scale
         # Peers' logits are read-only here: participant_loss never writes into them.
         received = torch.stack([t.to(device=own.device, dtype=own.dtype) for t in ray.get(refs)])
         peers, frozen = (received[:, 0], received[:, 1]) if loss.start_copies else (received, None)
@@ -147,6 +148,9 @@ class ParticipantActor:
 
     def predict(self, split: str, batch_size: int, k: int) -> torch.Tensor:
         return self.participant.predict(self.data, self.data.splits[split], batch_size, k)
+
+    def logits(self, split: str, batch_size: int) -> torch.Tensor:
+        return self.participant.logits(self.data, self.data.splits[split], batch_size)
 
 
 def _verbose() -> bool:
@@ -374,9 +378,9 @@ class RaySwarm:
         for i, (actor, w) in enumerate(zip(self.actors, weights or itertools.repeat(None))):  # one in memory at a time
             self._gather([actor.set_start_copy.remote(w)], actors=[i])
 
-    def train_step(self, epoch: int, step: int, loss: LossSpec, split: str = "train") -> StepResult:
+    def train_step(self, epoch: int, step: int, loss: LossSpec, split: str = "train", lr_scale: float = 1.0) -> StepResult:
         refs = self._gather([a.forward.remote(epoch, step, self.batch_size, self.update, loss, split) for a in self.actors])
-        results = self._gather([a.learn.remote(refs, loss) for a in self.actors])
+        results = self._gather([a.learn.remote(refs, loss, lr_scale) for a in self.actors])
         bad = blame(results[0][2], [r[3] for r in results], [r[4] for r in results])
         self.update = not bad
         return StepResult([r[0] for r in results], results[0][1], bad)
@@ -384,6 +388,10 @@ class RaySwarm:
     def predict(self, split: str, batch_size: int, k: int = 1) -> torch.Tensor:
         self._settle()
         return torch.stack(self._gather([a.predict.remote(split, batch_size, k) for a in self.actors], desc=f"eval {split}"))
+
+    def logits(self, split: str, batch_size: int) -> torch.Tensor:
+        self._settle()
+        return torch.stack(self._gather([a.logits.remote(split, batch_size) for a in self.actors]))
 
     def nodes(self) -> list[str]:
         return self._gather([a.node.remote() for a in self.actors])

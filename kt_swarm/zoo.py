@@ -32,7 +32,8 @@ def cache_dir(cfg: ZooConfig) -> Path:
     return Path(root) / "zoo"
 
 
-def cache_key(spec: ParticipantConfig, participant: Participant, cfg: ZooConfig, data: Dataset, augment: AugmentConfig, seed: int) -> str:
+def cache_key(spec: ParticipantConfig, participant: Participant, cfg: ZooConfig, data: Dataset, ids: torch.Tensor,
+              augment: AugmentConfig, seed: int) -> str:
     p = participant.preprocess
     fields = dict(
         model=spec.model,
@@ -40,7 +41,7 @@ def cache_key(spec: ParticipantConfig, participant: Participant, cfg: ZooConfig,
         preprocess=[p.in_chans, p.input_size, list(p.mean), list(p.std), str(p.dtype)],
         zoo=[cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size],
         augment=[augment.shift, augment.hflip],
-        data=data.fingerprint("pretrain"),
+        data=data.fingerprint(ids),
         seed=seed,
     )
     text = json.dumps(fields, sort_keys=True, default=str)
@@ -54,11 +55,12 @@ def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
     atomic_write(path, save({k: v.contiguous() for k, v in state.items()}))
 
 
-def pretrain(spec: ParticipantConfig, participant: Participant, data: Dataset, cfg: ZooConfig, augment: AugmentConfig, seed: int) -> Path:
-    """Train (or load from the cache) one zoo member in place; returns its cache file."""
+def pretrain(spec: ParticipantConfig, participant: Participant, data: Dataset, ids: torch.Tensor, cfg: ZooConfig,
+             augment: AugmentConfig, seed: int) -> Path:
+    """Train (or load from the cache) one zoo member in place on the samples `ids`; returns its cache file."""
     from safetensors.torch import load_file
 
-    path = cache_dir(cfg) / f"{cache_key(spec, participant, cfg, data, augment, seed)}.safetensors"
+    path = cache_dir(cfg) / f"{cache_key(spec, participant, cfg, data, ids, augment, seed)}.safetensors"
     if path.exists():
         try:
             participant.model.load_state_dict(load_file(str(path)))
@@ -66,10 +68,10 @@ def pretrain(spec: ParticipantConfig, participant: Participant, data: Dataset, c
         except Exception as e:  # a damaged cache entry is retrained, not trusted
             log.warning("zoo cache file %s is unreadable (%s); training it again", path, e)
             path.unlink(missing_ok=True)
-    ids = data.splits["pretrain"]
     steps = steps_per_epoch(len(ids), cfg.batch_size)
     if steps == 0:
-        raise UserError(f"zoo: the pretraining split has {len(ids)} samples, fewer than zoo.batch_size; raise data.pretrain_fraction")
+        raise UserError(f"zoo: participant '{spec.name}' has {len(ids)} pretraining samples, fewer than zoo.batch_size; "
+                        f"raise data.pretrain_fraction")
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(participant.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)

@@ -58,6 +58,10 @@ def test_overrides_reach_nested_keys_and_list_items():
     ("data.unlabelled_fraction=-0.1", "'data.unlabelled_fraction': must be in [0, 1)"),
     ("transfer.pseudo_threshold=0", "'transfer.pseudo_threshold': must be in (0, 1], got 0.0"),
     ("transfer.pseudo_threshold=1.01", "'transfer.pseudo_threshold': must be in (0, 1]"),
+    ("data.transfer_samples=0", "'data.transfer_samples': must be positive, got 0"),
+    ("zoo.disjoint=sometimes", "'zoo.disjoint': expected bool"),
+    ("transfer.calibrate=1", "'transfer.calibrate': expected bool"),
+    ("transfer.schedule=linear", "'transfer.schedule': expected one of 'constant' | 'cosine'"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(UserError, match=re.escape(message)):

@@ -1,6 +1,7 @@
 """Batch plans are the same for every participant; datasets load from idx files and folders."""
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +151,32 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path, fmnist):
     data = load_dataset(DataConfig(kind="folder", root=str(root), val_fraction=0.0))
     img = data.images[data.splits["train"]][data.labels[data.splits["train"]] == 1][0, 0]
     assert img.shape == (28, 28) and img[0, 0] == 0 and img[0, 27] == 128 and img[27, 0] == 255 and img[27, 27] == 1
+
+
+def test_hidden_labels_are_gone_from_memory_and_the_control_split_is_the_rest(fmnist):
+    data = load_dataset(DataConfig(pretrain_fraction=0.4, val_fraction=0.1, unlabelled_fraction=0.9))
+    train, hidden, labelled = data.splits["train"], data.splits["unlabelled"], data.splits["labelled"]
+    assert len(hidden) == round(0.9 * len(train)) and len(labelled) + len(hidden) == len(train)
+    assert (data.labels[hidden] == -1).all() and (data.labels[labelled] >= 0).all()
+    assert torch.equal(labelled, train[torch.isin(train, labelled)])  # in the transfer split's order
+    for split in ("val", "test", "pretrain"):  # evaluation and pretraining keep every label
+        assert torch.equal(data.labels[data.splits[split]], fmnist.labels[fmnist.splits[split]])
+
+
+def test_transfer_samples_shrinks_the_transfer_split_only(fmnist):
+    data = load_dataset(DataConfig(pretrain_fraction=0.4, val_fraction=0.1, transfer_samples=1000))
+    assert torch.equal(data.splits["train"], fmnist.splits["train"][:1000])
+    for split in ("val", "test", "pretrain"):
+        assert torch.equal(data.splits[split], fmnist.splits[split])
+
+
+def test_disjoint_zoo_members_pretrain_on_their_own_share(fmnist):
+    from kt_swarm.build import pretrain_ids
+    from kt_swarm.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml", ["zoo.disjoint=true"])
+    shares = [pretrain_ids(cfg, i, fmnist) for i in range(3)]
+    assert sum(len(s) for s in shares) == len(fmnist.splits["pretrain"])
+    assert torch.equal(torch.cat(shares), fmnist.splits["pretrain"])  # disjoint, and together the whole split
+    cfg.zoo.disjoint = False
+    assert all(torch.equal(pretrain_ids(cfg, i, fmnist), fmnist.splits["pretrain"]) for i in range(3))

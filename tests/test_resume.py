@@ -36,6 +36,15 @@ def stopped_after(record_index: int):
     return on_record
 
 
+def stop_and_resume(cfg, out, index: int) -> dict:
+    """Run on the local engine into `out`, stop after metrics record `index`, resume; the resumed summary."""
+    with pytest.raises(Stop):
+        with RunDir(out) as rd:
+            run(cfg, rd, "local", on_record=stopped_after(index))
+    with RunDir(out, resume=True) as rd:
+        return run(cfg, rd, "local")
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     cfg = parse_config(mlp_config())
@@ -76,11 +85,7 @@ def test_a_run_stopped_after_any_record_resumes_to_the_same_summary(uninterrupte
     cfg, _, full, records = uninterrupted
     for index in range(1, len(records) + 1):
         out = tmp_path / f"stopped-{index}"
-        with pytest.raises(Stop):
-            with RunDir(out) as rd:
-                run(cfg, rd, "local", on_record=stopped_after(index))
-        with RunDir(out, resume=True) as rd:
-            resumed = run(cfg, rd, "local")
+        resumed = stop_and_resume(cfg, out, index)
         assert compared(resumed) == compared(full), f"stopped after record {index}: {records[index - 1]}"
         assert resumed["faults"]["resumes"] == 1
         lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -92,10 +97,13 @@ def test_a_run_stopped_after_any_record_resumes_to_the_same_summary(uninterrupte
 
 @pytest.mark.parametrize("strategy", ["kl_dp", "kd"])
 def test_frozen_copies_survive_a_resume(strategy, tmp_path):
-    """kl_dp's start copies and kd's frozen teacher, on half-unlabelled data with all three arms: a run
-    stopped mid-transfer, at the arm's end and mid-self-training resumes to the uninterrupted summary."""
+    """kl_dp's start copies (with calibrated scores and trusted teachers) and kd's frozen teacher, on
+    half-unlabelled data with all three arms: a run stopped mid-transfer, at the arm's end and
+    mid-self-training resumes to the uninterrupted summary."""
     cfg = parse_config(mlp_config(transfer={"epochs": 2, "batch_size": 16, "temperature": 2.0, "strategy": strategy,
-                                            "teacher": "wide"},
+                                            "teacher": "wide", "calibrate": strategy == "kl_dp",
+                                            "trusted_teachers": strategy == "kl_dp",
+                                            "schedule": "cosine" if strategy == "kd" else "constant"},
                                   data={"max_per_split": 96, "unlabelled_fraction": 0.5}, self_training=True))
     with RunDir(tmp_path / "full") as rd:
         full = run(cfg, rd, "local")
@@ -106,13 +114,10 @@ def test_frozen_copies_survive_a_resume(strategy, tmp_path):
         assert full["participants"]["wide"]["acc_after"] == full["participants"]["wide"]["acc_before"]
     else:
         assert full["role_matrix"][0][0] > 0  # learned from its own start somewhere
+        # Calibration temperatures, fit once at each arm's start, are kept by a resumed arm (compared below).
+        assert all(r["score_temperature"]["wide"] > 0 for r in records if r.get("epoch") == -1 and r.get("event") == "eval")
     for index in (arms.index("transfer") + 8, arms.index("control"), len(arms) - 4):
-        out = tmp_path / f"stopped-{index}"
-        with pytest.raises(Stop):
-            with RunDir(out) as rd:
-                run(cfg, rd, "local", on_record=stopped_after(index))
-        with RunDir(out, resume=True) as rd:
-            resumed = run(cfg, rd, "local")
+        resumed = stop_and_resume(cfg, tmp_path / f"stopped-{index}", index)
         assert compared(resumed) == compared(full), f"stopped after record {index}: {records[index - 1]}"
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kt_swarm.objectives import participant_grad, participant_loss, swarm_loss, swarm_loss_terms
-from kt_swarm.roles import STRATEGIES, teaching_weights, trust_matrix
+from kt_swarm.roles import STRATEGIES, confidence_scores, fit_temperature, teaching_weights, trust_matrix
 
 LIVE = ["best", "better", "dml", "kd", "kl_dp"]  # strategies whose teachers are live participants
 
@@ -215,3 +215,39 @@ def test_every_pair_of_strategies_differs_somewhere():
     values = {s: float(swarm_loss(z, y, strategy=s, teacher=1, frozen_logits=frozen, pseudo_threshold=0.5)) for s in STRATEGIES}
     for a, b in itertools.combinations(STRATEGIES, 2):
         assert values[a] != values[b], (a, b)
+
+
+def test_temperature_scaling_recovers_the_temperature_that_made_the_labels():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, 5, generator=g, dtype=torch.float64) * 3
+    for t in (0.5, 1.0, 2.5):
+        labels = torch.multinomial((z / t).softmax(dim=-1), 1, generator=g).squeeze(1)
+        assert abs(fit_temperature(z, labels) - t) < 0.05 * t
+    assert fit_temperature(z, z.argmax(dim=-1)) == 0.01  # always right: as sharp as the bound allows
+
+
+def test_calibrated_scores_can_change_who_teaches():
+    # Participant 0 is overconfident: raw, it wins the sample; divided by its temperature 4, it loses it.
+    z = torch.tensor([[[6.0, 0.0, 0.0]], [[2.5, 0.0, 0.0]]], dtype=torch.float64)
+    y = torch.tensor([0])
+    assert teaching_weights(confidence_scores(z, y), "best")[0, 1, 0] == 1
+    calibrated = confidence_scores(z, y, temperatures=torch.tensor([4.0, 1.0]))
+    assert teaching_weights(calibrated, "best")[1, 0, 0] == 1
+
+
+@pytest.mark.parametrize("strategy", ["best", "better", "kl_dp"])
+def test_gradient_split_holds_with_calibrated_scores(strategy):
+    z, y, frozen = _batch(4, seed=31)
+    kw = dict(strategy=strategy, score_temperatures=[0.7, 1.0, 1.8, 3.0], detach_teacher=False, frozen_logits=frozen)
+    zg = z.clone().requires_grad_()
+    (global_grad,) = torch.autograd.grad(swarm_loss(zg, y, **kw), zg)
+    local = torch.stack([participant_grad(z[m], z, m, y, **kw) for m in range(4)])
+    torch.testing.assert_close(local, global_grad, rtol=1e-12, atol=1e-14)
+    assert swarm_loss(z, y, **kw) != swarm_loss(z, y, **{**kw, "score_temperatures": None})
+
+
+def test_cosine_schedule_runs_from_the_full_rate_down_to_zero():
+    from kt_swarm.participant import lr_scale
+
+    assert [round(lr_scale("cosine", k, 4), 6) for k in range(5)] == [1.0, 0.853553, 0.5, 0.146447, 0.0]
+    assert {lr_scale("constant", k, 4) for k in range(4)} == {1.0}
