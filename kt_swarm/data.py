@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from kt_swarm.config import AugmentConfig, DataConfig
 from kt_swarm.errors import UserError
+from kt_swarm.roles import UNLABELLED
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_FILES = {
@@ -223,7 +224,7 @@ def hide_labels(labels: torch.Tensor, splits: dict[str, torch.Tensor], fraction:
     train = splits["train"]
     hidden = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))[: round(fraction * len(train))]]
     labels = labels.clone()
-    labels[hidden] = -1
+    labels[hidden] = UNLABELLED
     splits["labelled"] = train[labels[train] >= 0]
     splits["unlabelled"] = train[labels[train] < 0]
     return labels
