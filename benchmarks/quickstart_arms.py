@@ -29,7 +29,7 @@ from kt_swarm.config import apply_override, load_config, parse_config, to_dict  
 from kt_swarm.checkpoint import Checkpoints  # noqa: E402
 from kt_swarm.coordinator import arms as run_arms, fresh_arm, make_engine, save_start, train_arm  # noqa: E402
 from kt_swarm.data import load_dataset  # noqa: E402
-from kt_swarm.metrics import accuracy  # noqa: E402
+from kt_swarm.metrics import accuracy, complementary  # noqa: E402
 
 
 def machine() -> str:
@@ -73,8 +73,7 @@ def main() -> None:
         val_labels = data.labels[data.splits["val"]]
         val_rows = {"start": accuracy(engine.predict("val", cfg.eval_batch_size), val_labels)}
         # Complementary knowledge (Roth et al.): samples some other participant gets right and this one wrong.
-        right = preds == labels
-        comp = [(~right[i] & torch.cat([right[:i], right[i + 1:]]).any(0)).double().mean().item() for i in range(len(names))]
+        comp = complementary(preds, labels)
         print(f"  complementary knowledge at start: {[round(100 * c, 2) for c in comp]}", flush=True)
         print(f"seed {seed}: zoo ready in {time.perf_counter() - t0:.0f} s; start {rows['start']}", flush=True)
         # NAME:overrides; the names control and self_training are those baseline arms, any other a transfer arm.
