@@ -18,8 +18,10 @@ base=(--set data.transfer_samples=10000 --set transfer.epochs=3 --set 'participa
 STRONG_WEAK='best:transfer.strategy=best best_trusted:transfer.trusted_teachers=true best_calibrated:transfer.calibrate=true
 kl_dp:transfer.strategy=kl_dp kl_dp_trusted:transfer.strategy=kl_dp,transfer.trusted_teachers=true better:transfer.strategy=better
 better_trusted:transfer.strategy=better,transfer.trusted_teachers=true'
-# The setting the quickstart takes (chosen on validation from labels_10k), its temperature, weight and gradient mode.
+# The setting chosen on validation from labels_10k (trusted teachers), then its temperature, weight and
+# gradient mode around it: the "around" cell. Weight 2 led there on validation: the quickstart's setting.
 CHOSEN=transfer.trusted_teachers=true
+QUICKSTART=$CHOSEN,transfer.weight=2
 AROUND="chosen:$CHOSEN chosen_T2:$CHOSEN,transfer.temperature=2 chosen_T4:$CHOSEN,transfer.temperature=4
 chosen_w0.5:$CHOSEN,transfer.weight=0.5 chosen_w2:$CHOSEN,transfer.weight=2 chosen_exact:$CHOSEN,transfer.detach_teacher=false"
 armlist() { printf -- '--arm %s ' $1; }
@@ -29,13 +31,13 @@ cell() {
     labels_1k|labels_3k|labels_10k|labels_30k)
                  n=${1#labels_}; n=${n%k}000
                  arms "$1" "${base[@]}" --set data.transfer_samples=$n $(armlist "$STRONG_WEAK") ;;
-    disjoint)    arms disjoint --set zoo.disjoint=true "${base[@]}" $(armlist "best best_trusted:$CHOSEN kl_dp:transfer.strategy=kl_dp") ;;
+    disjoint)    arms disjoint --set zoo.disjoint=true "${base[@]}" $(armlist "best quickstart:$QUICKSTART kl_dp:transfer.strategy=kl_dp") ;;
     pool)        arms pool --set data.unlabelled_fraction=0.9 "${base[@]}" $(armlist "self_training best better:transfer.strategy=better
-                   dml:transfer.strategy=dml kl_dp:transfer.strategy=kl_dp best_calibrated:transfer.calibrate=true,$CHOSEN") ;;
+                   dml:transfer.strategy=dml kl_dp:transfer.strategy=kl_dp quickstart:$QUICKSTART quickstart_calibrated:$QUICKSTART,transfer.calibrate=true") ;;
     around)      arms around "${base[@]}" $(armlist "$AROUND") ;;
     # Held out: handwritten digits (examples/digits/prepare.py), never looked at while choosing.
     digits)      [ -d data/digits ] || $PY examples/digits/prepare.py --out data/digits
-                 arms digits --config configs/digits.yaml "${base[@]}" $(armlist "best chosen:$CHOSEN") ;;
+                 arms digits --config configs/digits.yaml "${base[@]}" $(armlist "best chosen:$CHOSEN quickstart:$QUICKSTART") ;;
     *) echo "unknown cell $1" >&2; exit 2 ;;
   esac
 }
