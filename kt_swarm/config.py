@@ -60,6 +60,7 @@ class ParticipantConfig:
     model: str  # timm name (`resnet18`, `timm/resnet18`) or import path `pkg.module:factory`
     lr: float
     weights: str | None = None  # pretrained (hub) | zoo | none | path to a weight file; default per model kind
+    weights_map: str | None = None  # a weight file's names differ: order | pkg.module:function (see weights_map.py)
     model_args: dict[str, Any] = field(default_factory=dict)
     weight_decay: float | None = None  # default: transfer.weight_decay
     input_size: int | None = None  # default: the data's size (trained here) or the model's data config
@@ -291,6 +292,16 @@ def _check(cfg: Config) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", p.name):  # it names files, metrics and W&B keys
             raise UserError(f"config key 'participants.{i}.name': {_short(p.name)} may hold only letters, digits, "
                             f"'_', '.' and '-' (up to 64, starting with a letter or digit)")
+        if p.weights_map is not None:
+            if p.weights_map != "order" and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", p.weights_map):
+                raise UserError(f"config key 'participants.{i}.weights_map': expected order or pkg.module:function, "
+                                f"got {_short(p.weights_map)}")
+            if p.weights in (None, "pretrained", "zoo", "none"):
+                raise UserError(f"config key 'participants.{i}.weights_map': renames a weight file's tensors, but "
+                                f"weights is {p.weights or 'unset'} (set it to the file)")
+            if p.weights_map == "order" and p.weights.endswith(".safetensors"):
+                raise UserError(f"config key 'participants.{i}.weights_map': order needs the order the tensors were "
+                                f"saved in, which .safetensors does not keep; name a pkg.module:function instead")
         for stat in ("mean", "std"):
             if getattr(p, stat) is not None and len(getattr(p, stat)) not in (1, 3):
                 raise UserError(f"config key 'participants.{i}.{stat}': expected 1 or 3 values")

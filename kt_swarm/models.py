@@ -2,6 +2,8 @@
 
     resnet18 / timm/resnet18     timm.create_model; weights default to the hub's pretrained ones
     weights: path/to/file        timm's pretrained_cfg_overlay(file=...) loads a local file
+    weights_map: order | m:fn    the file's key names differ (a third-party checkpoint): renamed
+                                 to the model's first (weights_map.py), then loaded as timm would
     pkg.module:factory           factory(num_classes=..., in_chans=..., **model_args)
 
 Every model is built for the data's channels and classes; timm adapts a pretrained
@@ -19,6 +21,7 @@ from torch import nn
 from kt_swarm.config import ParticipantConfig
 from kt_swarm.data import Preprocess
 from kt_swarm.errors import UserError, first_line
+from kt_swarm.weights_map import map_state, resolve
 
 
 def check_model_name(spec: ParticipantConfig) -> None:
@@ -27,6 +30,8 @@ def check_model_name(spec: ParticipantConfig) -> None:
         _import_factory(spec.model, spec.name)
     elif not timm.is_model(spec.model.removeprefix("timm/")):
         raise UserError(f"participant '{spec.name}': unknown model '{spec.model}' (not a timm model name or pkg.module:factory)")
+    if spec.weights_map:
+        resolve(spec.weights_map, spec.name)
 
 
 def default_weights(spec: ParticipantConfig) -> str:
@@ -61,14 +66,17 @@ def create_model(spec: ParticipantConfig, *, num_classes: int, in_chans: int, se
         if not isinstance(model, nn.Module):
             raise UserError(f"participant '{spec.name}': '{spec.model}' did not return a torch.nn.Module")
         if weights not in ("none", "zoo"):
-            load_weight_file(model, weights, spec.name)
+            load_weight_file(model, weights, spec.name, spec.weights_map)
         return model
 
     check_model_name(spec)
     name = spec.model.removeprefix("timm/")
     kwargs = {"num_classes": num_classes, "in_chans": in_chans, **spec.model_args}
+    mapped_file = None
     if weights == "pretrained":
         kwargs["pretrained"] = True
+    elif weights not in ("none", "zoo") and spec.weights_map:
+        mapped_file = read_state(weights, spec.name)  # the model is built bare, then loaded below
     elif weights not in ("none", "zoo"):
         path = Path(weights)
         if not path.is_file():
@@ -81,7 +89,7 @@ def create_model(spec: ParticipantConfig, *, num_classes: int, in_chans: int, se
             overlay["num_classes"] = file_classes
         kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
     try:
-        return timm.create_model(name, **kwargs)
+        model = timm.create_model(name, **kwargs)
     except TypeError as e:
         raise UserError(f"participant '{spec.name}': model '{spec.model}' rejected model_args: {first_line(e)}") from None
     except Exception as e:  # hub errors, timm's own asserts on bad model_args
@@ -91,6 +99,33 @@ def create_model(spec: ParticipantConfig, *, num_classes: int, in_chans: int, se
                 f"(offline? set weights: none, zoo, or a local file): {first_line(e)}"
             ) from None
         raise UserError(f"participant '{spec.name}': cannot build '{spec.model}': {first_line(e)}") from None
+    if mapped_file is not None:
+        _load_mapped_into_timm(model, mapped_file, spec, name, num_classes=num_classes, in_chans=in_chans)
+    return model
+
+
+def _load_mapped_into_timm(model: nn.Module, state: dict, spec: ParticipantConfig, timm_name: str, *,
+                           num_classes: int, in_chans: int) -> None:
+    """A third-party file, renamed by `weights_map`, loaded the way timm loads its own pretrained weights:
+    a first convolution for other input channels is adapted, a classifier for other classes replaced."""
+    cfg = dict(model.pretrained_cfg)
+
+    def names(key: str) -> tuple[str, ...]:  # pretrained_cfg holds one module name or several
+        value = cfg.get(key) or ()
+        return (value,) if isinstance(value, str) else tuple(value)
+
+    adaptable = [f"{c}.weight" for c in names("first_conv")]
+    adaptable += [f"{c}.{p}" for c in names("classifier") for p in ("weight", "bias")]
+    mapped = map_state(state, model, spec.weights_map, spec.name, adaptable=adaptable)
+    cfg.update(state_dict=mapped, source=None)  # timm's highest-priority source: this state dict
+    file_classes = _classifier_width(mapped, timm_name)
+    if file_classes:
+        cfg["num_classes"] = file_classes
+    try:
+        timm.models.load_pretrained(model, pretrained_cfg=cfg, num_classes=num_classes, in_chans=in_chans)
+    except Exception as e:  # load_state_dict's missing/unexpected keys, timm's checks of the first convolution
+        raise UserError(f"participant '{spec.name}': weight file '{spec.weights}' renamed by weights_map "
+                        f"'{spec.weights_map}' does not fit the model: {_one_line(e)}") from None
 
 
 def read_state(path: str | Path, who: str) -> dict[str, torch.Tensor]:
@@ -118,12 +153,21 @@ def _classifier_width(state: dict[str, torch.Tensor], timm_name: str) -> int | N
     return int(state[key].shape[0]) if key in state and state[key].dim() >= 1 else None
 
 
-def load_weight_file(model: nn.Module, path: str, who: str) -> None:
+def load_weight_file(model: nn.Module, path: str, who: str, weights_map: str | None = None) -> None:
+    """A weight file into an import-path model, strictly; `weights_map` renames its keys first."""
     state = read_state(path, who)
+    if weights_map:
+        state = map_state(state, model, weights_map, who)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise UserError(f"participant '{who}': weight file '{path}' does not fit the model: {first_line(e)}") from None
+        raise UserError(f"participant '{who}': weight file '{path}' does not fit the model: {_one_line(e)}") from None
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    """load_state_dict's error on one line: its first line only says 'Error(s) in loading state_dict'."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def preprocess_for(model: nn.Module, spec: ParticipantConfig, *, in_chans: int, image_size: int, dtype: torch.dtype) -> Preprocess:
