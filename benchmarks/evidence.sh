@@ -14,7 +14,8 @@ arms() { $PY benchmarks/quickstart_arms.py --split test --seeds 0 1 2 --out "$OU
 # planning saw the weak gain and the strong lose here. Later --set flags win over earlier ones.
 # Spelled out in full, so that a cell measures the same thing whatever configs/quickstart.yaml says.
 base=(--set data.transfer_samples=10000 --set transfer.epochs=3 --set 'participants.*.lr=3e-4' --set transfer.schedule=cosine
-      --set transfer.trusted_teachers=false --set transfer.strategy=best)
+      --set transfer.trusted_teachers=false --set transfer.strategy=best --set transfer.weight=1 --set transfer.temperature=1
+      --set transfer.detach_teacher=true --set transfer.calibrate=false)
 STRONG_WEAK='best:transfer.strategy=best best_trusted:transfer.trusted_teachers=true best_calibrated:transfer.calibrate=true
 kl_dp:transfer.strategy=kl_dp kl_dp_trusted:transfer.strategy=kl_dp,transfer.trusted_teachers=true better:transfer.strategy=better
 better_trusted:transfer.strategy=better,transfer.trusted_teachers=true'
