@@ -17,6 +17,13 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """A whole multi-line message on one line, capped: for errors whose first line says nothing
+    (load_state_dict's is 'Error(s) in loading state_dict')."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class ParticipantLost(UserError):
     """A participant's process died (not an error in its code): the run may restart it and go on."""
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from kt_swarm.config import ParticipantConfig
 from kt_swarm.data import Preprocess
-from kt_swarm.errors import UserError, first_line
+from kt_swarm.errors import UserError, first_line, one_line
 from kt_swarm.weights_map import map_state, resolve
 
 
@@ -125,7 +125,7 @@ def _load_mapped_into_timm(model: nn.Module, state: dict, spec: ParticipantConfi
         timm.models.load_pretrained(model, pretrained_cfg=cfg, num_classes=num_classes, in_chans=in_chans)
     except Exception as e:  # load_state_dict's missing/unexpected keys, timm's checks of the first convolution
         raise UserError(f"participant '{spec.name}': weight file '{spec.weights}' renamed by weights_map "
-                        f"'{spec.weights_map}' does not fit the model: {_one_line(e)}") from None
+                        f"'{spec.weights_map}' does not fit the model: {one_line(e)}") from None
 
 
 def read_state(path: str | Path, who: str) -> dict[str, torch.Tensor]:
@@ -161,13 +161,7 @@ def load_weight_file(model: nn.Module, path: str, who: str, weights_map: str | N
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise UserError(f"participant '{who}': weight file '{path}' does not fit the model: {_one_line(e)}") from None
-
-
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    """load_state_dict's error on one line: its first line only says 'Error(s) in loading state_dict'."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        raise UserError(f"participant '{who}': weight file '{path}' does not fit the model: {one_line(e)}") from None
 
 
 def preprocess_for(model: nn.Module, spec: ParticipantConfig, *, in_chans: int, image_size: int, dtype: torch.dtype) -> Preprocess:
