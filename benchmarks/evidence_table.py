@@ -2,6 +2,7 @@
 CE-only control (and self-training, where the cell has it), per participant and on average.
 
     python benchmarks/evidence_table.py            # -> benchmarks/results/evidence/summary.md
+    python benchmarks/evidence_table.py --dir benchmarks/results/real_models   # the same for another folder
 
 Differences are in points of accuracy, mean ± std over the cell's seeds (each seed's difference first,
 then the spread). "val" is what a setting is chosen on; test is only reported. "≥ start": participants
@@ -54,7 +55,8 @@ def main() -> None:
     args = ap.parse_args()
     folder = Path(args.dir)
     cells = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
-    names = ["resnet", "vit", "mixer"]
+    # The participants of the folder's cells (one zoo per folder: the study's, or an example's).
+    names = next(iter(next(iter(cells.values()))["seeds"].values()))["names"] if cells else []
     lines = [f"| cell | arm | {' | '.join(f'{n} vs control' for n in names)} | mean vs control | vs self-training | "
              "val: mean vs control | ≥ start | bar |", "|---|---|" + "---:|" * (len(names) + 5)]
     for name in sorted(cells, key=lambda c: (ORDER.index(c) if c in ORDER else len(ORDER), c)):

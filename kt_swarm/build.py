@@ -10,7 +10,7 @@ from kt_swarm import zoo
 from kt_swarm.config import Config
 from kt_swarm.data import Dataset
 from kt_swarm.errors import UserError
-from kt_swarm.models import create_model, default_weights, preprocess_for
+from kt_swarm.models import create_model, preprocess_for, trains_first
 from kt_swarm.participant import Participant, resolve_device
 
 
@@ -24,9 +24,13 @@ def build_participant(cfg: Config, index: int, data: Dataset) -> Participant:
     spec = cfg.participants[index]
     dtype = getattr(torch, cfg.dtype)
     device = resolve_device(cfg.device)
-    model = create_model(spec, num_classes=data.num_classes, in_chans=data.channels, seed=member_seed(cfg, index))
+    in_chans = spec.in_chans or data.channels
+    if data.channels not in (1, in_chans):
+        raise UserError(f"participant '{spec.name}': in_chans {in_chans} for {data.channels}-channel images "
+                        f"(only grayscale goes to 3 channels)")
+    model = create_model(spec, num_classes=data.num_classes, in_chans=in_chans, seed=member_seed(cfg, index))
     model = model.to(device=device, dtype=dtype)
-    prep = preprocess_for(model, spec, in_chans=data.channels, image_size=data.image_size, dtype=dtype)
+    prep = preprocess_for(model, spec, in_chans=in_chans, image_size=data.image_size, dtype=dtype)
     autocast = getattr(torch, cfg.autocast) if cfg.autocast else None
     return Participant(spec.name, model, prep, device, autocast=autocast)
 
@@ -38,13 +42,13 @@ def pretrain_ids(cfg: Config, index: int, data: Dataset) -> torch.Tensor:
     ids = data.splits["pretrain"]
     if not cfg.zoo.disjoint:
         return ids
-    members = [i for i, p in enumerate(cfg.participants) if default_weights(p) == "zoo"]
+    members = [i for i, p in enumerate(cfg.participants) if trains_first(p)]
     return ids.tensor_split(len(members))[members.index(index)]
 
 
 def pretrain_if_zoo(cfg: Config, index: int, participant: Participant, data: Dataset) -> None:
     spec = cfg.participants[index]
-    if default_weights(spec) == "zoo":
+    if trains_first(spec):
         zoo.pretrain(spec, participant, data, pretrain_ids(cfg, index, data), cfg.zoo, cfg.data.augment,
                      seed=member_seed(cfg, index))
 

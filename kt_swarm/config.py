@@ -61,8 +61,10 @@ class ParticipantConfig:
     lr: float
     weights: str | None = None  # pretrained (hub) | zoo | none | path to a weight file; default per model kind
     weights_map: str | None = None  # a weight file's names differ: order | pkg.module:function (see weights_map.py)
+    zoo: bool = False  # train on the pretraining split first, from `weights` (weights: zoo implies it), cached
     model_args: dict[str, Any] = field(default_factory=dict)
     weight_decay: float | None = None  # default: transfer.weight_decay
+    in_chans: int | None = None  # default: the data's channels; 3 gives grayscale to an RGB model as RGB
     input_size: int | None = None  # default: the data's size (trained here) or the model's data config
     mean: list[float] | None = None
     std: list[float] | None = None
@@ -285,6 +287,8 @@ def _check(cfg: Config) -> None:
     for i, p in enumerate(cfg.participants):
         positive(f"participants.{i}.lr", p.lr)
         positive(f"participants.{i}.input_size", p.input_size)
+        if p.in_chans not in (None, 1, 3):
+            raise UserError(f"config key 'participants.{i}.in_chans': expected 1 or 3, got {p.in_chans}")
         if p.weight_decay is not None and p.weight_decay < 0:
             raise UserError(f"config key 'participants.{i}.weight_decay': must be >= 0, got {p.weight_decay}")
         if [n.lower() for n in names].count(p.name.lower()) > 1:  # case too: on some file systems Vit.pt is vit.pt

@@ -17,7 +17,7 @@ from kt_swarm.data import Dataset, batches_in, load_dataset
 from kt_swarm.errors import ParticipantLost, UserError
 from kt_swarm.local import LocalEngine
 from kt_swarm.metrics import accuracy, flips, teach_share, topk_accuracy
-from kt_swarm.models import check_model_name, default_weights
+from kt_swarm.models import check_model_name, trains_first
 from kt_swarm.objectives import LossSpec
 from kt_swarm.participant import lr_scale
 from kt_swarm.progress import progress
@@ -361,8 +361,8 @@ def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None 
     # A damaged or foreign checkpoint is refused here, before anything starts.
     ckpt = Checkpoints(out.path / "checkpoints", config_digest(to_dict(cfg)), names, cfg.checkpoint.keep)
     data = load_dataset(cfg.data)
-    if any(default_weights(p) == "zoo" for p in cfg.participants) and len(data.splits["pretrain"]) == 0:
-        raise UserError("participants use weights: zoo but data.pretrain_fraction is 0 (no pretraining split)")
+    if any(trains_first(p) for p in cfg.participants) and len(data.splits["pretrain"]) == 0:
+        raise UserError("participants use weights: zoo (or zoo: true) but data.pretrain_fraction is 0 (no pretraining split)")
     for _, _, split in arms(cfg):  # every arm has full batches, before anything trains
         batches_in(data, split, cfg.transfer.batch_size)
     tracker = Tracker(cfg, out.path, names)

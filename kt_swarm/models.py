@@ -41,6 +41,12 @@ def default_weights(spec: ParticipantConfig) -> str:
     return "none" if ":" in spec.model else "pretrained"
 
 
+def trains_first(spec: ParticipantConfig) -> bool:
+    """Whether the participant is trained on the pretraining split before transfer (the zoo step): every
+    `weights: zoo` member, and a pretrained one with `zoo: true` (a hub model fine-tuned on the task)."""
+    return spec.zoo or default_weights(spec) == "zoo"
+
+
 def _import_factory(path: str, who: str):
     module_name, _, attr = path.partition(":")
     try:

@@ -2,7 +2,9 @@
 
 There is no model hub offline, so the quickstart makes its own pretrained models:
 each member trains alone (CE, AdamW, cosine schedule) on the pretraining split, with
-its own seed. The cache key covers the model, its arguments and preprocessing, the
+its own seed. A member may also start from pretrained weights (`zoo: true`): an
+ImageNet model fine-tuned on the task by its owner before it joins the swarm. The
+cache key covers the model, its arguments, starting weights and preprocessing, the
 zoo settings, the seed and a hash of the pretraining data, so another dataset or
 another setting gets its own zoo.
 """
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from kt_swarm.config import AugmentConfig, ParticipantConfig, ZooConfig
 from kt_swarm.data import Dataset, batch_plan, steps_per_epoch
 from kt_swarm.errors import UserError
+from kt_swarm.models import default_weights
 from kt_swarm.participant import Participant
 from kt_swarm.progress import progress
 from kt_swarm.rundir import atomic_write
@@ -44,8 +47,19 @@ def cache_key(spec: ParticipantConfig, participant: Participant, cfg: ZooConfig,
         data=data.fingerprint(ids),
         seed=seed,
     )
+    start = default_weights(spec)
+    if start not in ("zoo", "none"):  # (a key without this field is a member trained from random weights)
+        fields["start"] = [start if start == "pretrained" else _file_digest(Path(start)), spec.weights_map]
     text = json.dumps(fields, sort_keys=True, default=str)
     return f"{spec.model.replace('/', '_').replace(':', '_')}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
