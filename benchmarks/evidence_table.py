@@ -6,7 +6,8 @@ CE-only control (and self-training, where the cell has it), per participant and 
 
 Differences are in points of accuracy, mean ± std over the cell's seeds (each seed's difference first,
 then the spread). "val" is what a setting is chosen on; test is only reported. "≥ start": participants
-(over all seeds) that end at or above their starting test accuracy. "bar": the quickstart's bar of
+(over all seeds) that end at or above their starting test accuracy; "success rate": the share that end above it
+(method.md's transfer success rate). "bar": the quickstart's bar of
 issue 11, mean gain over the control minus one std above zero on test.
 """
 from __future__ import annotations
@@ -39,13 +40,15 @@ def rows(name: str, cell: dict) -> list[str]:
         means = [statistics.mean(d) for d in diffs]
         parts = [fmt([d[i] for d in diffs]) for i in range(len(names))]
         val = [statistics.mean(d) for d in per_seed(cell, arm, "control", "val_acc")]
-        above = sum(a >= s - 1e-12 for seed in seeds for a, s in zip(seed["acc"][arm], seed["acc"]["start"]))
+        pairs = [(a, s) for seed in seeds for a, s in zip(seed["acc"][arm], seed["acc"]["start"])]
+        above = sum(a >= s - 1e-12 for a, s in pairs)
+        success = sum(a > s + 1e-12 for a, s in pairs) / len(pairs)  # method.md's success rate: delta > 0
         vs_self = ""
         if "self_training" in seeds[0]["acc"] and arm != "self_training":
             vs_self = fmt([statistics.mean(d) for d in per_seed(cell, arm, "self_training")])
         bar = "yes" if statistics.mean(means) - statistics.pstdev(means) > 0 else "no"
         out.append(f"| {name} | {arm} | {' | '.join(parts)} | {fmt(means)} | {vs_self} | {fmt(val)} | "
-                   f"{above}/{len(seeds) * len(names)} | {bar} |")
+                   f"{above}/{len(seeds) * len(names)} | {100 * success:.0f}% | {bar} |")
     return out
 
 
@@ -58,7 +61,7 @@ def main() -> None:
     # The participants of the folder's cells (one zoo per folder: the study's, or an example's).
     names = next(iter(next(iter(cells.values()))["seeds"].values()))["names"] if cells else []
     lines = [f"| cell | arm | {' | '.join(f'{n} vs control' for n in names)} | mean vs control | vs self-training | "
-             "val: mean vs control | ≥ start | bar |", "|---|---|" + "---:|" * (len(names) + 5)]
+             "val: mean vs control | ≥ start | success rate | bar |", "|---|---|" + "---:|" * (len(names) + 6)]
     for name in sorted(cells, key=lambda c: (ORDER.index(c) if c in ORDER else len(ORDER), c)):
         assert cells[name]["seeds"][next(iter(cells[name]["seeds"]))]["names"] == names, name
         lines += rows(name, cells[name])
