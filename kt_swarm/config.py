@@ -44,7 +44,7 @@ class DataConfig:
 
 @dataclass
 class ZooConfig:
-    """How participants with `weights: zoo` are pretrained (and cached) on the pretraining split."""
+    """How participants with `weights: zoo` (or `zoo: true`) are trained (and cached) on the pretraining split."""
 
     epochs: int = 10
     lr: float = 2e-3
