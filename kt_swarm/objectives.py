@@ -7,6 +7,8 @@
 
 The teaching weights w come from roles.teaching_weights. Both functions split L the same way:
 participant m's share is its own CE plus the terms in which it is the student, so the shares sum to L.
+Other tasks (tasks.py) change the unit i, the score, the task loss in place of CE and the divergence in
+place of KL; a segmentation's pixels are classification samples, averaged over the labelled pixels.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from kt_swarm.roles import confidence_scores, teaching_weights
+from kt_swarm.tasks import Task, kl_to_student
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class LossSpec:
     pseudo_threshold: float = 0.95  # self_training
     trusted: tuple[tuple[bool, ...], ...] | None = None  # trusted[k][j]: k may teach j
     score_temperatures: tuple[float, ...] | None = None  # calibrated scores: participant m's softmax(z / T_m)
+    task: str = "classification"  # tasks.py: classification | segmentation | saliency
+    unit: str = "sample"  # segmentation: pixel | image
 
     def kwargs(self) -> dict:
         return asdict(self)
@@ -45,13 +50,6 @@ class LossSpec:
     def start_copies(self) -> bool:
         """Each participant needs the logits of a frozen copy of its own weights at the start of the arm."""
         return self.strategy == "kl_dp"
-
-
-def kl_to_student(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Per-sample T^2 * KL(p_teacher || p_student), summed over classes: [..., B, C] -> [..., B]."""
-    log_p_t = F.log_softmax(teacher_logits / temperature, dim=-1)
-    log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
-    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1) * temperature**2
 
 
 def labelled_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -77,11 +75,15 @@ def pseudo_label_ce(logits: torch.Tensor, target: torch.Tensor, threshold: float
     return ce * confident_unlabelled(logits, target, threshold).to(ce.dtype)
 
 
-def _weights(peers: torch.Tensor, target: torch.Tensor, frozen: torch.Tensor | None, spec: LossSpec):
+def _weights(peers: torch.Tensor, target: torch.Tensor, frozen: torch.Tensor | None, spec: LossSpec, task: Task):
     """(W [N, N, B], retention [N, B] or None) from every participant's detached logits."""
     temps = torch.tensor(spec.score_temperatures) if spec.score_temperatures is not None else None
-    scores = confidence_scores(peers, target, spec.scores, temps)
-    start = confidence_scores(frozen, target, spec.scores, temps) if frozen is not None else None
+
+    def scores_of(z):
+        return confidence_scores(z, target, spec.scores, temps) if task.per_sample else task.score(z, target)
+
+    scores = scores_of(peers)
+    start = scores_of(frozen) if frozen is not None else None
     trusted = torch.tensor(spec.trusted, dtype=torch.bool) if spec.trusted is not None else None
     w = teaching_weights(scores, spec.strategy, teacher=spec.teacher, start_scores=start, trusted=trusted)
     keep = (1 - w.sum(dim=0)).clamp(min=0) if spec.start_copies else None
@@ -107,6 +109,14 @@ def _spec(kwargs: dict, frozen_logits: torch.Tensor | None) -> LossSpec:
     return spec
 
 
+def _task_terms(spec: LossSpec, target: torch.Tensor):
+    """(task, its loss in place of CE, its per-unit divergence in place of KL) for the spec."""
+    task = Task(spec.task, spec.unit)
+    if task.per_sample:
+        return task, labelled_ce, lambda t, s: kl_to_student(t, s, spec.temperature)
+    return task, task.loss, lambda t, s: task.divergence(t, s, spec.temperature, target)
+
+
 def swarm_loss_terms(
     logits: torch.Tensor | Sequence[torch.Tensor],
     target: torch.Tensor,
@@ -118,10 +128,14 @@ def swarm_loss_terms(
     Keyword arguments: those of swarm_loss."""
     spec = _spec(kwargs, frozen_logits)
     z = torch.stack(list(logits)) if not torch.is_tensor(logits) else logits
-    n, b, _ = z.shape
-    w, keep = _weights(z.detach(), target, frozen_logits, spec)
+    task, task_loss, divergence = _task_terms(spec, target)
+    if frozen_logits is not None:
+        frozen_logits = task.units(frozen_logits, target)[0]
+    z, target = task.units(z, target)
+    n, b = z.shape[:2]
+    w, keep = _weights(z.detach(), target, frozen_logits, spec, task)
     learns = torch.tensor([spec.learns(m) for m in range(n)], dtype=z.dtype, device=z.device)
-    ce = labelled_ce(z, target) * learns if spec.strategy != "kl_dp" else z.sum(dim=(1, 2)) * 0
+    ce = task_loss(z, target) * learns if spec.strategy != "kl_dp" else z.flatten(1).sum(dim=1) * 0
     own_terms = None
     if spec.weight == 0:
         return ce, _self_roles(w, own_terms)
@@ -129,11 +143,11 @@ def swarm_loss_terms(
     if w.any():  # the N x N pairs' KL only where someone teaches (not for none, self_training)
         # Teachers inside the KL: constants when detached; a frozen participant is always one.
         source = torch.stack([z[k] if spec.learns(k) and not spec.detach_teacher else z[k].detach() for k in range(n)])
-        kl = kl_to_student(source.unsqueeze(1), z.unsqueeze(0), spec.temperature)  # [teacher, student, B]
+        kl = divergence(source.unsqueeze(1), z.unsqueeze(0))  # [teacher, student, B]
         extra = extra + (w * kl).sum(dim=(0, 2))
     if keep is not None:
         own_terms = keep
-        extra = extra + (keep * kl_to_student(frozen_logits.detach(), z, spec.temperature)).sum(dim=1)
+        extra = extra + (keep * divergence(frozen_logits.detach(), z)).sum(dim=1)
     if spec.strategy == "self_training":
         own_terms = confident_unlabelled(z, target, spec.pseudo_threshold)
         extra = extra + pseudo_label_ce(z, target, spec.pseudo_threshold).sum(dim=1)
@@ -154,6 +168,8 @@ def swarm_loss(
     pseudo_threshold: float = 0.95,
     trusted=None,
     score_temperatures=None,
+    task: str = "classification",
+    unit: str = "sample",
 ) -> torch.Tensor:
     """The whole single-process loss: every participant's CE + weight * its transfer terms.
 
@@ -165,11 +181,13 @@ def swarm_loss(
     (no CE, no gradient). kl_dp: `frozen_logits` [N, B, C] are the frozen starting copies' logits.
     trusted: [N][N] bools, trusted[k][j] = k may teach j (trusted teachers). score_temperatures: [N]
     calibration temperatures the scores use (roles.fit_temperature); the KL keeps `temperature`.
+    task, unit: tasks.py (segmentation: logits [N, B, C, H, W], target [B, H, W] with -1 ignored, unit
+    pixel or image; saliency: map logits [N, B, H, W], target density maps [B, H, W]).
     """
     shares, _ = swarm_loss_terms(
         logits, target, strategy=strategy, scores=scores, temperature=temperature, weight=weight,
         detach_teacher=detach_teacher, frozen_logits=frozen_logits, teacher=teacher,
-        pseudo_threshold=pseudo_threshold, trusted=trusted, score_temperatures=score_temperatures,
+        pseudo_threshold=pseudo_threshold, trusted=trusted, score_temperatures=score_temperatures, task=task, unit=unit,
     )
     return shares.sum()
 
@@ -199,31 +217,35 @@ def participant_loss(
     participant's share of L (its CE plus the terms where it is the student).
     """
     spec = _spec(kwargs, frozen_logits)
-    n, b, _ = all_logits.shape
+    task, task_loss, divergence = _task_terms(spec, target)
+    if frozen_logits is not None:
+        frozen_logits = task.units(frozen_logits, target)[0]
+    own_logits, (all_logits, target) = task.units(own_logits, target)[0], task.units(all_logits, target)
+    n, b = all_logits.shape[:2]
     peers = all_logits.detach()
-    w, keep = _weights(peers, target, frozen_logits, spec)
+    w, keep = _weights(peers, target, frozen_logits, spec, task)
     own_terms = keep
     if spec.strategy == "self_training":
         own_terms = confident_unlabelled(peers, target, spec.pseudo_threshold)
     roles = _self_roles(w, own_terms if spec.weight != 0 else None)
     if not spec.learns(index):  # frozen: no share, no gradient
         return own_logits.sum() * 0, roles
-    loss = labelled_ce(own_logits, target) if spec.strategy != "kl_dp" else own_logits.sum() * 0
+    loss = task_loss(own_logits, target) if spec.strategy != "kl_dp" else own_logits.sum() * 0
     if spec.weight == 0:
         return loss, roles
     # As a student: learn from every (constant) teacher, its frozen start, its own confident guesses.
     extra = own_logits.sum() * 0
     if w[:, index].any():
-        extra = extra + (w[:, index] * kl_to_student(peers, own_logits.unsqueeze(0), spec.temperature)).sum()
+        extra = extra + (w[:, index] * divergence(peers, own_logits.unsqueeze(0))).sum()
     if keep is not None:
-        extra = extra + (keep[index] * kl_to_student(frozen_logits[index].detach(), own_logits, spec.temperature)).sum()
+        extra = extra + (keep[index] * divergence(frozen_logits[index].detach(), own_logits)).sum()
     if spec.strategy == "self_training":
         extra = extra + pseudo_label_ce(own_logits, target, spec.pseudo_threshold).sum()
     loss = loss + spec.weight * extra / b
     if not spec.detach_teacher and w[index].any():
         # As a teacher (exact mode): the KL to every student also pulls on the teacher. Added as
         # (x - x.detach()) so it shapes the gradient without counting twice in the value.
-        kl = kl_to_student(own_logits.unsqueeze(0), peers, spec.temperature)  # [N, B]
+        kl = divergence(own_logits.unsqueeze(0), peers)  # [N, B]
         as_teacher = spec.weight * (w[index] * kl).sum() / b
         loss = loss + (as_teacher - as_teacher.detach())
     return loss, roles

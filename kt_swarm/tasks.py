@@ -1,0 +1,117 @@
+"""What changes per task (method.md section 8): the unit the partition works on, its score, the task loss
+and the transfer divergence. The rule itself (roles.py, objectives.py) is the same for every task.
+
+    classification   outputs [.., B, C], target [B] (-1: unlabelled)        unit: the sample
+    segmentation     outputs [.., B, C, H, W], target [B, H, W] (-1: ignore) unit: pixel | image
+    saliency         outputs [.., B, H, W] (a map's logits over pixels),
+                     target [B, H, W] (a density map, >= 0)                   unit: the sample
+
+A pixel of a segmentation is a classification sample: `units` cuts the batch into its labelled pixels and
+the classification functions do the rest (CE and transfer averaged over those pixels). Every other unit is
+a sample: `score` [N, B], `divergence` per sample, the transfer term averaged over the batch. Pure tensor
+functions: no I/O, no Ray.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+TASKS = ("classification", "segmentation", "saliency")
+UNITS = {"classification": ("sample",), "segmentation": ("pixel", "image"), "saliency": ("sample",)}
+EPS = 1e-7  # the saliency metrics' usual guard against log(0) and division by 0
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str = "classification"
+    unit: str = "sample"
+
+    def __post_init__(self):
+        if self.name not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.name!r}")
+        if self.unit not in UNITS[self.name]:
+            raise ValueError(f"task {self.name!r} has units {UNITS[self.name]}, got {self.unit!r}")
+
+    @property
+    def per_sample(self) -> bool:
+        """True where the classification functions apply to the units as they are (classification, and
+        a segmentation's pixels once `units` has cut them out)."""
+        return self.name == "classification" or self.unit == "pixel"
+
+    def units(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel units: [.., B, C, H, W] and [B, H, W] -> [.., P, C] and [P], the P labelled pixels in order
+        (gradients flow back through the selection). Any other unit: unchanged."""
+        if self.unit != "pixel":
+            return outputs, target
+        labelled = target >= 0
+        return outputs.movedim(-3, -1)[..., labelled, :], target[labelled]
+
+    def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The task loss of each participant, [.., B, ...] -> [..] (per-sample units use objectives' CE)."""
+        if self.name == "segmentation":  # CE over the labelled pixels of the batch
+            labelled = target >= 0
+            count = int(labelled.sum())
+            if count == 0:
+                return outputs.sum(dim=(-4, -3, -2, -1)) * 0
+            ce = _pixel_ce(outputs, target)
+            return ce.sum(dim=(-3, -2, -1)) / count
+        return saliency_loss(outputs, target).mean(dim=-1)
+
+    def score(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """[N, B, ...] detached outputs -> [N, B] scores: minus each image's task loss (method.md section 8)."""
+        outputs = outputs.detach()
+        if self.name == "segmentation":
+            labelled = (target >= 0).to(outputs.dtype)
+            per_image = (_pixel_ce(outputs, target) * labelled).sum(dim=(-2, -1)) / labelled.sum(dim=(-2, -1)).clamp(min=1)
+            return -per_image
+        return -saliency_loss(outputs, target)
+
+    def divergence(self, teacher: torch.Tensor, student: torch.Tensor, temperature: float,
+                   target: torch.Tensor) -> torch.Tensor:
+        """Per-sample T^2 KL(teacher || student), broadcast over leading dims: [.., B, ...] -> [.., B].
+        Segmentation images: the per-pixel KL averaged over the image's labelled pixels. Saliency: the
+        maps as distributions over pixels."""
+        if self.name == "segmentation":
+            kl = kl_to_student(teacher.movedim(-3, -1), student.movedim(-3, -1), temperature)  # [.., B, H, W]
+            labelled = (target >= 0).to(kl.dtype)
+            return (kl * labelled).sum(dim=(-2, -1)) / labelled.sum(dim=(-2, -1)).clamp(min=1)
+        return kl_to_student(teacher.flatten(-2), student.flatten(-2), temperature)
+
+
+def kl_to_student(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-sample T^2 * KL(p_teacher || p_student), summed over classes: [..., B, C] -> [..., B]."""
+    log_p_t = F.log_softmax(teacher_logits / temperature, dim=-1)
+    log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1) * temperature**2
+
+
+def _pixel_ce(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[.., B, C, H, W] -> [.., B, H, W] per-pixel CE; 0 at ignored pixels (target < 0)."""
+    log_p = F.log_softmax(outputs, dim=-3)
+    index = target.clamp(min=0).unsqueeze(-3).expand(*log_p.shape[:-3], 1, *target.shape[-2:])
+    return -log_p.gather(-3, index).squeeze(-3) * (target >= 0).to(log_p.dtype)
+
+
+def saliency_loss(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The published saliency code's per-sample task loss, KLD(gt || map) - CC(map, gt): [.., B, H, W] -> [.., B].
+    The map is the softmax of the outputs over pixels; the ground truth is normalised to sum 1."""
+    log_map = F.log_softmax(outputs.flatten(-2), dim=-1)
+    gt = target.flatten(-2).to(log_map.dtype)
+    gt = gt / gt.sum(dim=-1, keepdim=True).clamp(min=EPS)
+    return kld(gt, log_map.exp()) - cc(log_map.exp(), gt)
+
+
+def kld(gt: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """KL(gt || pred) of two maps as distributions over their pixels (flattened last dim), the saliency form."""
+    gt = gt / gt.sum(dim=-1, keepdim=True).clamp(min=EPS)
+    pred = pred / pred.sum(dim=-1, keepdim=True).clamp(min=EPS)
+    return (gt * torch.log(EPS + gt / (pred + EPS))).sum(dim=-1)
+
+
+def cc(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Pearson's correlation of two maps over their pixels (flattened last dim)."""
+    a = pred - pred.mean(dim=-1, keepdim=True)
+    b = gt - gt.mean(dim=-1, keepdim=True)
+    return (a * b).sum(dim=-1) / (a.square().sum(dim=-1) * b.square().sum(dim=-1)).sqrt().clamp(min=EPS)
