@@ -3,6 +3,7 @@
 three ImageNet EfficientNet-Lites, fine-tuned from their checkpoints (zoo: true), grayscale given to them as RGB."""
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -70,7 +71,7 @@ def test_refusals_are_one_line_and_write_nothing(prepared, tmp_path, capsys):
     assert err.count("\n") == 1 and "no-such-package-kt is not installed: pip install 'no-such-package-kt==1.0'" in err
 
 
-def test_the_example_config_runs_end_to_end(prepared, tmp_path, zoo_cache):
+def test_the_example_config_runs_end_to_end(prepared, tmp_path):
     """Tiny: a few images per split at 64 px, one zoo and one transfer epoch, the local engine. Checks that the
     ImageNet checkpoints become 3-channel 2-class task models, are fine-tuned (and cached by their start), and
     that both arms finish with every participant reported."""
@@ -80,14 +81,16 @@ def test_the_example_config_runs_end_to_end(prepared, tmp_path, zoo_cache):
         p["weights"] = str(prepared / "weights" / f"efficientnet-lite{i}.pth")
     config = tmp_path / "real_models.yaml"
     config.write_text(yaml.safe_dump(raw))
+    cache = tmp_path / "cache"  # its own: the session's zoo cache holds the smoke zoo alone (test_run counts it)
     r = kt_swarm("run", config, "--engine", "local", "--out", tmp_path / "run", "-q", "--set", "data.max_per_split=64",
-                 "--set", "zoo.epochs=1", "--set", "transfer.epochs=1", "--set", "participants.*.input_size=64", timeout=600)
+                 "--set", "zoo.epochs=1", "--set", "transfer.epochs=1", "--set", "participants.*.input_size=64", timeout=600,
+                 env={**os.environ, "KT_SWARM_CACHE": str(cache)})
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert sorted(summary["participants"]) == ["lite0", "lite1", "lite2"]
     for p in summary["participants"].values():
         assert 0 <= p["acc_after"] <= 100 and 0 <= p["acc_control"] <= 100
-    cached = sorted((zoo_cache / "zoo").glob("tf_efficientnet_lite*.safetensors"))
+    cached = sorted((cache / "zoo").glob("tf_efficientnet_lite*.safetensors"))
     assert len(cached) == 3
     state = load_file(str(next(c for c in cached if c.name.startswith("tf_efficientnet_lite0"))))
     assert state["conv_stem.weight"].shape[1] == 3 and state["classifier.weight"].shape[0] == 2
