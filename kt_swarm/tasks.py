@@ -62,10 +62,9 @@ class Task:
     def score(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """[N, B, ...] detached outputs -> [N, B] scores: minus each image's task loss (method.md section 8)."""
         outputs = outputs.detach()
-        if self.name == "segmentation":
-            labelled = (target >= 0).to(outputs.dtype)
-            per_image = (_pixel_ce(outputs, target) * labelled).sum(dim=(-2, -1)) / labelled.sum(dim=(-2, -1)).clamp(min=1)
-            return -per_image
+        if self.name == "segmentation":  # _pixel_ce is 0 at ignored pixels: sum, then divide by the labelled
+            labelled = (target >= 0).sum(dim=(-2, -1)).clamp(min=1)
+            return -_pixel_ce(outputs, target).sum(dim=(-2, -1)) / labelled
         return -saliency_loss(outputs, target)
 
     def divergence(self, teacher: torch.Tensor, student: torch.Tensor, temperature: float,
@@ -96,11 +95,10 @@ def _pixel_ce(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def saliency_loss(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The published saliency code's per-sample task loss, KLD(gt || map) - CC(map, gt): [.., B, H, W] -> [.., B].
-    The map is the softmax of the outputs over pixels; the ground truth is normalised to sum 1."""
-    log_map = F.log_softmax(outputs.flatten(-2), dim=-1)
-    gt = target.flatten(-2).to(log_map.dtype)
-    gt = gt / gt.sum(dim=-1, keepdim=True).clamp(min=EPS)
-    return kld(gt, log_map.exp()) - cc(log_map.exp(), gt)
+    The map is the softmax of the outputs over pixels; kld normalises the ground truth, cc needs no scale."""
+    pred = F.softmax(outputs.flatten(-2), dim=-1)
+    gt = target.flatten(-2).to(pred.dtype)
+    return kld(gt, pred) - cc(pred, gt)
 
 
 def kld(gt: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
