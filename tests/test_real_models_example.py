@@ -14,16 +14,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import ROOT, kt_swarm
+from conftest import ROOT, kt_swarm, load_script
 
 SCRIPT = ROOT / "examples" / "real_models" / "prepare.py"
-
-
-def load_prepare():
-    spec = importlib.util.spec_from_file_location("prepare_real_models", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_prepare(*args):
@@ -49,8 +42,9 @@ def test_the_split_is_fixed_stratified_and_whole(prepared):
         defective = sum(1 for s, c in files.values() if s == split and c == "defective")
         assert abs(defective / n - 821 / 2624) < 0.01, split
     # Fixed: the same call gives the same assignment.
-    rows = load_prepare().read_labels(Path(importlib.util.find_spec("elpv_dataset").submodule_search_locations[0]))
-    assert load_prepare().split_of(rows) == load_prepare().split_of(rows)
+    prepare = load_script(SCRIPT)
+    rows = prepare.read_labels(Path(importlib.util.find_spec("elpv_dataset").submodule_search_locations[0]))
+    assert prepare.split_of(rows) == prepare.split_of(rows)
     weights = sorted(p.name for p in (prepared / "weights").iterdir())
     assert weights == [f"efficientnet-lite{i}.pth" for i in range(3)]
 
@@ -65,7 +59,7 @@ def test_refusals_are_one_line_and_write_nothing(prepared, tmp_path, capsys):
     r = run_prepare("--out", prepared)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "exists; pass --force" in r.stderr
     with pytest.raises(SystemExit) as e:  # a missing package, with installing refused: how to install it
-        load_prepare().ensure("no_such_package_kt", "no-such-package-kt==1.0", install=False)
+        load_script(SCRIPT).ensure("no_such_package_kt", "no-such-package-kt==1.0", install=False)
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no-such-package-kt is not installed: pip install 'no-such-package-kt==1.0'" in err
