@@ -3,7 +3,7 @@
 # (configs/real_models.yaml), 3 seeds, every participant before / after / control, complementary knowledge at
 # the start; the arms: the paper's partition (best, weight 1: what validation chose, the config's setting) and
 # the quickstart's (trusted teachers, weight 2). Test reported, validation recorded and chosen on.
-#   bash benchmarks/real_models.sh            # the 2-core CPU sizes of the config (about 35 minutes alone there)
+#   bash benchmarks/real_models.sh            # the 2-core CPU sizes of the config (3564 s there, seed 0 on a shared machine)
 #   bash benchmarks/real_models.sh --gpu      # the models' own input sizes (224/240/260), 6 epochs each step
 set -euo pipefail
 cd "$(dirname "$0")/.."
