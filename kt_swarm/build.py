@@ -28,7 +28,7 @@ def build_participant(cfg: Config, index: int, data: Dataset) -> Participant:
     if data.channels not in (1, in_chans):
         raise UserError(f"participant '{spec.name}': in_chans {in_chans} for {data.channels}-channel images "
                         f"(only grayscale goes to 3 channels)")
-    model = create_model(spec, num_classes=data.num_classes, in_chans=in_chans, seed=member_seed(cfg, index))
+    model = create_model(spec, num_classes=data.num_classes, in_chans=in_chans, seed=member_seed(cfg, index), task=cfg.task)
     model = model.to(device=device, dtype=dtype)
     prep = preprocess_for(model, spec, in_chans=in_chans, image_size=data.image_size, dtype=dtype)
     autocast = getattr(torch, cfg.autocast) if cfg.autocast else None

@@ -29,9 +29,29 @@ class AugmentConfig:
 
 
 @dataclass
+class ScenesConfig:
+    """data.kind scenes: the dense tasks' offline test bed (scenes.py), composed from Fashion-MNIST items."""
+
+    train: int = 6000  # scenes from Fashion-MNIST's train items (val and pretrain are carved from them)
+    test: int = 1000  # scenes from its test items
+    canvas: int = 56  # scene size in pixels (items are 28 x 28)
+    max_items: int = 3  # 1 to max_items items per scene
+
+
+DATA_KINDS = {  # which data kinds each task reads
+    "classification": ("fashion_mnist", "folder"),
+    "segmentation": ("scenes", "segmentation_folder"),
+    "saliency": ("scenes", "saliency_folder"),
+}
+UNITS = {"classification": ("sample",), "segmentation": ("pixel", "image"), "saliency": ("sample",)}
+
+
+@dataclass
 class DataConfig:
-    kind: Literal["fashion_mnist", "folder"] = "fashion_mnist"
-    root: str | None = None  # fashion_mnist: searched in $KT_SWARM_DATA and the Debian path when unset
+    kind: Literal["fashion_mnist", "folder", "scenes", "segmentation_folder", "saliency_folder"] = "fashion_mnist"
+    root: str | None = None  # fashion_mnist, scenes: searched in $KT_SWARM_DATA and the Debian path when unset
+    scenes: ScenesConfig = field(default_factory=ScenesConfig)
+    ignore_index: int = 255  # segmentation masks: the label of pixels no loss or metric counts (VOC's 255)
     val_fraction: float = 0.1  # carved from train (fixed split_seed) when the data has no val split
     pretrain_fraction: float = 0.0  # part of train reserved for zoo pretraining; transfer gets the rest
     unlabelled_fraction: float = 0.0  # part of the transfer split whose labels are hidden from training
@@ -76,6 +96,7 @@ class TransferConfig:
     scores: Literal["true_class", "max_confidence"] = "true_class"  # unlabelled samples: max_confidence always
     teacher: str | None = None  # kd: the participant that teaches, frozen (ignored by other strategies)
     trusted_teachers: bool = False  # k may teach j only if k's validation accuracy at the arm's start is >= j's
+    unit: Literal["sample", "pixel", "image"] | None = None  # what the partition works on; default: pixel for segmentation, else sample
     calibrate: bool = False  # scores use each participant's temperature, fit on validation at the arm's start
     pseudo_threshold: float = 0.95  # the self-training arm: pseudo-label where the model is at least this sure
     epochs: int = 1
@@ -142,6 +163,7 @@ class FaultConfig:
 @dataclass
 class Config:
     participants: list[ParticipantConfig]
+    task: Literal["classification", "segmentation", "saliency"] = "classification"  # tasks.py, method.md section 8
     data: DataConfig = field(default_factory=DataConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     zoo: ZooConfig = field(default_factory=ZooConfig)
@@ -357,8 +379,35 @@ def _check(cfg: Config) -> None:
         raise UserError(f"config key 'data.augment.shift': must be >= 0, got {cfg.data.augment.shift}")
     if not re.fullmatch(r"cpu|cuda|auto|cuda:[0-9]+", cfg.device):  # not `cuda:²` or `cuda:`: torch.device refuses them
         raise UserError(f"config key 'device': expected cpu, cuda, cuda:N or auto, got {_short(cfg.device)}")
+    _check_task(cfg)
     if cfg.autocast and cfg.dtype != "float32":
         raise UserError(f"config key 'autocast': needs dtype float32 (the master weights), got dtype {cfg.dtype}")
+
+
+def _check_task(cfg: Config) -> None:
+    """The task's data kind and unit; what the dense tasks do not have (no unlabelled pixels, no class scores
+    to calibrate). Sets transfer.unit to the task's default when unset."""
+    task, t = cfg.task, cfg.transfer
+    if cfg.data.kind not in DATA_KINDS[task]:
+        raise UserError(f"config key 'data.kind': task {task} reads {' or '.join(DATA_KINDS[task])}, got {cfg.data.kind}")
+    t.unit = t.unit or UNITS[task][0]
+    if t.unit not in UNITS[task]:
+        raise UserError(f"config key 'transfer.unit': task {task} partitions by {' or '.join(UNITS[task])}, got {t.unit}")
+    if task == "classification":
+        return
+    for key, value, default in [("data.unlabelled_fraction", cfg.data.unlabelled_fraction, 0.0),
+                                ("transfer.scores", t.scores, "true_class"), ("transfer.calibrate", t.calibrate, False),
+                                ("self_training", cfg.self_training, False)]:
+        if value != default:
+            raise UserError(f"config key '{key}': not available for task {task} (classification only), got {value}")
+    s = cfg.data.scenes
+    for key, value in [("data.scenes.train", s.train), ("data.scenes.test", s.test), ("data.scenes.max_items", s.max_items)]:
+        if value <= 0:
+            raise UserError(f"config key '{key}': must be positive, got {value}")
+    if s.canvas < 28:
+        raise UserError(f"config key 'data.scenes.canvas': must be at least 28 (an item's size), got {s.canvas}")
+    if not 0 <= cfg.data.ignore_index <= 255:
+        raise UserError(f"config key 'data.ignore_index': masks are 8-bit, expected 0-255, got {cfg.data.ignore_index}")
 
 
 def apply_override(raw: dict, assignment: str) -> None:

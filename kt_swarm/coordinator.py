@@ -16,7 +16,7 @@ from kt_swarm.config import Config, to_dict
 from kt_swarm.data import Dataset, batches_in, load_dataset
 from kt_swarm.errors import ParticipantLost, UserError
 from kt_swarm.local import LocalEngine
-from kt_swarm.metrics import accuracy, flips, teach_share, topk_accuracy
+from kt_swarm.metrics import HEADLINE, flips, headline, task_metrics, teach_share
 from kt_swarm.models import check_model_name, trains_first
 from kt_swarm.objectives import LossSpec
 from kt_swarm.participant import lr_scale
@@ -133,17 +133,17 @@ def train_arm(engine, cfg: Config, data: Dataset, st: ArmState, loss: LossSpec, 
     t0, seconds0 = time.perf_counter(), st.seconds
     arm, names = st.arm, [p.name for p in cfg.participants]
     steps = batches_in(data, "train", cfg.transfer.batch_size)
-    val_labels = data.labels[data.splits["val"]]
+    val_labels = data.target(data.splits["val"])
     if st.val_start is None:
         st.val_start = engine.predict("val", cfg.eval_batch_size)
         if cfg.transfer.calibrate:  # temperature scaling on validation, once per arm (a resumed arm keeps it)
             st.score_temperatures = [fit_temperature(z, val_labels) for z in engine.logits("val", cfg.eval_batch_size)]
-        log({"arm": arm, "epoch": -1, "event": "eval", "val_acc": dict(zip(names, accuracy(st.val_start, val_labels))),
+        log({"arm": arm, "epoch": -1, "event": "eval", "val_acc": dict(zip(names, measure(data, st.val_start, val_labels))),
              **({"score_temperature": dict(zip(names, st.score_temperatures))} if cfg.transfer.calibrate else {})})
     if st.score_temperatures is not None:
         loss = replace(loss, score_temperatures=tuple(st.score_temperatures))
     if cfg.transfer.trusted_teachers:  # from the arm's start on validation, so a resumed arm trusts the same
-        trusted = trust_matrix(accuracy(st.val_start, val_labels))
+        trusted = trust_matrix(measure(data, st.val_start, val_labels))
         loss = replace(loss, trusted=tuple(tuple(row) for row in trusted.tolist()))
     every = cfg.checkpoint.every_steps
     bar = progress(total=cfg.transfer.epochs * steps, initial=st.epoch * steps + st.step, desc=arm, unit="step")
@@ -169,7 +169,7 @@ def train_arm(engine, cfg: Config, data: Dataset, st: ArmState, loss: LossSpec, 
             st.seconds = seconds0 + time.perf_counter() - t0
             if every and (global_step + 1) % every == 0 and st.step < steps:  # epoch ends are saved below
                 save(f"{arm}-{global_step + 1:07d}")
-        end_epoch(engine, cfg, st, steps, val_labels, log, ckpt)
+        end_epoch(engine, cfg, data, st, steps, val_labels, log, ckpt)
         st.seconds = seconds0 + time.perf_counter() - t0
         save(f"{arm}-{st.epoch * steps:07d}")
     bar.close()
@@ -210,17 +210,17 @@ def skip_step(cfg: Config, st: ArmState, step: int, global_step: int, culprits: 
                         f"{st.epoch + 1} step {step}, checkpoints kept")
 
 
-def end_epoch(engine, cfg: Config, st: ArmState, steps: int, val_labels: torch.Tensor, log, ckpt: Checkpoints) -> None:
+def end_epoch(engine, cfg: Config, data: Dataset, st: ArmState, steps: int, val_labels: torch.Tensor, log, ckpt: Checkpoints) -> None:
     """Evaluate on validation, keep improved participants' weights as their best, start the next epoch."""
     names = [p.name for p in cfg.participants]
     val_preds = engine.predict("val", cfg.eval_batch_size)
-    val = accuracy(val_preds, val_labels)
-    gained, lost = flips(st.val_start, val_preds, val_labels)
-    share = teach_share(st.matrix, st.good_steps * cfg.transfer.batch_size)
+    val = measure(data, val_preds, val_labels)
+    gained, lost = flips(st.val_start, val_preds, val_labels, data.task)
+    share = teach_share(st.matrix, st.good_steps * cfg.transfer.batch_size * units_per_image(cfg, data))
     log({"arm": st.arm, "epoch": st.epoch, "event": "eval", "global_step": (st.epoch + 1) * steps - 1,
-         "val_acc": dict(zip(names, val)), "val_positive_flips": dict(zip(names, gained)),
-         "val_negative_flips": dict(zip(names, lost)), "teach_share": dict(zip(names, share)),
-         "role_matrix": st.matrix.tolist()})
+         "val_acc": dict(zip(names, val)),
+         **({"val_positive_flips": dict(zip(names, gained)), "val_negative_flips": dict(zip(names, lost))} if gained else {}),
+         "teach_share": dict(zip(names, share)), "role_matrix": st.matrix.tolist()})
     st.shares.append(share)
     st.matrices.append(st.matrix.tolist())
     st.val_history.append(val)
@@ -234,6 +234,19 @@ def end_epoch(engine, cfg: Config, st: ArmState, steps: int, val_labels: torch.T
     st.epoch += 1
     st.step = 0
     st.new_epoch()
+
+
+def measure(data: Dataset, preds: torch.Tensor, target: torch.Tensor) -> list[float]:
+    """Each participant's headline metric (accuracy, mIoU, CC): what selection and trusted teachers compare."""
+    return headline(preds, target, data.task, data.num_classes)
+
+
+def units_per_image(cfg: Config, data: Dataset) -> float:
+    """How many units an image holds on average (the role matrix counts units): 1, or a segmentation's
+    labelled pixels per training image (pixel units)."""
+    if cfg.transfer.unit != "pixel":
+        return 1.0
+    return float((data.targets[data.splits["train"]] != data.ignore_index).sum()) / len(data.splits["train"])
 
 
 def make_engine(name: str, cfg: Config, data: Dataset, address: str | None = None, pretrain: bool = True):
@@ -258,7 +271,7 @@ def arms(cfg: Config) -> list[tuple[str, LossSpec, str]]:
     names = [p.name for p in cfg.participants]
     transfer = LossSpec(strategy=t.strategy, scores=t.scores, temperature=t.temperature, weight=t.weight,
                         detach_teacher=t.detach_teacher, teacher=names.index(t.teacher) if t.strategy == "kd" else None,
-                        pseudo_threshold=t.pseudo_threshold)
+                        pseudo_threshold=t.pseudo_threshold, task=cfg.task, unit=t.unit)
     return ([("transfer", transfer, "train")]
             + ([("control", replace(transfer, strategy="none"), "labelled")] if cfg.control else [])
             + ([("self_training", replace(transfer, strategy="self_training"), "train")] if cfg.self_training else []))
@@ -267,13 +280,14 @@ def arms(cfg: Config) -> list[tuple[str, LossSpec, str]]:
 def advance(engine, cfg: Config, data: Dataset, state: RunState, log, ckpt: Checkpoints, metrics_bytes) -> None:
     """Carry the run from `state` to its end: the start test, then each arm and its test."""
     names = [p.name for p in cfg.participants]
-    test_labels = data.labels[data.splits["test"]]
-    k = 5 if data.num_classes > 5 else 1  # top-5 only where it is not trivially 100%
+    test_labels = data.target(data.splits["test"])
+    k = 5 if data.task == "classification" and data.num_classes > 5 else 1  # top-5 only where it is not trivially 100%
 
     def test(arm: str) -> None:
         preds = engine.predict("test", cfg.eval_batch_size, k)
-        log({"arm": arm, "event": "test", "test_acc": dict(zip(names, accuracy(preds, test_labels))),
-             **({"test_top5_acc": dict(zip(names, topk_accuracy(preds, test_labels)))} if k == 5 else {})})
+        scores = task_metrics(preds, test_labels, data.task, data.num_classes)
+        log({"arm": arm, "event": "test", "test_acc": dict(zip(names, scores.pop(HEADLINE[data.task]))),
+             **{f"test_{m}" if m != "top5" else "test_top5_acc": dict(zip(names, v)) for m, v in scores.items()}})
         state.preds[arm] = preds
 
     def save(name: str) -> None:
@@ -360,7 +374,7 @@ def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None 
     names = [p.name for p in cfg.participants]
     # A damaged or foreign checkpoint is refused here, before anything starts.
     ckpt = Checkpoints(out.path / "checkpoints", config_digest(to_dict(cfg)), names, cfg.checkpoint.keep)
-    data = load_dataset(cfg.data)
+    data = load_dataset(cfg.data, cfg.task)
     if any(trains_first(p) for p in cfg.participants) and len(data.splits["pretrain"]) == 0:
         raise UserError("participants use weights: zoo (or zoo: true) but data.pretrain_fraction is 0 (no pretraining split)")
     for _, _, split in arms(cfg):  # every arm has full batches, before anything trains
@@ -383,7 +397,7 @@ def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None 
         finally:
             engine.close()
         results = {arm: ArmResult(**r) for arm, r in state.arms.items()}
-        summary = summarize(cfg, data, names, data.labels[data.splits["test"]], state.preds, results, nodes, engine.name)
+        summary = summarize(cfg, data, names, data.target(data.splits["test"]), state.preds, results, nodes, engine.name)
         summary["placement_group"] = engine.placement_group
         summary["faults"] = {"restarts": {name: state.restarts.get(name, 0) for name in names},
                              "resumes": state.resumes,

@@ -44,11 +44,14 @@ class Dataset:
     """All images of a dataset in memory, with named splits as index tensors."""
 
     images: torch.Tensor  # uint8 [n, C, H, W]
-    labels: torch.Tensor  # int64 [n]
+    labels: torch.Tensor  # int64 [n] (dense tasks: 0, every image labelled; their targets are below)
     classes: list[str]
     splits: dict[str, torch.Tensor]  # pretrain (may be empty), train, val, test -> ids into images
     skipped: int = 0  # corrupt files skipped (data.skip_corrupt)
     source: str = ""
+    task: str = "classification"
+    targets: torch.Tensor | None = None  # dense tasks: uint8 [n, H, W] masks (ignore_index) or density maps
+    ignore_index: int = 255
 
     @property
     def num_classes(self) -> int:
@@ -67,7 +70,23 @@ class Dataset:
         h = hashlib.sha256()
         h.update(self.images[ids].numpy().tobytes())
         h.update(self.labels[ids].numpy().tobytes())
+        if self.targets is not None:
+            h.update(self.targets[ids].numpy().tobytes())
         return h.hexdigest()[:16]
+
+    def target(self, ids: torch.Tensor, plan: "BatchPlan | None" = None) -> torch.Tensor:
+        """What the task loss and the metrics compare with, for these ids (augmented as `plan` says): class
+        labels [B] (-1: hidden); segmentation masks int64 [B, H, W] (-1: ignored, as is the border a shift
+        brings in); density maps float32 [B, H, W]."""
+        if self.targets is None:
+            return self.labels[ids]
+        dense = self.targets[ids].unsqueeze(1)
+        if plan is not None:
+            dense = augment_images(dense, plan, fill=self.ignore_index if self.task == "segmentation" else 0)
+        dense = dense.squeeze(1)
+        if self.task == "segmentation":
+            return torch.where(dense == self.ignore_index, -1, dense.long())
+        return dense.float()
 
 
 # ----------------------------------------------------------------------------- loading
@@ -121,9 +140,111 @@ def _load_fashion_mnist(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, di
     return images, labels, splits, list(FASHION_MNIST_CLASSES), str(root)
 
 
-def _load_folder(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], list[str], int]:
+def _load_scenes(cfg: DataConfig, task: str):
+    """The offline test bed (scenes.py): scenes composed from Fashion-MNIST's train items (train, and val and
+    pretrain carved from it) and from its test items (test), with masks or saliency-like maps."""
+    from kt_swarm.scenes import IGNORE, compose_scenes
+
+    images, labels, splits, classes, source = _load_fashion_mnist(cfg)
+    s, parts, targets = cfg.scenes, [], []
+    for index, (split, count) in enumerate([("train", s.train), ("test", s.test)]):
+        ids = splits[split].numpy()
+        scenes, masks, maps = compose_scenes(images[ids, 0].numpy(), labels[ids].numpy(), count, canvas=s.canvas,
+                                             max_items=s.max_items, seed=cfg.split_seed * 2 + index)
+        parts.append(scenes)
+        targets.append(masks if task == "segmentation" else maps)
+    images = torch.from_numpy(np.concatenate(parts)).unsqueeze(1)
+    targets = torch.from_numpy(np.concatenate(targets))
+    if task == "segmentation" and cfg.ignore_index != IGNORE:
+        targets = torch.where(targets == IGNORE, cfg.ignore_index, targets)
+    splits = {"train": torch.arange(s.train), "test": torch.arange(s.train, s.train + s.test)}
+    names = ["background", *classes] if task == "segmentation" else ["saliency"]
+    return images, targets, splits, names, f"scenes of {source}"
+
+
+def _read_image(path: Path, cfg: DataConfig):
+    """A PIL image fully read, or None for a corrupt file when data.skip_corrupt allows it."""
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if cfg.skip_corrupt:
+            return None
+        raise UserError(f"image '{path}' is corrupt ({e}); set data.skip_corrupt: true to skip such files") from None
+
+
+def _load_dense_folder(cfg: DataConfig, task: str):
+    """segmentation_folder / saliency_folder: <root>/<split>/images/<name>.<ext> beside <root>/<split>/masks/<name>.png
+    (class indices, ignore_index for unlabelled pixels; <root>/classes.txt names the classes, one per line) or
+    <root>/<split>/maps/<name>.<ext> (grayscale density maps). Splits: train and test, val optional."""
+    if not cfg.root:
+        raise UserError(f"config key 'data.root' is required for data.kind: {cfg.kind}")
+    root, other = Path(cfg.root), "masks" if task == "segmentation" else "maps"
+    if not root.is_dir():
+        raise UserError(f"dataset folder '{root}' does not exist")
+    if task == "segmentation":
+        listed = root / "classes.txt"
+        if not listed.is_file():
+            raise UserError(f"dataset folder '{root}' has no classes.txt (the class names, one per line, in label order)")
+        classes = [line.strip() for line in listed.read_text().splitlines() if line.strip()]
+        if not 2 <= len(classes) <= 255 or cfg.ignore_index < len(classes):
+            raise UserError(f"'{listed}' names {len(classes)} classes; expected 2 to 255, all below "
+                            f"data.ignore_index {cfg.ignore_index}")
+    else:
+        classes = ["saliency"]
+    pictures, dense, split_ids, skipped = [], [], {}, 0
+    for split in ("train", "val", "test"):
+        folder = root / split
+        if not folder.is_dir():
+            if split == "val":
+                continue
+            raise UserError(f"dataset folder '{root}' has no '{split}' subfolder (expected {split}/images and {split}/{other})")
+        files = sorted(p for p in (folder / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"dataset folder '{folder / 'images'}' is empty or missing (no image files)")
+        pairs = {p.stem: p for p in (folder / other).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES}
+        unpaired = [p.name for p in files if p.stem not in pairs]
+        if unpaired:
+            raise UserError(f"image '{folder / 'images' / unpaired[0]}' has no {other[:-1]} in '{folder / other}' "
+                            f"({len(unpaired)} unpaired)")
+        ids = []
+        for path in files:
+            picture, target = _read_image(path, cfg), _read_image(pairs[path.stem], cfg)
+            if picture is None or target is None:
+                skipped += 1
+                continue
+            if target.size != picture.size:
+                raise UserError(f"{other[:-1]} '{pairs[path.stem]}' is {target.size[0]}x{target.size[1]}, its image "
+                                f"{picture.size[0]}x{picture.size[1]}")
+            target = target if target.mode in ("L", "P") else target.convert("L")  # P: VOC's palette masks
+            array = np.asarray(target)
+            if task == "segmentation":
+                bad = (array >= len(classes)) & (array != cfg.ignore_index)
+                if bad.any():
+                    raise UserError(f"mask '{pairs[path.stem]}' has label {int(array[bad][0])}, not a class of "
+                                    f"classes.txt (0-{len(classes) - 1}) or data.ignore_index {cfg.ignore_index}")
+            ids.append(len(pictures))
+            pictures.append(picture)
+            dense.append(target)
+        if not ids:
+            raise UserError(f"dataset folder '{folder}' has no readable image pairs")
+        split_ids[split] = torch.tensor(ids, dtype=torch.long)
+    gray = all(p.mode in ("L", "1", "I;16", "I;16B", "I;16L", "I") for p in pictures)
+    sizes = [p.size for p in pictures]
+    size = max(set(sizes), key=sizes.count)
+    images = torch.from_numpy(np.stack([_to_uint8(p, gray, size) for p in pictures]))
+    images = images.unsqueeze(1) if gray else images.permute(0, 3, 1, 2).contiguous()
+    from PIL import Image
+
+    resample = Image.NEAREST if task == "segmentation" else Image.BILINEAR  # labels are never blended
+    targets = torch.from_numpy(np.stack([np.asarray(t.resize(size, resample) if t.size != size else t) for t in dense]))
+    return images, targets, split_ids, classes, skipped
+
+
+def _load_folder(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], list[str], int]:
     if not cfg.root:
         raise UserError("config key 'data.root' is required for data.kind: folder")
     root = Path(cfg.root)
@@ -146,15 +267,10 @@ def _load_folder(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str,
                 raise UserError(f"class folder '{folder}' is empty or missing (no image files)")
             kept = len(ids)
             for path in files:
-                try:
-                    with Image.open(path) as im:
-                        im.load()
-                        picture = im.copy()
-                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-                    if cfg.skip_corrupt:
-                        skipped += 1
-                        continue
-                    raise UserError(f"image '{path}' is corrupt ({e}); set data.skip_corrupt: true to skip such files") from None
+                picture = _read_image(path, cfg)
+                if picture is None:
+                    skipped += 1
+                    continue
                 ids.append(len(pictures))
                 pictures.append(picture)
                 labels.append(label)
@@ -186,13 +302,20 @@ def _to_uint8(picture, gray: bool, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(picture.resize(size) if picture.size != size else picture)
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
-    skipped = 0
+def load_dataset(cfg: DataConfig, task: str = "classification") -> Dataset:
+    skipped, targets = 0, None
     if cfg.kind == "fashion_mnist":
         images, labels, splits, classes, source = _load_fashion_mnist(cfg)
-    else:
+    elif cfg.kind == "folder":
         images, labels, splits, classes, skipped = _load_folder(cfg)
         source = cfg.root
+    else:
+        if cfg.kind == "scenes":
+            images, targets, splits, classes, source = _load_scenes(cfg, task)
+        else:
+            images, targets, splits, classes, skipped = _load_dense_folder(cfg, task)
+            source = cfg.root
+        labels = torch.zeros(len(images), dtype=torch.long)
     if images.shape[2] != images.shape[3]:
         raise UserError(f"dataset '{source}': images must be square, got {tuple(images.shape[2:])}")
     # Carve val (if absent) and the zoo's pretraining part from train, with a seed of their own so
@@ -214,7 +337,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         if len(splits[name]) == 0:
             raise UserError(f"dataset '{source}': the {name} split is empty (check data.val_fraction / pretrain_fraction)")
     labels = hide_labels(labels, splits, cfg.unlabelled_fraction, cfg.split_seed)
-    return Dataset(images, labels, classes, splits, skipped, source)
+    return Dataset(images, labels, classes, splits, skipped, source, task, targets, cfg.ignore_index)
 
 
 def hide_labels(labels: torch.Tensor, splits: dict[str, torch.Tensor], fraction: float, seed: int) -> torch.Tensor:
@@ -283,12 +406,12 @@ def arm_plan(data: Dataset, split: str, *, seed: int, epoch: int, step: int, bat
     return batch_plan(data.splits[split], seed=seed, epoch=k // own, step=k % own, batch_size=batch_size, augment=augment)
 
 
-def augment_images(images: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
-    """Apply the plan's shifts (zero padding) and flips to uint8 images [B, C, H, W]."""
+def augment_images(images: torch.Tensor, plan: BatchPlan, fill: int = 0) -> torch.Tensor:
+    """Apply the plan's shifts (padding with `fill`) and flips to uint8 images [B, C, H, W] (or masks, maps)."""
     pad = int(plan.shifts.abs().max()) if len(plan.shifts) else 0
     if pad:
         b, _, h, w = images.shape
-        padded = F.pad(images, (pad, pad, pad, pad))
+        padded = F.pad(images, (pad, pad, pad, pad), value=fill)
         rows = torch.arange(h).unsqueeze(0) + pad - plan.shifts[:, :1]  # [B, H]
         cols = torch.arange(w).unsqueeze(0) + pad - plan.shifts[:, 1:]  # [B, W]
         batch = torch.arange(b).view(b, 1, 1)

@@ -20,6 +20,7 @@ class DenseModel(nn.Module):
         self.fuse = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         self.head = nn.Conv2d(width, out_channels, 1)
         self.squeeze = squeeze  # one map: [B, H, W] rather than [B, 1, H, W]
+        self.pretrained_cfg = getattr(backbone, "pretrained_cfg", {})  # the backbone's mean, std and input size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone(x)

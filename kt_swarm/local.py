@@ -75,7 +75,7 @@ class LocalEngine:
         buffers = [p.buffers() for p in self.participants]
         logits = [p.forward(self.data, plan, loss.learns(i)) for i, p in enumerate(self.participants)]
         frozen = torch.stack([p.start_logits(self.data, plan) for p in self.participants]) if loss.start_copies else None
-        target = self.data.labels[plan.ids].to(logits[0].device)
+        target = self.data.target(plan.ids, plan).to(logits[0].device)
         shares, roles = swarm_loss_terms(logits, target, frozen_logits=frozen, **loss.kwargs())
         for p in self.participants:
             p.optimizer.zero_grad(set_to_none=True)

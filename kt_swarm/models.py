@@ -7,7 +7,9 @@
     pkg.module:factory           factory(num_classes=..., in_chans=..., **model_args)
 
 Every model is built for the data's channels and classes; timm adapts a pretrained
-first convolution and re-initialises the classifier when those differ.
+first convolution and re-initialises the classifier when those differ. For the dense tasks
+(segmentation, saliency) a timm model is built as a backbone (`features_only`) under
+decoders.DenseModel; an import path's factory returns the whole dense model itself.
 """
 from __future__ import annotations
 
@@ -59,10 +61,15 @@ def _import_factory(path: str, who: str):
     return factory
 
 
-def create_model(spec: ParticipantConfig, *, num_classes: int, in_chans: int, seed: int) -> nn.Module:
+def create_model(spec: ParticipantConfig, *, num_classes: int, in_chans: int, seed: int,
+                 task: str = "classification") -> nn.Module:
     """Build one participant's model. Random initialisation is seeded, so a zoo member is reproducible."""
     weights = default_weights(spec)
     torch.manual_seed(seed)
+    dense = task != "classification"
+    if dense and spec.weights_map and ":" not in spec.model:
+        raise UserError(f"participant '{spec.name}': weights_map is for classification models (task {task} builds "
+                        f"a timm backbone; load a renamed file through a pkg.module:factory instead)")
     if ":" in spec.model:
         factory = _import_factory(spec.model, spec.name)
         try:
@@ -77,7 +84,8 @@ def create_model(spec: ParticipantConfig, *, num_classes: int, in_chans: int, se
 
     check_model_name(spec)
     name = spec.model.removeprefix("timm/")
-    kwargs = {"num_classes": num_classes, "in_chans": in_chans, **spec.model_args}
+    kwargs = {"num_classes": num_classes, "in_chans": in_chans, **({"features_only": True} if dense else {}),
+              **spec.model_args}
     mapped_file = None
     if weights == "pretrained":
         kwargs["pretrained"] = True
@@ -107,6 +115,10 @@ def create_model(spec: ParticipantConfig, *, num_classes: int, in_chans: int, se
         raise UserError(f"participant '{spec.name}': cannot build '{spec.model}': {first_line(e)}") from None
     if mapped_file is not None:
         _load_mapped_into_timm(model, mapped_file, spec, name, num_classes=num_classes, in_chans=in_chans)
+    if dense:
+        from kt_swarm.decoders import DenseModel
+
+        return DenseModel(model, num_classes if task == "segmentation" else 1, squeeze=task == "saliency")
     return model
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from kt_swarm.roles import confidence_scores, teaching_weights
-from kt_swarm.tasks import Task, kl_to_student
+from kt_swarm.tasks import Task, kl_to_student, labelled_ce
 
 
 @dataclass(frozen=True)
@@ -50,17 +50,6 @@ class LossSpec:
     def start_copies(self) -> bool:
         """Each participant needs the logits of a frozen copy of its own weights at the start of the arm."""
         return self.strategy == "kl_dp"
-
-
-def labelled_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """[..., B, C] -> [...]: CE averaged over the labelled samples (target >= 0); 0 where there are none."""
-    labelled = target >= 0
-    count = int(labelled.sum())
-    if count == 0:
-        return logits.sum(dim=(-1, -2)) * 0
-    z = logits[..., labelled, :]
-    y = target[labelled].expand(z.shape[:-1])
-    return F.cross_entropy(z.flatten(0, -2), y.flatten(), reduction="none").view(y.shape).mean(dim=-1)
 
 
 def confident_unlabelled(logits: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -10,10 +10,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kt_swarm.data import BatchPlan, Dataset, Preprocess, augment_images
 from kt_swarm.errors import UserError, first_line
+from kt_swarm.tasks import SALIENCY_METRICS, saliency_metrics
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,6 +68,16 @@ def copy_tensors(obj, device: str | torch.device | None = None):
     return obj
 
 
+def at_size(outputs: torch.Tensor, size: int) -> torch.Tensor:
+    """Dense outputs ([B, C, h, w] or one map [B, h, w]) resized to the data's size, so every participant
+    answers for the same pixels whatever its own input size; logits [B, C] as they are."""
+    if outputs.dim() < 3 or outputs.shape[-1] == size:
+        return outputs
+    grid = outputs if outputs.dim() == 4 else outputs.unsqueeze(1)
+    grid = F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)
+    return grid if outputs.dim() == 4 else grid.squeeze(1)
+
+
 @dataclass
 class Participant:
     name: str
@@ -89,26 +101,28 @@ class Participant:
         self.optimizer.step()
 
     def forward(self, data: Dataset, plan: BatchPlan, learns: bool = True) -> torch.Tensor:
-        """Training-mode logits [B, C] of the planned batch, graph kept for the backward; a participant
-        that does not learn (a frozen teacher) forwards in eval mode without a graph."""
+        """Training-mode outputs of the planned batch (logits [B, C], or dense ones at the data's size), graph
+        kept for the backward; a participant that does not learn (a frozen teacher) forwards in eval mode
+        without a graph."""
         x = self.preprocess(augment_images(data.images[plan.ids], plan), self.device)
         if not learns:
-            return self._frozen_logits(self.model, x)
+            return self._frozen_logits(self.model, x, data.image_size)
         self.model.train()
         with self._autocast():
             logits = self.model(x)
         # The losses (softmax, KL) are computed at the weights' precision, never in bf16/fp16.
-        return logits.to(self.preprocess.dtype)
+        return at_size(logits.to(self.preprocess.dtype), data.image_size)
 
     def start_logits(self, data: Dataset, plan: BatchPlan) -> torch.Tensor:
-        """The frozen starting copy's logits [B, C] of the planned batch (eval mode, no graph)."""
-        return self._frozen_logits(self.start_copy, self.preprocess(augment_images(data.images[plan.ids], plan), self.device))
+        """The frozen starting copy's outputs of the planned batch (eval mode, no graph)."""
+        x = self.preprocess(augment_images(data.images[plan.ids], plan), self.device)
+        return self._frozen_logits(self.start_copy, x, data.image_size)
 
     @torch.no_grad()
-    def _frozen_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _frozen_logits(self, model: nn.Module, x: torch.Tensor, size: int) -> torch.Tensor:
         model.eval()
         with self._autocast():
-            return model(x).to(self.preprocess.dtype)
+            return at_size(model(x).to(self.preprocess.dtype), size)
 
     def set_start_copy(self, weights: dict[str, torch.Tensor] | None) -> None:
         """Keep a frozen copy of the model with these weights (the arm's start), or drop it (None)."""
@@ -121,32 +135,48 @@ class Participant:
 
     @torch.no_grad()
     def _evaluate(self, data: Dataset, ids: torch.Tensor, batch_size: int, keep) -> list[torch.Tensor]:
-        """keep(eval-mode logits) of each batch of the given ids (no augmentation), on the CPU."""
+        """keep(eval-mode outputs at the data's size, ids) of each batch of the given ids (no augmentation), on the CPU."""
         self.model.eval()
-        with self._autocast():
-            return [keep(self.model(self.preprocess(data.images[ids[i : i + batch_size]], self.device))).cpu()
-                    for i in range(0, len(ids), batch_size)]
+        out = []
+        for i in range(0, len(ids), batch_size):
+            batch = ids[i : i + batch_size]
+            with self._autocast():
+                z = self.model(self.preprocess(data.images[batch], self.device))
+            out.append(keep(at_size(z.to(self.preprocess.dtype), data.image_size), batch).cpu())
+        return out
 
     def predict(self, data: Dataset, ids: torch.Tensor, batch_size: int, k: int = 1) -> torch.Tensor:
-        """[n, k] eval-mode top-k classes, best first, for the given ids, on the CPU."""
-        out = self._evaluate(data, ids, batch_size, lambda z: z.topk(k, dim=-1).indices)
-        return torch.cat(out) if out else torch.empty(0, k, dtype=torch.long)
+        """What the task's metrics need (metrics.py), in eval mode, on the CPU: the top-k classes [n, k], best
+        first; segmentation: each pixel's class, uint8 [n, H, W]; saliency: each image's KLD, CC, SIM and NSS
+        [n, 4] (a map per image would be large to keep for every arm)."""
+        if data.task == "segmentation":
+            keep = lambda z, batch: z.argmax(dim=1).to(torch.uint8)  # noqa: E731
+            empty = torch.empty(0, data.image_size, data.image_size, dtype=torch.uint8)
+        elif data.task == "saliency":
+            keep = lambda z, batch: saliency_metrics(z, data.target(batch).to(z.device))  # noqa: E731
+            empty = torch.empty(0, len(SALIENCY_METRICS), dtype=torch.float64)
+        else:
+            keep = lambda z, batch: z.topk(k, dim=-1).indices  # noqa: E731
+            empty = torch.empty(0, k, dtype=torch.long)
+        out = self._evaluate(data, ids, batch_size, keep)
+        return torch.cat(out) if out else empty
 
     def logits(self, data: Dataset, ids: torch.Tensor, batch_size: int) -> torch.Tensor:
         """[n, C] eval-mode logits at the weights' dtype for the given ids, on the CPU (calibration)."""
-        return torch.cat(self._evaluate(data, ids, batch_size, lambda z: z.to(self.preprocess.dtype)))
+        return torch.cat(self._evaluate(data, ids, batch_size, lambda z, batch: z))
 
     @torch.no_grad()
     def output_width(self, channels: int, image_size: int) -> int:
-        """Number of classes the model predicts, from a real forward pass on a blank batch."""
+        """Number of classes the model predicts (1 for a saliency map), from a real forward pass on a blank batch."""
         probe = torch.zeros(2, channels, image_size, image_size, dtype=torch.uint8)
         self.model.eval()
         try:
-            return self.model(self.preprocess(probe, self.device)).shape[-1]
+            out = self.model(self.preprocess(probe, self.device))
         except Exception as e:  # wrong input size for the architecture, and the like
             size = self.preprocess.input_size
             raise UserError(f"participant '{self.name}': the model fails on its {self.preprocess.in_chans}x{size}x{size} input "
                             f"(check input_size and model_args): {first_line(e)}") from None
+        return {2: out.shape[-1], 3: 1, 4: out.shape[1]}.get(out.dim(), -1)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """A detached CPU copy of the model's weights (a best model, the start of the control arm)."""

@@ -32,6 +32,14 @@ def load_run(run_dir: str | Path, summary: dict | None = None) -> tuple[dict, li
     return summary, records, config
 
 
+METRIC_NAMES = {"accuracy": "accuracy", "miou": "mIoU", "cc": "CC"}
+
+
+def metric_name(summary: dict) -> str:
+    """What the run's `acc_*` keys hold: the task's headline metric (metrics.HEADLINE)."""
+    return METRIC_NAMES[summary.get("metric", "accuracy")]
+
+
 def pct(x: float | None, signed: bool = False) -> str:
     return "-" if x is None else f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
 
@@ -81,8 +89,9 @@ def report_figure(summary: dict, records: list[dict]) -> Figure:
     low = min(100 * parts[n][key] for n in names for _, key in arms)
     bars.set_ylim(max(0, low - 5), None)  # the differences are the point, not the distance from zero
     bars.set_xticks(range(len(names)), names)
-    bars.set_ylabel("test accuracy (%)")
-    bars.set_title(f"test accuracy; success rate {100 * summary['success_rate']:.0f}%")
+    metric = metric_name(summary)
+    bars.set_ylabel(f"test {metric} (%)")
+    bars.set_title(f"test {metric}; success rate {100 * summary['success_rate']:.0f}%")
     bars.legend(fontsize=8)
 
     colours = {n: f"C{i}" for i, n in enumerate(names)}
@@ -102,13 +111,30 @@ def report_figure(summary: dict, records: list[dict]) -> Figure:
     loss.set_title("training curves (solid: transfer, dashed: control, dotted: self-training)")
     loss.legend(fontsize=7, ncol=2)
     val.set_xlabel("epochs trained")
-    val.set_ylabel("validation accuracy (%)")
-    val.set_title("validation accuracy (selection uses this split only)")
+    val.set_ylabel(f"validation {metric} (%)")
+    val.set_title(f"validation {metric} (selection uses this split only)")
     val.xaxis.get_major_locator().set_params(integer=True)
     val.legend(fontsize=7, ncol=2)
     draw_role_matrix(roles, summary["role_matrix"], names)
-    roles.set_title("role matrix, last epoch: samples t taught s (weighted)")
+    roles.set_title(f"role matrix, last epoch: {units(summary)} t taught s (weighted)")
     return fig
+
+
+def units(summary: dict) -> str:
+    """What the role matrix counts."""
+    return {"pixel": "pixels", "image": "images"}.get(summary.get("unit"), "samples")
+
+
+def metrics_table(summary: dict) -> str:
+    """Every metric of the task (dense tasks have several), per participant and arm: test split."""
+    parts = summary["participants"]
+    first = next(iter(parts.values()))["metrics"]
+    names = list(first["start"])
+    rows = ["| participant | arm | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
+    for name, p in parts.items():
+        for arm, values in p["metrics"].items():
+            rows.append(f"| {name} | {arm} | " + " | ".join(f"{values[m]:.4f}" for m in names) + " |")
+    return "\n".join(rows)
 
 
 def summary_table(summary: dict) -> str:
@@ -129,6 +155,7 @@ def summary_table(summary: dict) -> str:
 
 def report_markdown(summary: dict, config: str) -> str:
     names = list(summary["participants"])
+    metric = metric_name(summary)
     seconds = summary.get("seconds", {})
     vs_control = summary.get("success_rate_vs_control")
     vs_self = summary.get("success_rate_vs_self_training")
@@ -142,21 +169,24 @@ def report_markdown(summary: dict, config: str) -> str:
     return f"""# kt-swarm run report
 
 {summary['engine']} engine, strategy {summary.get('strategy', 'best')}, {summary['steps']} transfer steps, {summary['gradient_mode']} gradients, seed {summary['seed']}.
-Success rate (participants whose test accuracy went up): {100 * summary['success_rate']:.0f}%{'' if vs_control is None else f'; above their CE-only control: {100 * vs_control:.0f}%'}{'' if vs_self is None else f'; above self-training: {100 * vs_self:.0f}%'}.
+Task {summary.get('task', 'classification')}, partitioned by {units(summary)}.
+Success rate (participants whose test {metric} went up): {100 * summary['success_rate']:.0f}%{'' if vs_control is None else f'; above their CE-only control: {100 * vs_control:.0f}%'}{'' if vs_self is None else f'; above self-training: {100 * vs_self:.0f}%'}.
 
-Test accuracy in % (the test split is never used for selection). Flips are against each participant's own
-starting predictions: + wrong before and right after, - right before and wrong after (delta = + minus -).
-Complementary: test samples another participant got right and this one wrong, before transfer.
+Test {metric} in % (the test split is never used for selection). Flips are against each participant's own
+starting predictions: + wrong before and right after, - right before and wrong after, per {units(summary)[:-1]}
+(segmentation: labelled pixel; none for saliency maps). Complementary: test {units(summary)} another participant
+got right and this one wrong, before transfer.
 
 {summary_table(summary)}
-
+{f"{chr(10)}All of the task's metrics on test (KLD: lower is better){chr(10)}{chr(10)}{metrics_table(summary)}{chr(10)}"
+ if summary.get("task", "classification") != "classification" else ""}
 ![report](report.png)
 
 ## Teach share per epoch
 
 {chr(10).join(shares)}
 
-## Role matrix, last epoch (samples on which the row taught the column, weighted; the diagonal: learned from itself)
+## Role matrix, last epoch ({units(summary)} on which the row taught the column, weighted; the diagonal: learned from itself)
 
 {chr(10).join(matrix)}
 

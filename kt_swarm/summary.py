@@ -5,37 +5,39 @@ import torch
 
 from kt_swarm.config import Config
 from kt_swarm.data import Dataset
-from kt_swarm.metrics import accuracy, complementary, flips, success_rate, topk_accuracy
-from kt_swarm.report import pct
+from kt_swarm.metrics import HEADLINE, complementary, flips, success_rate, task_metrics
+from kt_swarm.report import metric_name, pct
 
 BASELINES = ("control", "self_training")  # the arms every transfer result is compared with
 
 
 def summarize(cfg: Config, data: Dataset, names: list[str], labels: torch.Tensor, preds: dict[str, torch.Tensor],
               results: dict, nodes: list[str], engine: str) -> dict:
-    """summary.json from the test predictions ([N, n, k] at the start and after each arm) and each
-    arm's ArmResult. A baseline the run did not train has None in its keys."""
+    """summary.json from the test predictions (at the start and after each arm; metrics.py) and each
+    arm's ArmResult. A baseline the run did not train has None in its keys. `acc_*` keys hold the task's
+    headline metric (`metric`: accuracy, miou or cc); `metrics` every metric of the task, per arm."""
     start, end, transfer = preds["start"], preds["transfer"], results["transfer"]
-    top5 = start.shape[-1] == 5
+    task, metric = data.task, HEADLINE[data.task]
     n = len(names)
-    before, after = accuracy(start, labels), accuracy(end, labels)
-    gained, lost = flips(start, end, labels)
-    comp = complementary(start, labels)
-    top_before, top_after = topk_accuracy(start, labels), topk_accuracy(end, labels)
+    scores = {arm: task_metrics(p, labels, task, data.num_classes) for arm, p in preds.items()}
+    before, after = scores["start"][metric], scores["transfer"][metric]
+    gained, lost = flips(start, end, labels, task)
+    comp = complementary(start, labels, task)
+    top5 = "top5" in scores["start"]
+    top_before, top_after = scores["start"].get("top5"), scores["transfer"].get("top5")
     deltas = [a - b for a, b in zip(after, before)]
     selected = [transfer.val_acc[transfer.best_epoch[i] - 1][i] for i in range(n)]
     base = {}  # per participant: the baselines' keys
     rates = {}
     for arm in BASELINES:
         if arm in preds:
-            acc = accuracy(preds[arm], labels)
-            top = topk_accuracy(preds[arm], labels)
-            b_gained, b_lost = flips(start, preds[arm], labels)
+            acc, top = scores[arm][metric], scores[arm].get("top5")
+            b_gained, b_lost = flips(start, preds[arm], labels, task)
             rates[f"success_rate_vs_{arm}"] = success_rate([a - c for a, c in zip(after, acc)])
             for i, name in enumerate(names):
                 base.setdefault(name, {}).update({
                     f"acc_{arm}": acc[i], f"delta_vs_{arm}": after[i] - acc[i], f"top5_{arm}": top[i] if top5 else None,
-                    f"{arm}_positive_flips": b_gained[i], f"{arm}_negative_flips": b_lost[i],
+                    f"{arm}_positive_flips": b_gained and b_gained[i], f"{arm}_negative_flips": b_lost and b_lost[i],
                     f"{arm}_best_epoch": results[arm].best_epoch[i]})
         else:
             rates[f"success_rate_vs_{arm}"] = None
@@ -46,6 +48,9 @@ def summarize(cfg: Config, data: Dataset, names: list[str], labels: torch.Tensor
     t = cfg.transfer
     return {
         "engine": engine,
+        "task": task,
+        "unit": t.unit,
+        "metric": metric,
         "steps": transfer.steps,
         "seed": cfg.seed,
         "strategy": t.strategy,
@@ -65,10 +70,11 @@ def summarize(cfg: Config, data: Dataset, names: list[str], labels: torch.Tensor
                 "delta": deltas[i],
                 "top5_before": top_before[i] if top5 else None,
                 "top5_after": top_after[i] if top5 else None,
-                "positive_flips": gained[i],
-                "negative_flips": lost[i],
+                "positive_flips": gained and gained[i],
+                "negative_flips": lost and lost[i],
                 **base[name],
-                "complementary": comp[i],
+                "metrics": {arm: {m: v[i] for m, v in arm_scores.items()} for arm, arm_scores in scores.items()},
+                "complementary": comp and comp[i],
                 "teach_share": transfer.teach_share[-1][i],
                 "teach_share_per_epoch": [s[i] for s in transfer.teach_share],
                 "final_train_loss": transfer.final_train_loss[i],
@@ -101,7 +107,7 @@ def format_table(summary: dict) -> str:
         )
     vs_control, vs_self = summary["success_rate_vs_control"], summary.get("success_rate_vs_self_training")
     rows.append(
-        f"test % (flips vs start); success rate {100 * summary['success_rate']:.0f}%"
+        f"test {metric_name(summary)} % (flips vs start); success rate {100 * summary['success_rate']:.0f}%"
         + ("" if vs_control is None else f", {100 * vs_control:.0f}% above control")
         + ("" if vs_self is None else f", {100 * vs_self:.0f}% above self-training")
         + f"; {summary['engine']}, {summary.get('strategy', 'best')}, {summary['steps']} steps, "

@@ -122,7 +122,7 @@ class ParticipantActor:
                         augment=self.cfg.data.augment)
         self.kept_buffers = self.participant.buffers()
         logits = self.participant.forward(self.data, plan, loss.learns(self.index))
-        self.pending = (logits, self.data.labels[plan.ids].to(logits.device))
+        self.pending = (logits, self.data.target(plan.ids, plan).to(logits.device))
         sent = logits.detach()
         if loss.start_copies:
             sent = torch.stack([sent, self.participant.start_logits(self.data, plan)])

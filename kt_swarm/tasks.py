@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-TASKS = ("classification", "segmentation", "saliency")
-UNITS = {"classification": ("sample",), "segmentation": ("pixel", "image"), "saliency": ("sample",)}
+from kt_swarm.config import UNITS
+
+TASKS = tuple(UNITS)
 EPS = 1e-7  # the saliency metrics' usual guard against log(0) and division by 0
 
 
@@ -49,7 +50,10 @@ class Task:
         return outputs.movedim(-3, -1)[..., labelled, :], target[labelled]
 
     def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The task loss of each participant, [.., B, ...] -> [..] (per-sample units use objectives' CE)."""
+        """The task loss of each participant, [.., B, ...] -> [..]: CE over the labelled samples or pixels,
+        or the saliency loss averaged over the batch."""
+        if self.name == "classification":
+            return labelled_ce(outputs, target)
         if self.name == "segmentation":  # CE over the labelled pixels of the batch
             labelled = target >= 0
             count = int(labelled.sum())
@@ -77,6 +81,17 @@ class Task:
             labelled = (target >= 0).to(kl.dtype)
             return (kl * labelled).sum(dim=(-2, -1)) / labelled.sum(dim=(-2, -1)).clamp(min=1)
         return kl_to_student(teacher.flatten(-2), student.flatten(-2), temperature)
+
+
+def labelled_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[..., B, C] -> [...]: CE averaged over the labelled samples (target >= 0); 0 where there are none."""
+    labelled = target >= 0
+    count = int(labelled.sum())
+    if count == 0:
+        return logits.sum(dim=(-1, -2)) * 0
+    z = logits[..., labelled, :]
+    y = target[labelled].expand(z.shape[:-1])
+    return F.cross_entropy(z.flatten(0, -2), y.flatten(), reduction="none").view(y.shape).mean(dim=-1)
 
 
 def kl_to_student(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -113,3 +128,28 @@ def cc(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     a = pred - pred.mean(dim=-1, keepdim=True)
     b = gt - gt.mean(dim=-1, keepdim=True)
     return (a * b).sum(dim=-1) / (a.square().sum(dim=-1) * b.square().sum(dim=-1)).sqrt().clamp(min=EPS)
+
+
+def sim(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Similarity (histogram intersection) of two maps as distributions over their pixels: 1 when equal."""
+    pred = pred / pred.sum(dim=-1, keepdim=True).clamp(min=EPS)
+    gt = gt / gt.sum(dim=-1, keepdim=True).clamp(min=EPS)
+    return torch.minimum(pred, gt).sum(dim=-1)
+
+
+def nss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Normalized scanpath saliency: the map standardised over its pixels, averaged at the fixations. A density
+    map has no fixations, so each pixel counts with its ground-truth density (the expectation of NSS over
+    fixations drawn from the ground truth); with a binary fixation map this is the usual NSS."""
+    z = (pred - pred.mean(dim=-1, keepdim=True)) / pred.std(dim=-1, keepdim=True).clamp(min=EPS)
+    return (z * gt).sum(dim=-1) / gt.sum(dim=-1).clamp(min=EPS)
+
+
+SALIENCY_METRICS = ("kld", "cc", "sim", "nss")  # the saliency literature's (MIT/Tuebingen benchmark) names
+
+
+def saliency_metrics(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image KLD, CC, SIM and NSS of map logits [B, H, W] against density maps [B, H, W]: [B, 4] float64."""
+    pred = F.softmax(outputs.flatten(-2).double(), dim=-1)
+    gt = target.flatten(-2).double()
+    return torch.stack([kld(gt, pred), cc(pred, gt), sim(pred, gt), nss(pred, gt)], dim=-1)

@@ -1,7 +1,7 @@
 """The embedded zoo: pretrain participants with `weights: zoo` here, cached on disk by content.
 
 There is no model hub offline, so the quickstart makes its own pretrained models:
-each member trains alone (CE, AdamW, cosine schedule) on the pretraining split, with
+each member trains alone (its task loss: CE for classification; AdamW, cosine schedule) on the pretraining split, with
 its own seed. A member may also start from pretrained weights (`zoo: true`): an
 ImageNet model fine-tuned on the task by its owner before it joins the swarm. The
 cache key covers the model, its arguments, starting weights and preprocessing, the
@@ -17,15 +17,15 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from kt_swarm.config import AugmentConfig, ParticipantConfig, ZooConfig
+from kt_swarm.config import UNITS, AugmentConfig, ParticipantConfig, ZooConfig
 from kt_swarm.data import Dataset, batch_plan, steps_per_epoch
 from kt_swarm.errors import UserError
 from kt_swarm.models import default_weights
 from kt_swarm.participant import Participant
 from kt_swarm.progress import progress
 from kt_swarm.rundir import atomic_write
+from kt_swarm.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +87,14 @@ def pretrain(spec: ParticipantConfig, participant: Participant, data: Dataset, i
         raise UserError(f"zoo: participant '{spec.name}' has {len(ids)} pretraining samples, fewer than zoo.batch_size; "
                         f"raise data.pretrain_fraction")
     torch.manual_seed(seed)
+    task = Task(data.task, UNITS[data.task][0])  # alone, a member learns from its task loss only
     opt = torch.optim.AdamW(participant.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
     bar = progress(total=cfg.epochs * steps, desc=f"zoo {spec.name}", unit="step")
     for epoch in range(cfg.epochs):
         for step in range(steps):
             plan = batch_plan(ids, seed=seed, epoch=epoch, step=step, batch_size=cfg.batch_size, augment=augment)
-            loss = F.cross_entropy(participant.forward(data, plan), data.labels[plan.ids].to(participant.device))
+            loss = task.loss(participant.forward(data, plan), data.target(plan.ids, plan).to(participant.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
