@@ -149,15 +149,15 @@ class Participant:
         """What the task's metrics need (metrics.py), in eval mode, on the CPU: the top-k classes [n, k], best
         first; segmentation: each pixel's class, uint8 [n, H, W]; saliency: each image's KLD, CC, SIM and NSS
         [n, 4] (a map per image would be large to keep for every arm)."""
-        if data.task == "segmentation":
-            keep = lambda z, batch: z.argmax(dim=1).to(torch.uint8)  # noqa: E731
-            empty = torch.empty(0, data.image_size, data.image_size, dtype=torch.uint8)
-        elif data.task == "saliency":
-            keep = lambda z, batch: saliency_metrics(z, data.target(batch).to(z.device))  # noqa: E731
-            empty = torch.empty(0, len(SALIENCY_METRICS), dtype=torch.float64)
-        else:
-            keep = lambda z, batch: z.topk(k, dim=-1).indices  # noqa: E731
-            empty = torch.empty(0, k, dtype=torch.long)
+        def keep(z: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+            if data.task == "segmentation":
+                return z.argmax(dim=1).to(torch.uint8)
+            if data.task == "saliency":
+                return saliency_metrics(z, data.target(batch).to(z.device))
+            return z.topk(k, dim=-1).indices
+
+        width = {"segmentation": (data.image_size, data.image_size), "saliency": (len(SALIENCY_METRICS),)}.get(data.task, (k,))
+        empty = torch.empty(0, *width, dtype={"segmentation": torch.uint8, "saliency": torch.float64}.get(data.task, torch.long))
         out = self._evaluate(data, ids, batch_size, keep)
         return torch.cat(out) if out else empty
 

@@ -11,8 +11,8 @@ another setting gets its own zoo.
 from __future__ import annotations
 
 import hashlib
-import logging
 import json
+import logging
 import os
 from pathlib import Path
 
