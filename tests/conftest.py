@@ -63,3 +63,21 @@ def compared(summary: dict) -> dict:
             "control_best_epoch", "self_training_best_epoch", "positive_flips", "negative_flips", "teach_share_per_epoch"]
     return {"participants": {n: {k: p[k] for k in keys} for n, p in summary["participants"].items()},
             "role_matrix_per_epoch": summary["role_matrix_per_epoch"]}
+
+
+def dense_config(task: str = "segmentation", **overrides) -> dict:
+    """Two small backbones of different families under the dense decoder, on tiny 32 x 32 scenes, in float64."""
+    vit = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}
+    raw = {
+        "task": task,
+        "participants": [
+            {"name": "resnet", "model": "resnet10t", "weights": "none", "lr": 2e-3,
+             "model_args": {"channels": [8, 16, 32, 64], "stem_width": 8}},
+            {"name": "vit", "model": "vit_tiny_patch16_224", "weights": "none", "lr": 2e-3, "model_args": vit}],
+        "data": {"kind": "scenes", "scenes": {"train": 160, "test": 48, "canvas": 32, "max_items": 2},
+                 "val_fraction": 0.2, "augment": {"shift": 2, "hflip": True}},
+        "transfer": {"epochs": 1, "batch_size": 16, "temperature": 2.0},
+        "dtype": "float64", "control": True, "eval_batch_size": 64,
+    }
+    raw.update(overrides)
+    return raw

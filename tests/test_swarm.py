@@ -8,7 +8,7 @@ import pytest
 import ray
 import torch
 
-from conftest import ROOT, compared, mlp_config
+from conftest import ROOT, compared, dense_config, mlp_config
 from kt_swarm.config import Config, load_config, parse_config
 from kt_swarm.checkpoint import Checkpoints
 from kt_swarm.coordinator import fresh_arm, make_engine, run, save_start, train_arm
@@ -131,6 +131,37 @@ def test_ray_swarm_equals_local_engine_in_float64(n, arms, tmp_path):
         assert torch.equal(l_pred, s_pred), name
     # Each strategy did its own thing: the final predictions are not all one run's.
     assert len({tuple(local[name][2].flatten().tolist()) for name in arms}) > len(arms) // 2
+
+
+DENSE = {
+    "segmentation-pixel": {**both_modes(strategy="best", task="segmentation", unit="pixel"),
+                           **both_modes(DETACHED, strategy="kl_dp", task="segmentation", unit="pixel")},
+    "segmentation-image": both_modes(strategy="best", task="segmentation", unit="image"),
+    "saliency": {**both_modes(strategy="best", task="saliency"), **both_modes(DETACHED, strategy="dml", task="saliency")},
+}
+
+
+@pytest.mark.parametrize("case", DENSE)
+def test_dense_tasks_on_ray_equal_the_local_engine_in_float64(case, tmp_path):
+    """Segmentation (both units) and saliency: the same per-step shares, role matrices (pixels or images),
+    validation metrics and test predictions on both engines."""
+    task, _, unit = case.partition("-")
+    cfg = parse_config(dense_config(task, transfer={"epochs": 1, "batch_size": 16, "temperature": 2.0, "unit": unit or None},
+                                    control=False))
+    data = load_dataset(cfg.data, task)
+    local, _ = trace("local", cfg, data, tmp_path / "local", DENSE[case])
+    swarm, _ = trace("ray", cfg, data, tmp_path / "ray", DENSE[case])
+    for name in DENSE[case]:
+        (l_logs, l_res, l_pred), (s_logs, s_res, s_pred) = local[name], swarm[name]
+        assert len(l_logs) == len(s_logs) > 0
+        for a, b in zip(l_logs, s_logs):
+            for p in a.get("losses", {}):
+                assert b["losses"][p] == pytest.approx(a["losses"][p], rel=1e-9, abs=1e-300), (name, a["step"], p)
+            if "val_acc" in a:
+                assert a["val_acc"] == pytest.approx(b["val_acc"], rel=1e-12)
+        same(l_res.role_matrix, s_res.role_matrix)
+        assert sum(map(sum, l_res.role_matrix[-1])) > 0  # someone taught
+        torch.testing.assert_close(l_pred, s_pred, rtol=1e-9, atol=1e-12)
 
 
 def test_forward_returns_a_reference_not_logits():
