@@ -85,6 +85,7 @@ class RunState:
     """The coordinator's side of a checkpoint: finished arms, their test predictions, the arm under way."""
 
     preds: dict[str, torch.Tensor] = field(default_factory=dict)  # test [N, n, k]: start and each arm
+    examples: dict[str, torch.Tensor] = field(default_factory=dict)  # dense tasks: the report's first test pictures
     arms: dict[str, dict] = field(default_factory=dict)  # finished arms' ArmResult fields
     current: ArmState | None = None
     restarts: dict[str, int] = field(default_factory=dict)
@@ -241,6 +242,32 @@ def measure(data: Dataset, preds: torch.Tensor, target: torch.Tensor) -> list[fl
     return headline(preds, target, data.task, data.num_classes)
 
 
+EXAMPLES = 4  # test pictures report.png shows for a dense task
+
+
+def pictures(outputs: torch.Tensor, task: str) -> torch.Tensor:
+    """[N, k, ...] dense outputs -> uint8 [N, k, H, W] pictures: each pixel's class, or the map scaled to 0-255."""
+    if task == "segmentation":
+        return outputs.argmax(dim=2).to(torch.uint8)
+    maps = outputs.flatten(2).softmax(dim=-1)
+    maps = maps / maps.amax(dim=-1, keepdim=True)
+    return (255 * maps).round().to(torch.uint8).view(outputs.shape)
+
+
+def write_examples(out: RunDir, data: Dataset, examples: dict[str, torch.Tensor]) -> None:
+    """examples.npz: the first test images, their truth, and every participant's picture after each arm."""
+    import io
+
+    import numpy as np
+
+    ids = data.splits["test"][:EXAMPLES]
+    truth = data.target(ids)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=data.images[ids].numpy(), truth=truth.numpy(),
+                        **{f"arm_{arm}": v.numpy() for arm, v in examples.items()})
+    out.write_bytes("examples.npz", buffer.getvalue())
+
+
 def units_per_image(cfg: Config, data: Dataset) -> float:
     """How many units an image holds on average (the role matrix counts units): 1, or a segmentation's
     labelled pixels per training image (pixel units)."""
@@ -289,6 +316,8 @@ def advance(engine, cfg: Config, data: Dataset, state: RunState, log, ckpt: Chec
         log({"arm": arm, "event": "test", "test_acc": dict(zip(names, scores.pop(HEADLINE[data.task]))),
              **{f"test_{m}" if m != "top5" else "test_top5_acc": dict(zip(names, v)) for m, v in scores.items()}})
         state.preds[arm] = preds
+        if data.task != "classification":
+            state.examples[arm] = pictures(engine.logits("test", cfg.eval_batch_size, EXAMPLES), data.task)
 
     def save(name: str) -> None:
         st = state.current
@@ -406,6 +435,8 @@ def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None 
                                   "best": {arm: dict(zip(names, r["best_files"])) for arm, r in state.arms.items()}}
         summary["seconds"] = {"zoo_and_setup": t_zoo, **{arm: r.seconds for arm, r in results.items()},
                               "total": time.perf_counter() - t_start}
+        if state.examples:
+            write_examples(out, data, state.examples)
         write_report(out.path, summary)
         out.write_json("summary.json", summary)  # last: a run directory with summary.json is finished
         tracker.finish(summary)

@@ -104,9 +104,10 @@ class LocalEngine:
         bar.close()
         return torch.stack(preds)
 
-    def logits(self, split: str, batch_size: int) -> torch.Tensor:
-        """[N, n, C] every participant's eval-mode logits on a split."""
-        return torch.stack([p.logits(self.data, self.data.splits[split], batch_size) for p in self.participants])
+    def logits(self, split: str, batch_size: int, first: int | None = None) -> torch.Tensor:
+        """[N, n, ...] every participant's eval-mode outputs on a split (its `first` samples only, if given)."""
+        ids = self.data.splits[split][:first]
+        return torch.stack([p.logits(self.data, ids, batch_size) for p in self.participants])
 
     def nodes(self) -> list[str]:
         return [socket.gethostname()] * len(self.participants)

@@ -162,7 +162,8 @@ class Participant:
         return torch.cat(out) if out else empty
 
     def logits(self, data: Dataset, ids: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """[n, C] eval-mode logits at the weights' dtype for the given ids, on the CPU (calibration)."""
+        """[n, ...] eval-mode outputs at the weights' dtype for the given ids, on the CPU (calibration, the
+        report's example masks and maps)."""
         return torch.cat(self._evaluate(data, ids, batch_size, lambda z, batch: z))
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from kt_swarm.errors import UserError
@@ -73,14 +74,45 @@ def role_matrix_figure(matrix: list[list[float]], names: list[str], title: str =
     return fig
 
 
-def report_figure(summary: dict, records: list[dict]) -> Figure:
+def draw_examples(fig, summary: dict, examples: dict) -> None:
+    """A dense task's first test pictures: the image, the truth, then each participant at the start and
+    after transfer (segmentation: a colour per class, ignored pixels white; saliency: the map)."""
+    names, segmentation = list(summary["participants"]), summary.get("task") == "segmentation"
+    columns = [("image", None, None), ("truth", None, None)]
+    columns += [(f"{n}\n{arm}", arm, i) for i, n in enumerate(names) for arm in ("start", "transfer") if f"arm_{arm}" in examples]
+    rows = len(examples["images"])
+    axes = fig.subplots(rows, len(columns), squeeze=False)
+    style = dict(cmap="tab20", vmin=0, vmax=19, interpolation="nearest") if segmentation else dict(cmap="inferno")
+    for r in range(rows):
+        for c, (title, arm, i) in enumerate(columns):
+            ax = axes[r][c]
+            if arm is None and title == "image":
+                image = examples["images"][r]
+                ax.imshow(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0), cmap="gray")
+            else:
+                picture = examples["truth"][r] if arm is None else examples[f"arm_{arm}"][i][r]
+                if segmentation:
+                    picture = np.ma.masked_less(picture, 0)
+                ax.imshow(picture, **style)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=8)
+    fig.suptitle("first test images: " + ("classes per pixel" if segmentation else "maps"), fontsize=10)
+
+
+def report_figure(summary: dict, records: list[dict], examples: dict | None = None) -> Figure:
     names = list(summary["participants"])
     parts = summary["participants"]
-    fig = Figure(figsize=(13, 9), layout="constrained")
-    (bars, loss), (val, roles) = fig.subplots(2, 2)
+    fig = Figure(figsize=(13, 9 + (2.2 * len(examples["images"]) if examples else 0)), layout="constrained")
+    top = fig
+    if examples:
+        top, bottom = fig.subfigures(2, 1, height_ratios=[9, 2.2 * len(examples["images"])])
+        draw_examples(bottom, summary, examples)
+    (bars, loss), (val, roles) = top.subplots(2, 2)
 
     arms = [("before", "acc_before"), (f"after transfer ({summary.get('strategy', 'best')})", "acc_after"),
-            ("control (CE only)", "acc_control"), ("self-training", "acc_self_training")]
+            ("control (CE only)" if summary.get("task", "classification") == "classification" else "control (task loss only)", "acc_control"), ("self-training", "acc_self_training")]
     arms = [(label, key) for label, key in arms if any(parts[n].get(key) is not None for n in names)]
     width = 0.8 / len(arms)
     for j, (label, key) in enumerate(arms):
@@ -207,8 +239,12 @@ def write_report(run_dir: str | Path, summary: dict | None = None) -> list[Path]
     the run writes its report before its summary.json)."""
     run_dir = Path(run_dir)
     summary, records, config = load_run(run_dir, summary)
+    examples = None
+    if (run_dir / "examples.npz").exists():  # a dense task's pictures (coordinator.write_examples)
+        with np.load(run_dir / "examples.npz") as f:
+            examples = dict(f)
     png = io.BytesIO()
-    report_figure(summary, records).savefig(png, format="png", dpi=110)
+    report_figure(summary, records, examples).savefig(png, format="png", dpi=110)
     atomic_write(run_dir / "report.png", png.getvalue())
     atomic_write(run_dir / "report.md", report_markdown(summary, config).encode())
     return [run_dir / "report.png", run_dir / "report.md"]

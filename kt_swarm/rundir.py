@@ -82,6 +82,9 @@ class RunDir:
     def write_text(self, name: str, text: str) -> None:
         atomic_write(self.path / name, text.encode())
 
+    def write_bytes(self, name: str, data: bytes) -> None:
+        atomic_write(self.path / name, data)
+
     def __exit__(self, exc_type, exc, tb) -> None:
         self._metrics.close()
         self._lock.close()  # and with it the lock

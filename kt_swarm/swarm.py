@@ -149,8 +149,8 @@ class ParticipantActor:
     def predict(self, split: str, batch_size: int, k: int) -> torch.Tensor:
         return self.participant.predict(self.data, self.data.splits[split], batch_size, k)
 
-    def logits(self, split: str, batch_size: int) -> torch.Tensor:
-        return self.participant.logits(self.data, self.data.splits[split], batch_size)
+    def logits(self, split: str, batch_size: int, first: int | None = None) -> torch.Tensor:
+        return self.participant.logits(self.data, self.data.splits[split][:first], batch_size)
 
 
 def _verbose() -> bool:
@@ -389,9 +389,9 @@ class RaySwarm:
         self._settle()
         return torch.stack(self._gather([a.predict.remote(split, batch_size, k) for a in self.actors], desc=f"eval {split}"))
 
-    def logits(self, split: str, batch_size: int) -> torch.Tensor:
+    def logits(self, split: str, batch_size: int, first: int | None = None) -> torch.Tensor:
         self._settle()
-        return torch.stack(self._gather([a.logits.remote(split, batch_size) for a in self.actors]))
+        return torch.stack(self._gather([a.logits.remote(split, batch_size, first) for a in self.actors]))
 
     def nodes(self) -> list[str]:
         return self._gather([a.node.remote() for a in self.actors])

@@ -181,6 +181,8 @@ def test_a_segmentation_folder_runs_end_to_end_and_reports_miou(tmp_path):
     assert sum(map(sum, summary["role_matrix"])) > 12 * 2
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Test mIoU in %" in report and "partitioned by pixels" in report and "| vit | control |" in report
+    with np.load(tmp_path / "run" / "examples.npz") as f:  # report.png's pictures: truth beside every participant
+        assert f["truth"].shape == (4, 32, 32) and f["arm_transfer"].shape == (2, 4, 32, 32) and f["arm_start"].max() <= 2
 
 
 def test_a_saliency_run_reports_every_saliency_metric_and_no_flips(tmp_path):
