@@ -9,7 +9,7 @@ VENV ?= $(HOME)/.cache/kt_swarm/venv-$(ENV_KEY)
 BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup quickstart smoke real_models test dataset
+.PHONY: setup quickstart smoke real_models segmentation saliency test dataset
 
 setup: $(VENV)/.ready dataset
 	@$(BIN)/pip install -q --no-deps -e . >/dev/null
@@ -42,6 +42,13 @@ smoke: setup
 real_models: setup
 	@test -d data/real_models || $(BIN)/python examples/real_models/prepare.py
 	$(BIN)/kt-swarm run configs/real_models.yaml
+
+# The paper's other tasks on the offline scenes (Fashion-MNIST items on a canvas): masks, or saliency-like maps
+segmentation: setup
+	$(BIN)/kt-swarm run configs/segmentation.yaml
+
+saliency: setup
+	$(BIN)/kt-swarm run configs/saliency.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -133,10 +133,10 @@ def test_ray_swarm_equals_local_engine_in_float64(n, arms, tmp_path):
     assert len({tuple(local[name][2].flatten().tolist()) for name in arms}) > len(arms) // 2
 
 
-DENSE = {
-    "segmentation-pixel": {**both_modes(strategy="best", task="segmentation", unit="pixel"),
-                           **both_modes(DETACHED, strategy="kl_dp", task="segmentation", unit="pixel")},
-    "segmentation-image": both_modes(strategy="best", task="segmentation", unit="image"),
+DENSE = {  # the unit is the arm's (LossSpec), so one segmentation swarm runs both
+    "segmentation": {**{f"pixel-{k}": v for k, v in both_modes(strategy="best", task="segmentation", unit="pixel").items()},
+                     **both_modes(DETACHED, strategy="kl_dp", task="segmentation", unit="pixel"),
+                     **{f"image-{k}": v for k, v in both_modes(strategy="best", task="segmentation", unit="image").items()}},
     "saliency": {**both_modes(strategy="best", task="saliency"), **both_modes(DETACHED, strategy="dml", task="saliency")},
 }
 
@@ -145,10 +145,8 @@ DENSE = {
 def test_dense_tasks_on_ray_equal_the_local_engine_in_float64(case, tmp_path):
     """Segmentation (both units) and saliency: the same per-step shares, role matrices (pixels or images),
     validation metrics and test predictions on both engines."""
-    task, _, unit = case.partition("-")
-    cfg = parse_config(dense_config(task, transfer={"epochs": 1, "batch_size": 16, "temperature": 2.0, "unit": unit or None},
-                                    control=False))
-    data = load_dataset(cfg.data, task)
+    cfg = parse_config(dense_config(case, transfer={"epochs": 1, "batch_size": 16, "temperature": 2.0}, control=False))
+    data = load_dataset(cfg.data, case)
     local, _ = trace("local", cfg, data, tmp_path / "local", DENSE[case])
     swarm, _ = trace("ray", cfg, data, tmp_path / "ray", DENSE[case])
     for name in DENSE[case]:
