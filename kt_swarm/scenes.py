@@ -9,8 +9,11 @@ at random places; a later item covers an earlier one. From the same scene:
   Its outermost ring of pixels is IGNORE (255, Pascal VOC's value), as VOC marks object boundaries.
 - the saliency-like map, a documented function of the scene, not a recording of eyes: each visible item
   adds an isotropic Gaussian at the centroid of its visible pixels, sigma half the square root of their
-  count, weighted by their mean intensity (bright, large items draw the eye); a weak centre bias
-  (weight 0.1, sigma canvas / 4) is added, as human fixation maps have one; scaled to 0..255.
+  count, weighted by its class's salience (SALIENCE: footwear and bags draw the eye, garments less,
+  trousers least) times its visible pixels' mean intensity; a weak centre bias (weight 0.1, sigma
+  canvas / 4) is added, as human fixation maps have one; scaled to 0..255. Where the eye goes depends
+  on what the items are, as faces and text draw real fixations, so a model must recognise them: finding
+  the blobs alone reaches a CC of about 0.97 on maps weighted by intensity only.
 
 Pure numpy, deterministic in the seed: the same arguments give the same scenes in every process.
 """
@@ -21,6 +24,8 @@ import numpy as np
 FAINT = 16
 IGNORE = 255
 CENTRE_BIAS = 0.1
+# Per Fashion-MNIST class: t-shirt, trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle-boot.
+SALIENCE = (0.4, 0.1, 0.4, 0.4, 0.4, 1.0, 0.4, 1.0, 1.0, 1.0)
 
 
 def compose_scenes(items: np.ndarray, labels: np.ndarray, n: int, *, canvas: int = 56, max_items: int = 3,
@@ -55,7 +60,7 @@ def compose_scenes(items: np.ndarray, labels: np.ndarray, n: int, *, canvas: int
                 continue
             r, c = rows[seen].mean(), cols[seen].mean()
             sigma = np.sqrt(seen.sum()) / 2
-            weight = images[s][seen].mean() / 255
+            weight = SALIENCE[int(labels[index])] * images[s][seen].mean() / 255
             density = density + weight * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * sigma**2))
         maps[s] = np.rint(255 * density / density.max()).astype(np.uint8)
     return images, masks, maps

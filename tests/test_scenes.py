@@ -45,3 +45,18 @@ def test_a_scene_of_one_item_has_the_item_as_its_mask_and_its_map_peaks_on_it():
         assert density.max() == 255
         peak = np.unravel_index(density.argmax(), density.shape)
         assert top <= peak[0] < top + 28 and left <= peak[1] < left + 28  # the item draws the eye, not the centre bias
+
+
+def test_where_the_eye_goes_depends_on_what_the_item_is():
+    """Two identical squares, one labelled a sneaker and one trousers: the map peaks on the sneaker."""
+    square = np.zeros((28, 28), np.uint8)
+    square[8:20, 8:20] = 200
+    items, labels = np.stack([square, square]), np.array([7, 1])
+    images, masks, maps = compose_scenes(items, labels, 200, canvas=56, max_items=2, seed=1)
+    checked = 0
+    for mask, density in zip(masks, maps):
+        sneaker, trousers = mask == 8, mask == 2  # 1 + class
+        if sneaker.sum() == trousers.sum() == 100:  # both whole (their rims ignored), neither covered
+            assert int(density[sneaker].max()) > 2 * int(density[trousers].max())
+            checked += 1
+    assert checked >= 5
