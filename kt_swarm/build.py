@@ -9,6 +9,7 @@ import torch
 from kt_swarm import zoo
 from kt_swarm.config import Config
 from kt_swarm.data import Dataset
+from kt_swarm.deepspeed_host import ds_config
 from kt_swarm.errors import UserError
 from kt_swarm.models import create_model, preprocess_for, trains_first
 from kt_swarm.participant import Participant, resolve_device
@@ -32,7 +33,8 @@ def build_participant(cfg: Config, index: int, data: Dataset) -> Participant:
     model = model.to(device=device, dtype=dtype)
     prep = preprocess_for(model, spec, in_chans=in_chans, image_size=data.image_size, dtype=dtype)
     autocast = getattr(torch, cfg.autocast) if cfg.autocast else None
-    return Participant(spec.name, model, prep, device, autocast=autocast)
+    hosted = ds_config(spec.deepspeed, cfg.transfer.batch_size, spec.ranks) if spec.deepspeed is not None else None
+    return Participant(spec.name, model, prep, device, autocast=autocast, deepspeed=hosted)
 
 
 def pretrain_ids(cfg: Config, index: int, data: Dataset) -> torch.Tensor:

@@ -88,6 +88,8 @@ class ParticipantConfig:
     input_size: int | None = None  # default: the data's size (trained here) or the model's data config
     mean: list[float] | None = None
     std: list[float] | None = None
+    deepspeed: dict[str, Any] | str | None = None  # a DeepSpeed config (mapping, or a ds_config JSON path): see deepspeed_host.py
+    ranks: int = 1  # actors (GPUs) hosting the participant; more than 1 needs deepspeed
 
 
 @dataclass
@@ -331,6 +333,7 @@ def _check(cfg: Config) -> None:
         for stat in ("mean", "std"):
             if getattr(p, stat) is not None and len(getattr(p, stat)) not in (1, 3):
                 raise UserError(f"config key 'participants.{i}.{stat}': expected 1 or 3 values")
+        _check_deepspeed(cfg, i, p)
     for key, value in [
         ("transfer.epochs", cfg.transfer.epochs),
         ("transfer.batch_size", cfg.transfer.batch_size),
@@ -382,6 +385,62 @@ def _check(cfg: Config) -> None:
     _check_task(cfg)
     if cfg.autocast and cfg.dtype != "float32":
         raise UserError(f"config key 'autocast': needs dtype float32 (the master weights), got dtype {cfg.dtype}")
+
+
+DEEPSPEED_OWNED = ("optimizer", "scheduler")  # the run sets them: its optimizer and lr, its schedule
+
+
+def _check_deepspeed(cfg: Config, i: int, p: ParticipantConfig) -> None:
+    """A DeepSpeed participant's config, read (a JSON path becomes its mapping, so config.yaml records what
+    ran) and checked against the swarm before anything starts; kt_swarm fills in what it owns (the batch
+    sizes, steps_per_print) in deepspeed_host.ds_config."""
+    key = f"participants.{i}"
+    if p.ranks < 1:
+        raise UserError(f"config key '{key}.ranks': must be at least 1, got {p.ranks}")
+    if p.deepspeed is None:
+        if p.ranks > 1:
+            raise UserError(f"config key '{key}.ranks': {p.ranks} ranks need participants.{i}.deepspeed (a DeepSpeed config)")
+        return
+    if isinstance(p.deepspeed, str):
+        import json
+
+        try:
+            p.deepspeed = json.loads(Path(p.deepspeed).read_text())
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"config key '{key}.deepspeed': cannot read '{p.deepspeed}': {first_line(e)}") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"config key '{key}.deepspeed': '{p.deepspeed}' is not JSON ({e.msg}, line {e.lineno})") from None
+        if not isinstance(p.deepspeed, dict):
+            raise UserError(f"config key '{key}.deepspeed': the JSON file must hold a mapping")
+    ds, t = p.deepspeed, cfg.transfer
+    for owned in DEEPSPEED_OWNED:
+        if owned in ds:
+            raise UserError(f"config key '{key}.deepspeed.{owned}': the run sets it (transfer.optimizer, the "
+                            f"participant's lr and weight_decay, transfer.schedule); remove it")
+    stage = (ds.get("zero_optimization") or {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise UserError(f"config key '{key}.deepspeed.zero_optimization.stage': expected 0, 1, 2 or 3, got {_short(stage)}")
+    if t.batch_size % p.ranks:
+        raise UserError(f"config key '{key}.ranks': transfer.batch_size {t.batch_size} does not split into {p.ranks} equal shares")
+    wanted = {"train_batch_size": t.batch_size, "train_micro_batch_size_per_gpu": t.batch_size // p.ranks,
+              "gradient_accumulation_steps": 1}
+    for name, value in wanted.items():
+        if name in ds and ds[name] != value:
+            raise UserError(f"config key '{key}.deepspeed.{name}': {_short(ds[name])} contradicts the swarm's "
+                            f"{value} (transfer.batch_size {t.batch_size} over {p.ranks} rank(s)); remove it")
+    if (ds.get("fp16") or {}).get("enabled"):
+        if cfg.device == "cpu":
+            raise UserError(f"config key '{key}.deepspeed.fp16': DeepSpeed has no fp16 on the CPU (device: cpu); use bf16")
+        if cfg.dtype != "float32":
+            raise UserError(f"config key '{key}.deepspeed.fp16': needs dtype float32 (the master weights)")
+    if (ds.get("bf16") or {}).get("enabled") and cfg.dtype != "float32":
+        raise UserError(f"config key '{key}.deepspeed.bf16': needs dtype float32 (the master weights)")
+    if cfg.dtype == "float64":
+        raise UserError(f"config key 'dtype': DeepSpeed participants ('{p.name}') train in float32 at most "
+                        f"(ZeRO reduces and keeps its master weights in float32)")
+    if stage == 3 and t.strategy == "kl_dp":
+        raise UserError(f"config key '{key}.deepspeed.zero_optimization.stage': kl_dp's frozen start copy of a "
+                        f"ZeRO-3 (partitioned) participant is not supported; use stage 0-2")
 
 
 def _check_task(cfg: Config) -> None:

@@ -276,6 +276,18 @@ def units_per_image(cfg: Config, data: Dataset) -> float:
     return float((data.targets[data.splits["train"]] != data.ignore_index).sum()) / len(data.splits["train"])
 
 
+def check_engine(name: str, cfg: Config) -> None:
+    """What an engine cannot host, in one line before anything starts: a DeepSpeed participant needs a
+    process of its own (one torch.distributed group per process), so only the Ray engine hosts it."""
+    for i, p in enumerate(cfg.participants):
+        if p.deepspeed is not None and name != "ray":
+            raise UserError(f"participant '{p.name}': a DeepSpeed participant runs in its own Ray actor; "
+                            f"use --engine ray (not {name})")
+        if p.ranks > 1:
+            raise UserError(f"config key 'participants.{i}.ranks': a participant on {p.ranks} ranks (a gang of actors) "
+                            f"is not built yet; use ranks: 1")
+
+
 def make_engine(name: str, cfg: Config, data: Dataset, address: str | None = None, pretrain: bool = True):
     """`local`: every participant in this process. `ray`: one Ray actor per participant. Without
     `pretrain`, zoo members are left untrained (a resumed run loads its checkpoint into them)."""
@@ -398,6 +410,7 @@ def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None 
     t_start = time.perf_counter()
     if not out.resume:
         out.write_text("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    check_engine(engine_name, cfg)
     for spec in cfg.participants:
         check_model_name(spec)
     names = [p.name for p in cfg.participants]

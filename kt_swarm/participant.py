@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kt_swarm import deepspeed_host as ds
 from kt_swarm.data import BatchPlan, Dataset, Preprocess, augment_images
 from kt_swarm.errors import UserError, first_line
 from kt_swarm.tasks import SALIENCY_METRICS, saliency_metrics
@@ -87,18 +88,39 @@ class Participant:
     optimizer: torch.optim.Optimizer | None = None
     autocast: torch.dtype | None = None  # mixed precision for the forward pass; weights stay float32
     start_copy: nn.Module | None = None  # frozen copy of the weights at the start of the arm (kl_dp)
+    deepspeed: dict | None = None  # the filled DeepSpeed config: hosted by a DeepSpeed engine (deepspeed_host.py)
+    engine: object | None = None  # that engine, made with each arm's fresh optimizer
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None)
 
     def reset_optimizer(self, kind: str, lr: float, weight_decay: float) -> None:
         self.optimizer = make_optimizer(kind, self.model.parameters(), lr, weight_decay)
+        if self.deepspeed is not None:  # a fresh engine around the same module: ZeRO partitions the new optimizer
+            self.engine = ds.wrap(self.name, self.model, self.optimizer, self.deepspeed)
+            self.optimizer = self.engine.optimizer
 
     def step(self, scale: float = 1.0) -> None:
         """The optimizer's step at `scale` times the participant's learning rate (lr_scale)."""
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * scale
-        self.optimizer.step()
+        if self.engine is not None:
+            self.engine.step()
+        else:
+            self.optimizer.step()
+
+    def zero_grad(self) -> None:
+        if self.engine is not None:
+            self.engine.zero_grad()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Gradients of this participant's share (DeepSpeed's backward reduces and partitions them)."""
+        if self.engine is not None:
+            self.engine.backward(loss)
+        else:
+            loss.backward()
 
     def forward(self, data: Dataset, plan: BatchPlan, learns: bool = True) -> torch.Tensor:
         """Training-mode outputs of the planned batch (logits [B, C], or dense ones at the data's size), graph
@@ -181,18 +203,27 @@ class Participant:
 
     def weights(self) -> dict[str, torch.Tensor]:
         """A detached CPU copy of the model's weights (a best model, the start of the control arm)."""
+        if self.engine is not None:
+            return ds.weights(self.engine)
         return copy_tensors(self.model.state_dict(), "cpu")
 
     def state(self) -> dict:
         """Everything a checkpoint needs to continue this participant exactly: weights, optimizer, RNG."""
-        opt = self.optimizer.state_dict() if self.optimizer is not None else None
+        opt = ds.optimizer_state(self.engine) if self.engine is not None else (
+            self.optimizer.state_dict() if self.optimizer is not None else None)
         return {"model": self.weights(), "optimizer": copy_tensors(opt, "cpu"), "rng": rng_state(self.device)}
 
     def load_state(self, state: dict) -> None:
         """Weights, and the optimizer's state and the RNG where `state` has them (a best model has neither)."""
-        self.model.load_state_dict(state["model"])
+        if self.engine is not None:
+            ds.load_weights(self.engine, state["model"])
+        else:
+            self.model.load_state_dict(state["model"])
         if state.get("optimizer") is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+            if self.engine is not None:
+                ds.load_optimizer_state(self.engine, state["optimizer"])
+            else:
+                self.optimizer.load_state_dict(state["optimizer"])
         if state.get("rng") is not None:
             set_rng_state(state["rng"], self.device)
 
@@ -210,6 +241,3 @@ class Participant:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         # One reduction (and one device sync) for all of them; a norm that overflows counts as bad too.
         return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
-
-    def clone(self) -> "Participant":
-        return Participant(self.name, copy.deepcopy(self.model), self.preprocess, self.device, autocast=self.autocast)

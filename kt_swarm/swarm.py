@@ -31,6 +31,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from kt_swarm.build import build_participant, check_classes, pretrain_if_zoo
 from kt_swarm.config import Config
 from kt_swarm.data import Dataset, arm_plan
+from kt_swarm.deepspeed_host import init_group
 from kt_swarm.errors import ParticipantLost, UserError, first_line
 from kt_swarm.local import StepResult, blame
 from kt_swarm.objectives import LossSpec, participant_loss
@@ -64,6 +65,8 @@ class ParticipantActor:
         constructor argument: Ray warns about those in the object store for restartable actors.)"""
         self.data = data
         self.p = build_participant(self.cfg, self.index, self.data)
+        if self.p.deepspeed is not None:  # its own process group (its own free port): deepspeed_host.py
+            init_group(self.p.device)
         return self.p.output_width(self.data.channels, self.data.image_size)
 
     @property
@@ -139,9 +142,9 @@ class ParticipantActor:
         received = torch.stack([t.to(device=own.device, dtype=own.dtype) for t in ray.get(refs)])
         peers, frozen = (received[:, 0], received[:, 1]) if loss.start_copies else (received, None)
         value, roles = participant_loss(own, peers, self.index, target, frozen_logits=frozen, **loss.kwargs())
-        self.participant.optimizer.zero_grad(set_to_none=True)
+        self.participant.zero_grad()
         if loss.learns(self.index):
-            value.backward()
+            self.participant.backward(value)
             self.unapplied = True
         logits_ok = torch.isfinite(received).flatten(1).all(dim=1).tolist()
         return value.item(), roles.cpu(), logits_ok, bool(torch.isfinite(value)), self.participant.gradients_finite()
