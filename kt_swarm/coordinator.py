@@ -279,13 +279,10 @@ def units_per_image(cfg: Config, data: Dataset) -> float:
 def check_engine(name: str, cfg: Config) -> None:
     """What an engine cannot host, in one line before anything starts: a DeepSpeed participant needs a
     process of its own (one torch.distributed group per process), so only the Ray engine hosts it."""
-    for i, p in enumerate(cfg.participants):
+    for p in cfg.participants:
         if p.deepspeed is not None and name != "ray":
             raise UserError(f"participant '{p.name}': a DeepSpeed participant runs in its own Ray actor; "
                             f"use --engine ray (not {name})")
-        if p.ranks > 1:
-            raise UserError(f"config key 'participants.{i}.ranks': a participant on {p.ranks} ranks (a gang of actors) "
-                            f"is not built yet; use ranks: 1")
 
 
 def make_engine(name: str, cfg: Config, data: Dataset, address: str | None = None, pretrain: bool = True):

@@ -364,6 +364,12 @@ class BatchPlan:
     shifts: torch.Tensor  # [B, 2] (dy, dx) in pixels
     flips: torch.Tensor  # [B] bool
 
+    def share(self, rank: int, ranks: int) -> "BatchPlan":
+        """Rank `rank`'s share of the batch, of `ranks` equal ones in order (a participant on several ranks)."""
+        if ranks == 1:
+            return self
+        return BatchPlan(*(t.tensor_split(ranks)[rank] for t in (self.ids, self.shifts, self.flips)))
+
 
 def _generator(*keys: int) -> torch.Generator:
     # A fixed mix of the keys, so (seed, epoch, step) name one stream in every process.

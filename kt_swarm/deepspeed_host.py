@@ -89,13 +89,25 @@ def load_weights(engine, state: dict[str, torch.Tensor]) -> None:
 
 def optimizer_state(engine) -> dict:
     """The optimizer's state as tensors and plain values (a checkpoint loads with weights_only), not yet
-    copied: ZeRO's partitions included; its loss scaler (an object, unused without fp16) left out."""
-    return {k: v for k, v in engine.optimizer.state_dict().items() if k != "loss_scaler"}
+    copied: ZeRO's partitions and moments included; what is DeepSpeed's own objects (the loss scaler,
+    unused without fp16; the parameter-slice map universal checkpoints use) left out, since the live
+    optimizer has them (load_optimizer_state)."""
+    return {k: v for k, v in engine.optimizer.state_dict().items() if _plain(v)}
+
+
+def _plain(value) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and _plain(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, torch.Tensor) or type(value) in (bool, int, float, str)  # not IntEnums
 
 
 def load_optimizer_state(engine, state: dict) -> None:
     if stage(engine) == 0:
         engine.optimizer.load_state_dict(state)
         return
-    full = engine.optimizer.state_dict()  # what was left out (the loss scaler) comes from the live optimizer
-    engine.optimizer.load_state_dict([{**full, **state}], load_optimizer_states=True)
+    full = engine.optimizer.state_dict()  # what was left out (DeepSpeed's objects) comes from the live optimizer
+    # ZeRO reads its own rank's entry of a list of every rank's states; each rank holds only its own.
+    mine = [{**full, **state}] * torch.distributed.get_world_size()
+    engine.optimizer.load_state_dict(mine, load_optimizer_states=True)

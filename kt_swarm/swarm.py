@@ -31,7 +31,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from kt_swarm.build import build_participant, check_classes, pretrain_if_zoo
 from kt_swarm.config import Config
 from kt_swarm.data import Dataset, arm_plan
-from kt_swarm.deepspeed_host import init_group
+from kt_swarm.deepspeed_host import free_port, init_group
 from kt_swarm.errors import ParticipantLost, UserError, first_line
 from kt_swarm.local import StepResult, blame
 from kt_swarm.objectives import LossSpec, participant_loss
@@ -49,24 +49,30 @@ warnings.filterwarnings("ignore", message="Zero-copy tensor serialization is ena
 
 
 class ParticipantActor:
-    """Hosts one participant (wrapped with ray.remote by RaySwarm)."""
+    """Hosts one participant, or one rank of a participant on several (wrapped with ray.remote by RaySwarm)."""
 
-    def __init__(self, cfg: Config, index: int):
+    def __init__(self, cfg: Config, index: int, rank: int = 0, ranks: int = 1):
         # Nothing that can fail here: errors from setup() reach the driver as the task's own exception.
         self.cfg, self.index, self.data = cfg, index, None
+        self.rank, self.ranks = rank, ranks  # a gang's ranks each take their share of every batch, in order
         self.p = None
         self.pending = None  # (own logits with their graph, target) between forward and learn
         self.unapplied = False  # gradients of the last learn() not yet applied
         self.lr_scale = 1.0  # and the learning-rate scale they are to be applied at
         self.kept_buffers = []  # the buffers before the last forward, put back if its step is skipped
 
-    def setup(self, data: Dataset) -> int:
-        """Build the participant; returns the number of classes it predicts. (The data is not a
-        constructor argument: Ray warns about those in the object store for restartable actors.)"""
+    def rendezvous(self) -> tuple[str, int]:
+        """Rank 0's address and a free port on its node, where its gang's process group meets."""
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(self, data: Dataset, address: str | None = None, port: int | None = None) -> int:
+        """Build the participant (and its process group: its gang's at address:port, or its own); returns the
+        number of classes it predicts. (The data is not a constructor argument: Ray warns about those in
+        the object store for restartable actors.)"""
         self.data = data
         self.p = build_participant(self.cfg, self.index, self.data)
-        if self.p.deepspeed is not None:  # its own process group (its own free port): deepspeed_host.py
-            init_group(self.p.device)
+        if self.p.deepspeed is not None:
+            init_group(self.p.device, self.rank, self.ranks, address or "127.0.0.1", port)
         return self.p.output_width(self.data.channels, self.data.image_size)
 
     @property
@@ -123,37 +129,68 @@ class ParticipantActor:
             self.apply(update)
         plan = arm_plan(self.data, split, seed=self.cfg.seed, epoch=epoch, step=step, batch_size=batch_size,
                         augment=self.cfg.data.augment)
+        share = plan.share(self.rank, self.ranks)
         self.kept_buffers = self.participant.buffers()
-        logits = self.participant.forward(self.data, plan, loss.learns(self.index))
-        self.pending = (logits, self.data.target(plan.ids, plan).to(logits.device))
+        logits = self.participant.forward(self.data, share, loss.learns(self.index))
+        self.pending = (logits, self.data.target(plan.ids, plan).to(logits.device))  # the whole batch's targets
         sent = logits.detach()
         if loss.start_copies:
-            sent = torch.stack([sent, self.participant.start_logits(self.data, plan)])
+            sent = torch.stack([sent, self.participant.start_logits(self.data, share)])
         if self.cfg.transfer.exchange_dtype:  # fewer bytes; every actor partitions the same rounded numbers
             sent = sent.to(getattr(torch, self.cfg.transfer.exchange_dtype))
         return ray.put(sent.cpu())
 
-    def learn(self, refs: list[ray.ObjectRef], loss: LossSpec, lr_scale: float = 1.0) -> tuple[float, torch.Tensor, list[bool], bool, bool]:
-        """Back-propagate this participant's share; the optimizer steps later (at lr_scale), in apply().
+    def learn(self, refs: list[list[ray.ObjectRef]], loss: LossSpec, lr_scale: float = 1.0) -> tuple[float, torch.Tensor, list[bool], bool, bool]:
+        """Back-propagate this participant's share of the loss; the optimizer steps later (at lr_scale), in
+        apply(). refs[m]: participant m's logits, one reference per rank (its shares of the batch, in order).
         Returns (share, roles, every participant's logits finite, own share finite, own gradients finite)."""
         own, target = self.pending
         self.pending, self.lr_scale = None, lr_scale
+        batch_dim = 1 if loss.start_copies else 0  # [2, B, ...] with the start copy's logits under them
+        flat = iter(ray.get([r for shares in refs for r in shares]))
         # Peers' logits are read-only here: participant_loss never writes into them.
-        received = torch.stack([t.to(device=own.device, dtype=own.dtype) for t in ray.get(refs)])
+        received = torch.stack([torch.cat([next(flat).to(device=own.device, dtype=own.dtype) for _ in shares], dim=batch_dim)
+                                for shares in refs])
         peers, frozen = (received[:, 0], received[:, 1]) if loss.start_copies else (received, None)
+        if self.ranks > 1:  # the whole batch's logits, with the graph through this rank's rows only
+            rows = torch.arange(len(peers[self.index])).tensor_split(self.ranks)[self.rank]
+            own = torch.cat([peers[self.index][: rows[0]], own, peers[self.index][rows[-1] + 1 :]])
         value, roles = participant_loss(own, peers, self.index, target, frozen_logits=frozen, **loss.kwargs())
         self.participant.zero_grad()
         if loss.learns(self.index):
-            self.participant.backward(value)
+            # Each rank's gradient is its rows' part of the whole batch's; DeepSpeed averages over the ranks.
+            self.participant.backward(value * self.ranks)
             self.unapplied = True
         logits_ok = torch.isfinite(received).flatten(1).all(dim=1).tolist()
         return value.item(), roles.cpu(), logits_ok, bool(torch.isfinite(value)), self.participant.gradients_finite()
 
+    def _ids(self, split: str, first: int | None = None) -> torch.Tensor:
+        """This rank's share of a split (its first samples), in order."""
+        return self.data.splits[split][:first].tensor_split(self.ranks)[self.rank]
+
     def predict(self, split: str, batch_size: int, k: int) -> torch.Tensor:
-        return self.participant.predict(self.data, self.data.splits[split], batch_size, k)
+        return self.participant.predict(self.data, self._ids(split), batch_size, k)
 
     def logits(self, split: str, batch_size: int, first: int | None = None) -> torch.Tensor:
-        return self.participant.logits(self.data, self.data.splits[split][:first], batch_size)
+        return self.participant.logits(self.data, self._ids(split, first), batch_size)
+
+
+GANG = "_ranks"  # where a gang's per-rank optimizer and RNG states sit in its checkpointed state
+
+
+def gang_state(ranks: list[dict]) -> dict:
+    """One participant's state from its ranks' (one rank: as it is)."""
+    if len(ranks) == 1:
+        return ranks[0]
+    return {"model": ranks[0]["model"], "optimizer": {GANG: [r["optimizer"] for r in ranks]},
+            "rng": {GANG: [r["rng"] for r in ranks]}}
+
+
+def rank_state(state: dict, rank: int) -> dict:
+    """Rank `rank`'s part of a participant's state (weights alone, a best model's, go to every rank)."""
+    def part(value):
+        return value[GANG][rank] if isinstance(value, dict) and GANG in value else value
+    return {**state, "optimizer": part(state.get("optimizer")), "rng": part(state.get("rng"))}
 
 
 def _verbose() -> bool:
@@ -212,6 +249,9 @@ class RaySwarm:
     def __init__(self, cfg: Config, data: Dataset, *, address: str | None = None, pretrain: bool = True):
         self.cfg, self.batch_size = cfg, cfg.transfer.batch_size
         self.names = [p.name for p in cfg.participants]
+        # One actor per rank: a participant on k ranks (a gang) has k actors, in rank order.
+        self.owner = [i for i, p in enumerate(cfg.participants) for _ in range(p.ranks)]  # actor -> participant
+        self.gangs = [[a for a, i in enumerate(self.owner) if i == m] for m in range(len(cfg.participants))]
         self.actors, self.pg, self.owns_pg, self.data_ref = [], None, False, None
         self.placement_group = None  # its id, for summary.json
         self.update: bool | None = None  # the verdict on the last step, not yet sent to the actors
@@ -220,10 +260,13 @@ class RaySwarm:
             self._start(cfg, data)
             for attempt in range(cfg.fault.max_restarts + 1):
                 try:  # both are idempotent (the zoo is cached), so an actor lost here just does them again
-                    widths = self._gather([a.setup.remote(self.data_ref) for a in self.actors])
+                    widths = self._setup(range(len(self.names)))
                     check_classes(dict(zip(self.names, widths)), data.num_classes)
-                    if pretrain:
-                        self._gather([a.pretrain.remote() for a in self.actors], desc="participants ready")
+                    if pretrain:  # a gang's rank 0 trains (or loads) its zoo member; its other ranks then load it
+                        leads = [self.actors[g[0]] for g in self.gangs]
+                        self._gather([a.pretrain.remote() for a in leads], desc="participants ready", actors=list(range(len(leads))))
+                        rest = [a for g in self.gangs for a in g[1:]]
+                        self._gather([self.actors[a].pretrain.remote() for a in rest], actors=[self.owner[a] for a in rest])
                     break
                 except ParticipantLost as e:
                     if attempt == cfg.fault.max_restarts:
@@ -233,13 +276,34 @@ class RaySwarm:
             self.close()
             raise
 
+    def _setup(self, which) -> list[int]:
+        """Set up these participants' actors (a gang meets at its rank 0's address and a free port there);
+        returns each one's number of classes."""
+        which = list(which)
+        meet = {m: ray.get(self.actors[self.gangs[m][0]].rendezvous.remote()) if len(self.gangs[m]) > 1 else (None, None)
+                for m in which}
+        actors = [a for m in which for a in self.gangs[m]]
+        widths = self._gather([self.actors[a].setup.remote(self.data_ref, *meet[self.owner[a]]) for a in actors],
+                              actors=[self.owner[a] for a in actors])
+        return [widths[actors.index(self.gangs[m][0])] for m in which]
+
+    def _each(self, method: str, args_of=lambda m: (), which=None, desc: str | None = None) -> list[list]:
+        """Call `method` on every rank of these participants at once (collectives need the whole gang);
+        returns each participant's results, in rank order."""
+        which = range(len(self.names)) if which is None else which
+        actors = [a for m in which for a in self.gangs[m]]
+        out = self._gather([getattr(self.actors[a], method).remote(*args_of(self.owner[a])) for a in actors],
+                           desc=desc, actors=[self.owner[a] for a in actors])
+        results = iter(out)
+        return [[next(results) for _ in self.gangs[m]] for m in which]
+
     def _start(self, cfg: Config, data: Dataset) -> None:
-        n, res = len(cfg.participants), cfg.resources
+        n, res = len(self.owner), cfg.resources  # one bundle per actor: a gang takes one per rank
         current = ray.util.get_current_placement_group()
         if current is not None:  # a sweep trial: it reserved a bundle for itself, then one per participant
             if len(current.bundle_specs) != n + 1:
                 raise UserError(f"the enclosing placement group has {len(current.bundle_specs)} bundles; "
-                                f"{n} participants need {n + 1} (the trial's, then one each)")
+                                f"{n} participant actors need {n + 1} (the trial's, then one each)")
             self.pg, self.owns_pg = current, False
             self._place(cfg, data, current.bundle_specs[1], first_bundle=1)
             return
@@ -255,7 +319,7 @@ class RaySwarm:
         self.pg, self.owns_pg = placement_group([dict(bundle) for _ in range(n)], strategy=cfg.placement.strategy), True
         ready, _ = ray.wait([self.pg.ready()], timeout=cfg.placement.timeout_s)
         if not ready:
-            raise UserError(f"the Ray cluster cannot place {n} participants with {bundle} each "
+            raise UserError(f"the Ray cluster cannot place {n} participant actors with {bundle} each "
                             f"(placement.strategy {cfg.placement.strategy}) within {cfg.placement.timeout_s:g} s")
         self._place(cfg, data, bundle, first_bundle=0)
 
@@ -271,12 +335,12 @@ class RaySwarm:
                 # Peers' logits are read without a copy (they are never written: see learn()); this
                 # halved the exchange of 128 x 32000 logits here (benchmarks/results/step_time.md).
                 runtime_env={"env_vars": {"RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1"}},
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=first_bundle + i),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=first_bundle + a),
                 # A dead actor process comes back (same bundle, __init__ again); the coordinator then
                 # sets it up and restores every participant to the last consistent checkpoint.
                 max_restarts=cfg.fault.max_restarts,
-            ).remote(cfg, i)
-            for i in range(len(cfg.participants))
+            ).remote(cfg, m, rank=self.gangs[m].index(a), ranks=len(self.gangs[m]))
+            for a, m in enumerate(self.owner)
         ]
 
     def _gather(self, refs: list, desc: str | None = None, actors: list[int] | None = None) -> list:
@@ -303,7 +367,7 @@ class RaySwarm:
                     try:
                         ray.get(ref)
                     except Exception as e:  # noqa: BLE001 - reported in one line below
-                        errors.append((actors[k] if actors else k, e))
+                        errors.append((actors[k] if actors else self.owner[k], e))
             errors.sort(key=lambda ie: not isinstance(ie[1], ray.exceptions.RayActorError))
             if errors:
                 raise self._one_line(*errors[0]) from None
@@ -329,78 +393,93 @@ class RaySwarm:
             update, self.update = self.update, None
             self._gather([a.apply.remote(update) for a in self.actors])
 
+    def _restarted(self, a: int, deadline: float) -> bool | None:
+        """Whether actor `a`'s process is a fresh one Ray restarted (not set up), once it answers; None when
+        it is dead for good (its fault.max_restarts spent)."""
+        died_since = None
+        while True:
+            try:
+                return not ray.get(self.actors[a].is_set_up.remote())
+            except ray.exceptions.ActorUnavailableError as e:  # still restarting: calls fail, not wait
+                if time.monotonic() > deadline:
+                    raise self._one_line(self.owner[a], e) from None
+                time.sleep(0.2)
+            except ray.exceptions.ActorDiedError:  # dead for good, once Ray has had a moment to restart it
+                died_since = died_since or time.monotonic()
+                if time.monotonic() - died_since > 5:
+                    return None
+                time.sleep(0.2)
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+                raise self._one_line(self.owner[a], e) from None
+
     def revive(self) -> tuple[list[int], list[int]]:
-        """Set up again every actor Ray has restarted (their state is restored next): several may have
-        died at once (a lost node), and not only the one a call failed on. Returns (revived, dead:
-        actors Ray will not restart, their fault.max_restarts spent)."""
+        """Set up again every participant whose actor Ray has restarted (their state is restored next):
+        several may have died at once (a lost node), and not only the one a call failed on. A gang whose
+        rank came back has lost its process group: its other ranks are restarted too, and it meets again.
+        Returns (revived, dead: participants whose actor Ray will not restart, fault.max_restarts spent)."""
         self.update = None
-        revived, dead = [], []
         deadline = time.monotonic() + self.cfg.placement.timeout_s
-        for i, actor in enumerate(self.actors):
-            died_since = None
-            while True:
-                try:
-                    if not ray.get(actor.is_set_up.remote()):
-                        ray.get(actor.setup.remote(self.data_ref))
-                        revived.append(i)
-                    break
-                except ray.exceptions.ActorUnavailableError as e:  # still restarting: calls fail, not wait
-                    if time.monotonic() > deadline:
-                        raise self._one_line(i, e) from None
-                    time.sleep(0.2)
-                except ray.exceptions.ActorDiedError:  # dead for good, once Ray has had a moment to restart it
-                    died_since = died_since or time.monotonic()
-                    if time.monotonic() - died_since > 5:
-                        dead.append(i)
-                        break
-                    time.sleep(0.2)
-                except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
-                    raise self._one_line(i, e) from None
+        fresh = {a: self._restarted(a, deadline) for a in range(len(self.actors))}
+        dead = sorted({self.owner[a] for a, f in fresh.items() if f is None})
+        revived = sorted({self.owner[a] for a, f in fresh.items() if f} - set(dead))
+        for m in revived:
+            for a in self.gangs[m]:
+                if not fresh[a]:
+                    ray.kill(self.actors[a], no_restart=False)
+                    while self._restarted(a, deadline) is False:  # the old process may answer once more
+                        time.sleep(0.2)
+        if revived:
+            self._setup(revived)
         return revived, dead
 
     def states(self):
+        """Each participant's state; a gang's is its rank 0's weights with every rank's optimizer and RNG state."""
         self._settle()
-        refs = [a.state.remote() for a in self.actors]  # all at work at once, one in memory here at a time
-        for i, ref in enumerate(refs):
-            yield self._gather([ref], actors=[i])[0]
+        for m in range(len(self.names)):  # one participant in memory here at a time
+            yield gang_state(self._each("state", which=[m])[0])
 
     def weights(self, which: list[int]) -> list[dict]:
         self._settle()
-        return self._gather([self.actors[i].weights.remote() for i in which], actors=which)
+        return [ranks[0] for ranks in self._each("weights", which=which)]
 
     def load(self, states: list[dict], which: list[int] | None = None) -> None:
         self.update = None  # a pending update is part of the state being replaced
-        which = list(range(len(self.actors))) if which is None else which
-        self._gather([self.actors[i].load.remote(s) for i, s in zip(which, states)], actors=which)
+        which = list(range(len(self.names))) if which is None else which
+        per = dict(zip(which, states))
+        actors = [a for m in which for a in self.gangs[m]]
+        self._gather([self.actors[a].load.remote(rank_state(per[self.owner[a]], self.gangs[self.owner[a]].index(a)))
+                      for a in actors], actors=[self.owner[a] for a in actors])
 
     def reset_optimizers(self, optimizer: str, lrs: list[float], weight_decays: list[float]) -> None:
         self.update = None
-        self._gather([a.reset_optimizer.remote(optimizer, lr, wd) for a, lr, wd in zip(self.actors, lrs, weight_decays)])
+        self._each("reset_optimizer", lambda m: (optimizer, lrs[m], weight_decays[m]))
 
     def set_start_copies(self, weights: Iterable[dict] | None) -> None:
-        for i, (actor, w) in enumerate(zip(self.actors, weights or itertools.repeat(None))):  # one in memory at a time
-            self._gather([actor.set_start_copy.remote(w)], actors=[i])
+        for m, w in zip(range(len(self.names)), weights or itertools.repeat(None)):  # one in memory at a time
+            self._each("set_start_copy", lambda _: (w,), which=[m])
 
     def train_step(self, epoch: int, step: int, loss: LossSpec, split: str = "train", lr_scale: float = 1.0) -> StepResult:
-        refs = self._gather([a.forward.remote(epoch, step, self.batch_size, self.update, loss, split) for a in self.actors])
-        results = self._gather([a.learn.remote(refs, loss, lr_scale) for a in self.actors])
-        bad = blame(results[0][2], [r[3] for r in results], [r[4] for r in results])
+        refs = self._each("forward", lambda m: (epoch, step, self.batch_size, self.update, loss, split))
+        results = self._each("learn", lambda m: (refs, loss, lr_scale))
+        # Every rank computes its participant's whole share; its own rows' gradients are its part.
+        bad = blame(results[0][0][2], [all(r[3] for r in ranks) for ranks in results],
+                    [all(r[4] for r in ranks) for ranks in results])
         self.update = not bad
-        return StepResult([r[0] for r in results], results[0][1], bad)
+        return StepResult([ranks[0][0] for ranks in results], results[0][0][1], bad)
 
     def predict(self, split: str, batch_size: int, k: int = 1) -> torch.Tensor:
-        self._settle()
-        return torch.stack(self._gather([a.predict.remote(split, batch_size, k) for a in self.actors], desc=f"eval {split}"))
+        self._settle()  # a gang's ranks each predict their share of the split
+        return torch.stack([torch.cat(ranks) for ranks in self._each("predict", lambda m: (split, batch_size, k), desc=f"eval {split}")])
 
     def logits(self, split: str, batch_size: int, first: int | None = None) -> torch.Tensor:
         self._settle()
-        return torch.stack(self._gather([a.logits.remote(split, batch_size, first) for a in self.actors]))
+        return torch.stack([torch.cat(ranks) for ranks in self._each("logits", lambda m: (split, batch_size, first))])
 
     def nodes(self) -> list[str]:
-        return self._gather([a.node.remote() for a in self.actors])
+        return [ranks[0] for ranks in self._each("node")]
 
     def pids(self) -> list[int]:
-        return self._gather([a.pid.remote() for a in self.actors])
+        return [ranks[0] for ranks in self._each("pid")]
 
     def close(self) -> None:
         for a in self.actors:

@@ -126,12 +126,12 @@ def _overrides(params: dict) -> list[str]:
 
 
 def _trial_resources(cfg, cluster: dict, engine: str = "ray"):
-    """One placement group per trial: the trial itself, then one bundle per participant (--engine ray).
+    """One placement group per trial: the trial itself, then one bundle per participant actor (--engine ray).
     With --engine local every participant runs in the trial's own process, so its one bundle holds what
     the participants would have had: Ray gives it as many threads as CPUs (not 1 for a 0.5-CPU trial)."""
     from ray import tune
 
-    n, res = len(cfg.participants), cfg.resources
+    n, res = sum(p.ranks for p in cfg.participants), cfg.resources  # an actor per rank
     gpu_total = cluster.get("GPU", 0)
     if engine == "local":
         cpus = res.cpus_per_participant * n if res.cpus_per_participant is not None else max(1.0, cluster.get("CPU", 1))

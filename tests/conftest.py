@@ -1,5 +1,6 @@
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,19 @@ def dense_config(task: str = "segmentation", **overrides) -> dict:
     }
     raw.update(overrides)
     return raw
+
+
+def killer(names: list[str], arm: str, step: int, epoch: int = 0):
+    """on_record that SIGKILLs these participants' actor processes once the run logs (arm, epoch, step)."""
+    pids, killed = {}, []
+
+    def on_record(record: dict) -> None:
+        if record.get("event") == "placed":
+            pids.update({n: where["pid"] for n, where in record["participants"].items()})
+        if (record.get("arm"), record.get("epoch"), record.get("step")) == (arm, epoch, step) and "losses" in record:
+            if not killed:  # once: the restored run logs this step again
+                for name in names:
+                    os.kill(pids[name], signal.SIGKILL)
+                    killed.append(pids[name])
+
+    return on_record

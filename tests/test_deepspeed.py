@@ -7,7 +7,7 @@ import sys
 import pytest
 import ray
 
-from conftest import ROOT, kt_swarm, mlp_config
+from conftest import ROOT, killer, kt_swarm, mlp_config
 from kt_swarm.config import parse_config
 from kt_swarm.coordinator import run
 from kt_swarm.errors import UserError
@@ -19,12 +19,13 @@ HELPERS = ROOT / "tests" / "helpers"
 sys.path.insert(0, str(HELPERS))
 
 
-def hosted(stages: dict[str, int], **overrides) -> dict:
-    """mlp_config in float32 with these participants hosted by DeepSpeed at these ZeRO stages."""
+def hosted(stages: dict[str, int | tuple[int, int]], **overrides) -> dict:
+    """mlp_config in float32 with these participants hosted by DeepSpeed: ZeRO stage, or (stage, ranks)."""
     raw = mlp_config(dtype="float32", **overrides)
     for p in raw["participants"]:
         if p["name"] in stages:
-            p["deepspeed"] = {"zero_optimization": {"stage": stages[p["name"]]}}
+            stage, ranks = stages[p["name"]] if isinstance(stages[p["name"]], tuple) else (stages[p["name"]], 1)
+            p.update(deepspeed={"zero_optimization": {"stage": stage}}, ranks=ranks)
     return raw
 
 
@@ -70,28 +71,44 @@ def ray_instance():
     ray.shutdown()
 
 
-def steps(run_dir) -> list[dict]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in records if "losses" in r or r.get("event") in ("eval", "test")]
+def records(run_dir) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "losses" in r or r.get("event") in ("eval", "test")]
 
 
-def test_deepspeed_participants_reach_what_plain_ones_reach(ray_instance, tmp_path):
-    """Every ZeRO stage (two participants per run, each in its own process group on one node): the same
-    per-step shares, role matrices, validation and test accuracies as plain participants, in float32.
-    Checkpoints every 2 steps, and every arm starts from the start set (weights loaded into ZeRO's master copy)."""
+def same_run(reference, records_, rel: float) -> None:
+    """Per-step shares (within `rel`; 0: bit for bit), role matrices, validation and test accuracies."""
+    assert len(records_) == len(reference) > 10
+    for a, b in zip(reference, records_):
+        for p in a.get("losses", {}):
+            assert b["losses"][p] == (pytest.approx(a["losses"][p], rel=rel) if rel else a["losses"][p]), (a, p)
+        for key in ("val_acc", "test_acc", "role_matrix"):
+            assert a.get(key) == b.get(key), key
+
+
+def test_deepspeed_participants_reach_what_plain_ones_reach_through_a_lost_rank(ray_instance, tmp_path):
+    """Every ZeRO stage, on one rank and on a gang of two (each participant in its own process group, two
+    on one node): the same per-step shares, role matrices, validation and test accuracies as plain
+    participants, in float32. Checkpoints every 2 steps; every arm starts from the start set (weights
+    loaded into ZeRO's master copy, on every rank). One rank: bit for bit. Two: the gang's gradient is
+    the sum of its ranks' (DeepSpeed's all-reduce, then its average) where plain autograd sums the batch
+    at once, so its shares move by float32 rounding (measured: at most 1.4e-7 relative).
+
+    In the last run (two gangs: ZeRO-3 and ZeRO-2), rank 0 of the ZeRO-2 gang is SIGKILLed mid-arm: Ray restarts it, its other rank is
+    restarted too (their process group is gone), the gang meets again on a fresh port, every participant
+    returns to the last checkpoint (the gang's partitioned optimizer state rank by rank) and the run ends
+    as the uninterrupted one."""
+    runs = {"plain": {}, "one-rank": {"wide": 0, "narrow": 1}, "gangs-killed": {"wide": (3, 2), "narrow": (2, 2)}}
     summaries = {}
-    for name, stages in [("plain", {}), ("zero-0-1", {"wide": 0, "narrow": 1}), ("zero-2-3", {"wide": 2, "narrow": 3})]:
+    for name, stages in runs.items():
         with RunDir(tmp_path / name) as rd:
-            summaries[name] = run(parse_config(hosted(stages)), rd, "ray")
-    reference = steps(tmp_path / "plain")
-    for name in ("zero-0-1", "zero-2-3"):
-        records = steps(tmp_path / name)
-        assert len(records) == len(reference) > 10
-        for a, b in zip(reference, records):
-            # Measured: bit for bit, one rank each (the same sums in the same order, ZeRO's master copy in float32).
-            assert a.get("losses") == b.get("losses"), (name, a.get("arm"), a.get("step"))
-            for key in ("val_acc", "test_acc", "role_matrix"):
-                assert a.get(key) == b.get(key), (name, key)
+            summaries[name] = run(parse_config(hosted(stages)), rd, "ray",
+                                  on_record=killer(["narrow"], "transfer", step=1, epoch=1) if "killed" in name else None)
+    assert summaries["gangs-killed"]["faults"]["restarts"] == {"wide": 0, "narrow": 1}
+    reference = records(tmp_path / "plain")
+    for name, stages in runs.items():
+        gang = any(isinstance(v, tuple) for v in stages.values())  # (its logits reach every peer's share)
+        same_run(reference, records(tmp_path / name), 1e-6 if gang else 0)
         for n, p in summaries["plain"]["participants"].items():
             q = summaries[name]["participants"][n]
             assert (q["acc_after"], q["acc_control"], q["best_epoch"]) == (p["acc_after"], p["acc_control"], p["best_epoch"])

@@ -8,7 +8,7 @@ import pytest
 import ray
 import torch
 
-from conftest import ROOT, compared, dense_config, mlp_config
+from conftest import ROOT, compared, dense_config, killer, mlp_config
 from kt_swarm.config import Config, load_config, parse_config
 from kt_swarm.checkpoint import Checkpoints
 from kt_swarm.coordinator import fresh_arm, make_engine, run, save_start, train_arm
@@ -237,22 +237,6 @@ def test_half_precision_exchange_keeps_every_actor_on_one_partition():
         assert all(torch.equal(roles[0], r) for r in roles[1:])
     finally:
         engine.close()
-
-
-def killer(names: list[str], arm: str, step: int, epoch: int = 0):
-    """on_record that SIGKILLs these participants' actor processes once the run logs (arm, epoch, step)."""
-    pids, killed = {}, []
-
-    def on_record(record: dict) -> None:
-        if record.get("event") == "placed":
-            pids.update({n: where["pid"] for n, where in record["participants"].items()})
-        if (record.get("arm"), record.get("epoch"), record.get("step")) == (arm, epoch, step) and "losses" in record:
-            if not killed:  # once: the restored run logs this step again
-                for name in names:
-                    os.kill(pids[name], signal.SIGKILL)
-                    killed.append(pids[name])
-
-    return on_record
 
 
 def test_a_killed_actor_is_restarted_and_the_run_ends_as_if_nothing_happened(tmp_path):
