@@ -1,7 +1,5 @@
 """The Ray swarm: one actor per participant, exact against the local engine, at scale, on failure."""
 import json
-import os
-import signal
 import sys
 
 import pytest
