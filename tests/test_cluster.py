@@ -60,7 +60,7 @@ def two_node_cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_smoke_run_submitted_to_a_two_node_cluster(two_node_cluster, tmp_path, zoo_cache):
+def test_smoke_run_with_a_deepspeed_gang_submitted_to_a_two_node_cluster(two_node_cluster, tmp_path, zoo_cache):
     env = two_node_cluster
     out = tmp_path / "run"
     runtime_env = json.dumps({"env_vars": {"KT_SWARM_CACHE": str(zoo_cache), "RAY_USAGE_STATS_ENABLED": "0"},
@@ -68,7 +68,9 @@ def test_smoke_run_submitted_to_a_two_node_cluster(two_node_cluster, tmp_path, z
     submit = [RAY, "job", "submit", "--address", "http://127.0.0.1:8291", "--working-dir", str(ROOT),
               "--runtime-env-json", runtime_env, "--",
               sys.executable, "-m", "kt_swarm", "run", "configs/smoke.yaml", "--set", "placement.strategy=SPREAD",
-              "--set", "resources.cpus_per_participant=1", "--out", str(out)]
+              "--set", "resources.cpus_per_participant=1", "--out", str(out),
+              # The ViT on a gang of two ranks under ZeRO-2 (a bundle each: the cluster's 4 CPUs, both nodes).
+              "--set", "participants.1.ranks=2", "--set", "participants.1.deepspeed={zero_optimization: {stage: 2}}"]
     proc = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
@@ -76,3 +78,4 @@ def test_smoke_run_submitted_to_a_two_node_cluster(two_node_cluster, tmp_path, z
     nodes = {p["node"] for p in summary["participants"].values()}
     assert len(nodes) == 2, nodes  # SPREAD over the two nodes
     assert summary["engine"] == "ray"
+    assert summary["participants"]["vit"]["acc_after"] > 0  # the gang trained, evaluated and reported
