@@ -405,9 +405,9 @@ def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None 
     import yaml
 
     t_start = time.perf_counter()
+    check_engine(engine_name, cfg)
     if not out.resume:
         out.write_text("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    check_engine(engine_name, cfg)
     for spec in cfg.participants:
         check_model_name(spec)
     names = [p.name for p in cfg.participants]

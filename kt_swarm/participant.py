@@ -97,6 +97,8 @@ class Participant:
     def reset_optimizer(self, kind: str, lr: float, weight_decay: float) -> None:
         self.optimizer = make_optimizer(kind, self.model.parameters(), lr, weight_decay)
         if self.deepspeed is not None:  # a fresh engine around the same module: ZeRO partitions the new optimizer
+            if self.engine is not None:  # the last arm's: its hooks would keep it (and its optimizer state) alive
+                self.engine.destroy()
             self.engine = ds.wrap(self.name, self.model, self.optimizer, self.deepspeed)
             self.optimizer = self.engine.optimizer
 
@@ -241,3 +243,7 @@ class Participant:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         # One reduction (and one device sync) for all of them; a norm that overflows counts as bad too.
         return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+
+    def clone(self) -> "Participant":
+        """A plain copy (model and preprocessing; no optimizer): tests step one against the engine's."""
+        return Participant(self.name, copy.deepcopy(self.model), self.preprocess, self.device, autocast=self.autocast)

@@ -107,7 +107,7 @@ def format_table(summary: dict) -> str:
         )
     vs_control, vs_self = summary["success_rate_vs_control"], summary.get("success_rate_vs_self_training")
     rows.append(
-        f"test {metric_name(summary)} % (flips vs start); success rate {100 * summary['success_rate']:.0f}%"
+        f"test{'' if summary.get('metric', 'accuracy') == 'accuracy' else ' ' + metric_name(summary)} % (flips vs start); success rate {100 * summary['success_rate']:.0f}%"
         + ("" if vs_control is None else f", {100 * vs_control:.0f}% above control")
         + ("" if vs_self is None else f", {100 * vs_self:.0f}% above self-training")
         + f"; {summary['engine']}, {summary.get('strategy', 'best')}, {summary['steps']} steps, "

@@ -7,7 +7,7 @@ import sys
 import pytest
 import ray
 
-from conftest import ROOT, killer, kt_swarm, mlp_config
+from conftest import ROOT, killer, mlp_config
 from kt_swarm.config import parse_config
 from kt_swarm.coordinator import run
 from kt_swarm.errors import UserError
@@ -21,7 +21,7 @@ sys.path.insert(0, str(HELPERS))
 
 def hosted(stages: dict[str, int | tuple[int, int]], **overrides) -> dict:
     """mlp_config in float32 with these participants hosted by DeepSpeed: ZeRO stage, or (stage, ranks)."""
-    raw = mlp_config(dtype="float32", **overrides)
+    raw = mlp_config(**{"dtype": "float32", "control": False, **overrides})  # restores re-make the engines anyway
     for p in raw["participants"]:
         if p["name"] in stages:
             stage, ranks = stages[p["name"]] if isinstance(stages[p["name"]], tuple) else (stages[p["name"]], 1)
@@ -58,10 +58,10 @@ def test_what_deepspeed_cannot_do_here_is_refused_before_anything_starts(tmp_pat
     raw = hosted({})
     raw["participants"][0]["deepspeed"] = str(config)
     assert parse_config(raw).participants[0].deepspeed == {"zero_optimization": {"stage": 2}, "bf16": {"enabled": False}}
-    (tmp_path / "run.yaml").write_text(json.dumps(hosted({"wide": 2})))
-    done = kt_swarm("run", tmp_path / "run.yaml", "--engine", "local", "--out", tmp_path / "run")
-    assert done.returncode == 2 and "use --engine ray (not local)" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    with pytest.raises(UserError, match=r"participant 'wide': a DeepSpeed participant runs in its own Ray actor; use --engine ray \(not local\)"):
+        with RunDir(tmp_path / "run") as rd:
+            run(parse_config(hosted({"wide": 2})), rd, "local")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 @pytest.fixture(scope="module")

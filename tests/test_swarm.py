@@ -131,11 +131,12 @@ def test_ray_swarm_equals_local_engine_in_float64(n, arms, tmp_path):
     assert len({tuple(local[name][2].flatten().tolist()) for name in arms}) > len(arms) // 2
 
 
+EXACT = (("exact", False),)  # the teacher's gradient path, the harder one; the detached one is classification's
 DENSE = {  # the unit is the arm's (LossSpec), so one segmentation swarm runs both
-    "segmentation": {**{f"pixel-{k}": v for k, v in both_modes(strategy="best", task="segmentation", unit="pixel").items()},
+    "segmentation": {**{f"pixel-{k}": v for k, v in both_modes(EXACT, strategy="best", task="segmentation", unit="pixel").items()},
                      **both_modes(DETACHED, strategy="kl_dp", task="segmentation", unit="pixel"),
-                     **{f"image-{k}": v for k, v in both_modes(strategy="best", task="segmentation", unit="image").items()}},
-    "saliency": {**both_modes(strategy="best", task="saliency"), **both_modes(DETACHED, strategy="dml", task="saliency")},
+                     **{f"image-{k}": v for k, v in both_modes(EXACT, strategy="best", task="segmentation", unit="image").items()}},
+    "saliency": {**both_modes(EXACT, strategy="best", task="saliency"), **both_modes(DETACHED, strategy="dml", task="saliency")},
 }
 
 
@@ -171,7 +172,7 @@ def test_forward_returns_a_reference_not_logits():
         assert isinstance(ref, ray.ObjectRef)
         logits = ray.get(ref)
         assert logits.shape == (48, 10) and logits.dtype == torch.float64
-        ray.get(engine.actors[0].learn.remote([ref, ray.get(engine.actors[1].forward.remote(0, 0, 48))], LossSpec()))
+        ray.get(engine.actors[0].learn.remote([[ref], [ray.get(engine.actors[1].forward.remote(0, 0, 48))]], LossSpec()))
     finally:
         engine.close()
 
@@ -219,7 +220,7 @@ def test_a_failing_participant_stops_the_run_with_one_line(tmp_path):
 
 def test_unplaceable_swarm_is_one_line():
     cfg = tiny_config(2, placement={"strategy": "STRICT_SPREAD", "timeout_s": 3})
-    with pytest.raises(UserError, match="cannot place 2 participants"):
+    with pytest.raises(UserError, match="cannot place 2 participant actors"):
         make_engine("ray", cfg, load_dataset(cfg.data))
 
 
@@ -231,7 +232,7 @@ def test_half_precision_exchange_keeps_every_actor_on_one_partition():
         engine.reset_optimizers("adam", [1e-3] * 3, [0.0] * 3)
         refs = ray.get([a.forward.remote(0, 0, 48) for a in engine.actors])
         assert all(ray.get(r).dtype == torch.float16 for r in refs)
-        roles = [r[1] for r in ray.get([a.learn.remote(refs, LossSpec()) for a in engine.actors])]
+        roles = [r[1] for r in ray.get([a.learn.remote([[r] for r in refs], LossSpec()) for a in engine.actors])]
         assert all(torch.equal(roles[0], r) for r in roles[1:])
     finally:
         engine.close()
