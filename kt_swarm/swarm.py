@@ -316,6 +316,10 @@ class RaySwarm:
             total = cluster.get("CPU", 1)
             cpus = float(total // n) if total >= n else total / n
         bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **res.custom}
+        for p in cfg.participants:
+            if not gpus and ((p.deepspeed or {}).get("fp16") or {}).get("enabled"):
+                raise UserError(f"participant '{p.name}': deepspeed fp16 needs a GPU, and its actor gets none "
+                                f"(DeepSpeed has no fp16 on the CPU; use bf16)")
         self.pg, self.owns_pg = placement_group([dict(bundle) for _ in range(n)], strategy=cfg.placement.strategy), True
         ready, _ = ray.wait([self.pg.ready()], timeout=cfg.placement.timeout_s)
         if not ready:

@@ -112,3 +112,16 @@ def test_deepspeed_participants_reach_what_plain_ones_reach_through_a_lost_rank(
         for n, p in summaries["plain"]["participants"].items():
             q = summaries[name]["participants"][n]
             assert (q["acc_after"], q["acc_control"], q["best_epoch"]) == (p["acc_after"], p["acc_control"], p["best_epoch"])
+
+
+def test_fp16_without_a_gpu_is_refused_before_any_actor_starts(ray_instance):
+    """device: auto on a machine (or bundle) without a GPU: found when the swarm is placed, before any actor."""
+    raw = hosted({})
+    raw["participants"][0]["deepspeed"] = {"fp16": {"enabled": True}}
+    cfg = parse_config(raw)
+    from kt_swarm.coordinator import make_engine
+    from kt_swarm.data import load_dataset
+
+    with pytest.raises(UserError, match="participant 'wide': deepspeed fp16 needs a GPU, and its actor gets none"):
+        make_engine("ray", cfg, load_dataset(cfg.data))
+    assert all(pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values())
