@@ -232,11 +232,7 @@ def _load_dense_folder(cfg: DataConfig, task: str):
         if not ids:
             raise UserError(f"dataset folder '{folder}' has no readable image pairs")
         split_ids[split] = torch.tensor(ids, dtype=torch.long)
-    gray = all(p.mode in ("L", "1", "I;16", "I;16B", "I;16L", "I") for p in pictures)
-    sizes = [p.size for p in pictures]
-    size = max(set(sizes), key=sizes.count)
-    images = torch.from_numpy(np.stack([_to_uint8(p, gray, size) for p in pictures]))
-    images = images.unsqueeze(1) if gray else images.permute(0, 3, 1, 2).contiguous()
+    images, size = _stack(pictures)
     from PIL import Image
 
     resample = Image.NEAREST if task == "segmentation" else Image.BILINEAR  # labels are never blended
@@ -280,14 +276,17 @@ def _load_folder(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str,
         if extra:
             raise UserError(f"dataset folder '{root / split}' has classes not in train: {', '.join(extra)}")
         split_ids[split] = torch.tensor(ids, dtype=torch.long)
-    # Channels and size come from the data: grayscale stays one channel; mixed sizes go to the most common one.
+    return _stack(pictures)[0], torch.tensor(labels, dtype=torch.long), split_ids, classes, skipped
+
+
+def _stack(pictures: list) -> tuple[torch.Tensor, tuple[int, int]]:
+    """PIL images as one uint8 tensor [n, C, H, W], and the size they were brought to. Channels and size come
+    from the data: grayscale stays one channel; mixed sizes go to the most common one."""
     gray = all(p.mode in ("L", "1", "I;16", "I;16B", "I;16L", "I") for p in pictures)
     sizes = [p.size for p in pictures]
     size = max(set(sizes), key=sizes.count)
-    arrays = [_to_uint8(p, gray, size) for p in pictures]
-    images = torch.from_numpy(np.stack(arrays))
-    images = images.unsqueeze(1) if gray else images.permute(0, 3, 1, 2).contiguous()
-    return images, torch.tensor(labels, dtype=torch.long), split_ids, classes, skipped
+    images = torch.from_numpy(np.stack([_to_uint8(p, gray, size) for p in pictures]))
+    return (images.unsqueeze(1) if gray else images.permute(0, 3, 1, 2).contiguous()), size
 
 
 def _to_uint8(picture, gray: bool, size: tuple[int, int]) -> np.ndarray:
