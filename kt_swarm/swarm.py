@@ -48,6 +48,24 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 warnings.filterwarnings("ignore", message="Zero-copy tensor serialization is enabled")
 
 
+def placement_shortfall(bundle: dict, n: int, nodes: list[dict], strategy: str) -> str | None:
+    """Why n copies of `bundle` cannot fit the alive nodes' total resources under `strategy`, or None.
+
+    The bundles are all alike, so counting how many fit on each node is exact (for an empty cluster);
+    resources busy with other work are the placement timeout's business, not this check's."""
+    per_node = [min((int(res.get(k, 0) / v + 1e-9) for k, v in bundle.items() if v > 0), default=n) for res in nodes]
+    if strategy == "STRICT_PACK":
+        room, where = max(per_node, default=0), "on one node (STRICT_PACK)"
+    elif strategy == "STRICT_SPREAD":
+        room, where = sum(min(k, 1) for k in per_node), "one per node (STRICT_SPREAD)"
+    else:
+        room, where = sum(per_node), f"on its {len(nodes)} node(s)"
+    if room >= n:
+        return None
+    totals = {k: sum(res.get(k, 0) for res in nodes) for k in bundle}
+    return f"it has room for {room} {where}; its nodes have {totals} in all"
+
+
 class ParticipantActor:
     """Hosts one participant, or one rank of a participant on several (wrapped with ray.remote by RaySwarm)."""
 
@@ -320,6 +338,11 @@ class RaySwarm:
             if not gpus and ((p.deepspeed or {}).get("fp16") or {}).get("enabled"):
                 raise UserError(f"participant '{p.name}': deepspeed fp16 needs a GPU, and its actor gets none "
                                 f"(DeepSpeed has no fp16 on the CPU; use bf16)")
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        short = placement_shortfall(bundle, n, nodes, cfg.placement.strategy)
+        if short:  # Ray would wait for nodes that may never come: say so now, before any actor starts
+            raise UserError(f"the Ray cluster cannot place {n} participant actors with {bundle} each "
+                            f"(placement.strategy {cfg.placement.strategy}): {short}")
         self.pg, self.owns_pg = placement_group([dict(bundle) for _ in range(n)], strategy=cfg.placement.strategy), True
         ready, _ = ray.wait([self.pg.ready()], timeout=cfg.placement.timeout_s)
         if not ready:

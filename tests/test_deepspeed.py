@@ -86,6 +86,18 @@ def same_run(reference, records_, rel: float) -> None:
             assert a.get(key) == b.get(key), key
 
 
+class Stop(Exception):
+    """Stands for the driver dying mid-run."""
+
+
+def stop_at(arm: str, epoch: int, step: int):
+    def on_record(record: dict) -> None:
+        if (record.get("arm"), record.get("epoch"), record.get("step")) == (arm, epoch, step) and "losses" in record:
+            raise Stop
+
+    return on_record
+
+
 def test_deepspeed_participants_reach_what_plain_ones_reach_through_a_lost_rank(ray_instance, tmp_path):
     """Every ZeRO stage, on one rank and on a gang of two (each participant in its own process group, two
     on one node): the same per-step shares, role matrices, validation and test accuracies as plain
@@ -94,17 +106,25 @@ def test_deepspeed_participants_reach_what_plain_ones_reach_through_a_lost_rank(
     the sum of its ranks' (DeepSpeed's all-reduce, then its average) where plain autograd sums the batch
     at once, so its shares move by float32 rounding (measured: at most 1.4e-7 relative).
 
-    In the last run (two gangs: ZeRO-3 and ZeRO-2), rank 0 of the ZeRO-2 gang is SIGKILLed mid-arm: Ray restarts it, its other rank is
-    restarted too (their process group is gone), the gang meets again on a fresh port, every participant
-    returns to the last checkpoint (the gang's partitioned optimizer state rank by rank) and the run ends
-    as the uninterrupted one."""
-    runs = {"plain": {}, "one-rank": {"wide": 0, "narrow": 1}, "gangs-killed": {"wide": (3, 2), "narrow": (2, 2)}}
+    The last run (two gangs: ZeRO-3 and ZeRO-2) meets both faults. Its driver stops mid-arm and the run is
+    resumed (`--resume`): every rank loads its own partition of the optimizer state from the checkpoint set.
+    Then rank 0 of the ZeRO-2 gang is SIGKILLed: Ray restarts it, its other rank is restarted too (their
+    process group is gone), the gang meets again on a fresh port, every participant returns to the last
+    checkpoint and the run ends as the uninterrupted one."""
+    runs = {"plain": {}, "one-rank": {"wide": 0, "narrow": 1}, "gangs-resumed-killed": {"wide": (3, 2), "narrow": (2, 2)}}
     summaries = {}
     for name, stages in runs.items():
-        with RunDir(tmp_path / name) as rd:
-            summaries[name] = run(parse_config(hosted(stages)), rd, "ray",
-                                  on_record=killer(["narrow"], "transfer", step=1, epoch=1) if "killed" in name else None)
-    assert summaries["gangs-killed"]["faults"]["restarts"] == {"wide": 0, "narrow": 1}
+        cfg = parse_config(hosted(stages))
+        if "resumed" in name:
+            with pytest.raises(Stop), RunDir(tmp_path / name) as rd:
+                run(cfg, rd, "ray", on_record=stop_at("transfer", epoch=0, step=2))
+            with RunDir(tmp_path / name, resume=True) as rd:
+                summaries[name] = run(cfg, rd, "ray", on_record=killer(["narrow"], "transfer", step=1, epoch=1))
+        else:
+            with RunDir(tmp_path / name) as rd:
+                summaries[name] = run(cfg, rd, "ray")
+    faults = summaries["gangs-resumed-killed"]["faults"]
+    assert faults["restarts"] == {"wide": 0, "narrow": 1} and faults["resumes"] == 1
     reference = records(tmp_path / "plain")
     for name, stages in runs.items():
         gang = any(isinstance(v, tuple) for v in stages.values())  # (its logits reach every peer's share)
@@ -125,3 +145,21 @@ def test_fp16_without_a_gpu_is_refused_before_any_actor_starts(ray_instance):
     with pytest.raises(UserError, match="participant 'wide': deepspeed fp16 needs a GPU, and its actor gets none"):
         make_engine("ray", cfg, load_dataset(cfg.data))
     assert all(pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values())
+
+
+def test_more_ranks_than_the_cluster_can_place_is_refused_at_once(ray_instance):
+    """A gang of 4 + one plain participant, a CPU each, on a 2-CPU instance: refused in one line when the swarm
+    is placed, without waiting out placement.timeout_s for nodes that are not there, and nothing left placed."""
+    import time
+
+    from kt_swarm.coordinator import make_engine
+    from kt_swarm.data import load_dataset
+
+    raw = hosted({"wide": (2, 4)}, resources={"cpus_per_participant": 1}, placement={"timeout_s": 60})
+    cfg = parse_config(raw)
+    before = len(ray.util.placement_group_table())
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=r"cannot place 5 participant actors with \{'CPU': 1\.0\} each "
+                                        r"\(placement.strategy PACK\): it has room for 2 on its 1 node\(s\)"):
+        make_engine("ray", cfg, load_dataset(cfg.data))
+    assert time.monotonic() - t0 < 30 and len(ray.util.placement_group_table()) == before

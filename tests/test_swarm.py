@@ -14,7 +14,7 @@ from kt_swarm.data import load_dataset
 from kt_swarm.errors import UserError
 from kt_swarm.objectives import LossSpec
 from kt_swarm.rundir import RunDir
-from kt_swarm.swarm import start_private_ray
+from kt_swarm.swarm import placement_shortfall, start_private_ray
 
 HELPERS = ROOT / "tests" / "helpers"
 sys.path.insert(0, str(HELPERS))
@@ -222,6 +222,19 @@ def test_unplaceable_swarm_is_one_line():
     cfg = tiny_config(2, placement={"strategy": "STRICT_SPREAD", "timeout_s": 3})
     with pytest.raises(UserError, match="cannot place 2 participant actors"):
         make_engine("ray", cfg, load_dataset(cfg.data))
+
+
+@pytest.mark.parametrize("strategy,n,bundle,nodes,room", [
+    ("PACK", 4, {"CPU": 1.0}, [{"CPU": 2}, {"CPU": 1.5}], "room for 3 on its 2 node(s)"),
+    ("SPREAD", 3, {"CPU": 1.0}, [{"CPU": 2}, {"CPU": 1}], None),
+    ("STRICT_PACK", 3, {"CPU": 1.0}, [{"CPU": 2}, {"CPU": 2}], "room for 2 on one node (STRICT_PACK)"),
+    ("STRICT_SPREAD", 2, {"CPU": 1.0}, [{"CPU": 8}], "room for 1 one per node (STRICT_SPREAD)"),
+    ("PACK", 2, {"CPU": 1.0, "GPU": 1.0}, [{"CPU": 8, "GPU": 1}, {"CPU": 8}], "room for 1 on its 2 node(s)"),
+    ("PACK", 3, {"CPU": 2 / 3, "GPU": 1 / 3}, [{"CPU": 2, "GPU": 1}], None),  # fractions that add up to the node
+])
+def test_placement_shortfall_counts_identical_bundles_per_node(strategy, n, bundle, nodes, room):
+    short = placement_shortfall(bundle, n, nodes, strategy)
+    assert short is None if room is None else room in short
 
 
 def test_half_precision_exchange_keeps_every_actor_on_one_partition():
