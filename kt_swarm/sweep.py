@@ -153,12 +153,14 @@ def trial(params: dict, *, base: dict, engine: str, out: str) -> None:
     cfg = parse_config(copy.deepcopy(base), _overrides(params))
     cfg.tracking.wandb = None  # the sweep's W&B callback logs the trial
     best: dict[str, float] = {}
+    reported = [0]  # epochs Tune has seen: a restored trial evaluates the epochs after its checkpoint again
 
     def report(record: dict) -> None:
-        if record.get("event") == "eval" and record["arm"] == "transfer" and record["epoch"] >= 0:
+        if record.get("event") == "eval" and record["arm"] == "transfer" and record["epoch"] >= reported[0]:
             for name, acc in record["val_acc"].items():
                 best[name] = max(best.get(name, -1.0), acc)
-            tune.report({"val_acc_mean": sum(best.values()) / len(best), "epoch": record["epoch"] + 1})
+            reported[0] = record["epoch"] + 1
+            tune.report({"val_acc_mean": sum(best.values()) / len(best), "epoch": reported[0]})
 
     import ray
 
@@ -252,14 +254,23 @@ def _write_results(grid, spec: dict, out: Path) -> dict:
     trials = []
     for result in grid:
         metrics = result.metrics or {}
-        summary_path = out / "trials" / str(metrics.get("trial_id")) / "summary.json"
+        trial_dir = out / "trials" / str(metrics.get("trial_id"))
+        error = None if result.error is None else first_line(getattr(result.error, "cause", None) or result.error)
+        # Finished (summary.json), failed, or stopped early by the scheduler (ASHA): its directory keeps
+        # the checkpoints and says so, and `kt-swarm run --resume` would finish it.
+        status = "finished" if (trial_dir / "summary.json").exists() else "failed" if error else "stopped"
+        if status == "stopped" and trial_dir.is_dir():
+            (trial_dir / "stopped.json").write_text(json.dumps(
+                {"stopped_by": spec["method"], "after_epochs": metrics.get("epoch"),
+                 "resume": f"kt-swarm run --resume {trial_dir}"}, indent=2) + "\n")
         trials.append({
             "trial": metrics.get("trial_id"),
             "params": {k: v for k, v in (result.config or {}).items()},
             spec["metric"]: metrics.get(spec["metric"]),
             "epochs": metrics.get("epoch"),
-            "error": None if result.error is None else first_line(getattr(result.error, "cause", None) or result.error),
-            "summary": str(summary_path) if summary_path.exists() else None,
+            "status": status,
+            "error": error,
+            "summary": str(trial_dir / "summary.json") if status == "finished" else None,
         })
     scored = [t for t in trials if t[spec["metric"]] is not None]
     best = (max if spec["mode"] == "max" else min)(scored, key=lambda t: t[spec["metric"]]) if scored else None
@@ -267,11 +278,13 @@ def _write_results(grid, spec: dict, out: Path) -> dict:
                "best": best, "trials": trials}
     (out / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
     keys = list(spec["parameters"])
-    rows = ["| trial | " + " | ".join(keys) + f" | {spec['metric']} | epochs | error |", "|---|" + "---|" * (len(keys) + 3)]
+    rows = ["| trial | " + " | ".join(keys) + f" | {spec['metric']} | epochs | status | error |",
+            "|---|" + "---|" * (len(keys) + 4)]
     for t in trials:
         value = t[spec["metric"]]
         rows.append(f"| {t['trial']} | " + " | ".join(str(t["params"].get(k)) for k in keys)
-                    + f" | {'-' if value is None else f'{100 * value:.2f}'} | {t['epochs'] or '-'} | {t['error'] or ''} |")
+                    + f" | {'-' if value is None else f'{100 * value:.2f}'} | {t['epochs'] or '-'} | {t['status']} | "
+                    f"{t['error'] or ''} |")
     (out / "sweep.md").write_text(
         f"# kt-swarm sweep ({spec['method']}) over {spec['config']}\n\n"
         f"Chosen on {spec['metric']} (validation; {spec['mode']}). Test results are in each trial's run directory.\n\n"

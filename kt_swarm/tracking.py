@@ -8,6 +8,7 @@ online start that fails (no network) falls back to offline.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -40,11 +41,34 @@ def earlier_run_id(run_dir: Path) -> str | None:
     return None
 
 
+def record_key(record: dict) -> tuple | None:
+    """What a metrics record reports on (arm, kind, epoch, step): a run restored to a checkpoint, after a
+    restart or a --resume, logs the steps after it again with the same numbers. None: always news."""
+    if record.get("event") in ("restarted", "resumed", "placed"):
+        return None
+    return record.get("arm"), record.get("event"), record.get("epoch"), record.get("step")
+
+
+def logged_before(run_dir: Path) -> set[tuple]:
+    """The keys of the records an earlier start of this run logged (its metrics.jsonl, read before a resume
+    cuts it back to the checkpoint); a last line cut short by a kill is skipped."""
+    keys = set()
+    path = Path(run_dir) / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            keys.add(record_key(json.loads(line)))
+        except json.JSONDecodeError:
+            pass
+    return keys - {None}
+
+
 class Tracker:
-    """Receives every metrics record and the summary; does nothing when tracking is off."""
+    """Receives every metrics record and the summary; does nothing when tracking is off. Each record reaches
+    W&B once: replayed steps (restarts, --resume) are not logged again, so the history has every step once."""
 
     def __init__(self, cfg: Config, run_dir: Path, names: list[str]):
         self.run, self.names = None, names
+        self.sent = logged_before(run_dir)
         wb: WandbConfig | None = cfg.tracking.wandb
         if wb is None and not os.environ.get("WANDB_SWEEP_ID"):  # `wandb agent` runs track without asking
             return
@@ -78,8 +102,11 @@ class Tracker:
 
     def log(self, record: dict) -> None:
         """One metrics.jsonl record -> one wandb.log call, participants as prefixes."""
-        if self.run is None:
+        key = record_key(record)
+        if self.run is None or key in self.sent:
             return
+        if key is not None:
+            self.sent.add(key)
         arm = record.get("arm")
         row = {"step": record.get("global_step", 0)}
         if "losses" in record:

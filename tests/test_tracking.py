@@ -107,3 +107,9 @@ def test_a_resumed_run_goes_on_as_the_same_wandb_run(handed, monkeypatch, tmp_pa
     starts = sorted(p.name for p in (tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert "id" not in first and second["resume"] == "allow" and second["id"] == starts[0].rsplit("-", 1)[1]
     assert len(starts) == 2 and second["id"] in starts[1]  # `wandb sync` uploads both as one run
+    # Step 2 ran before the stop and again after the resume (from the checkpoint after step 1): logged once.
+    for arm in ("transfer", "control"):
+        steps = [r["step"] for r in handed["log"] if f"wide/{arm}/loss" in r]
+        assert steps == list(range(6)), (arm, steps)
+        evals = [r["step"] for r in handed["log"] if f"wide/{arm}/val_acc" in r]
+        assert len(evals) == len(set(evals)) == 3  # the start and two epochs
