@@ -215,8 +215,11 @@ def sweep(path: str | Path, out: str | Path, engine: str = "ray", address: str |
 
             callbacks.append(WandbLoggerCallback(project=wandb.get("project", "kt_swarm"), group=wandb.get("group"),
                                                  entity=wandb.get("entity"), tags=wandb.get("tags"), log_config=True))
-        trainable = tune.with_resources(tune.with_parameters(trial, base=base, engine=engine, out=str(out / "trials")),
-                                        _trial_resources(base_cfg, ray.cluster_resources(), engine))
+        cluster = ray.cluster_resources()
+        # Per trial: its parameters may change what it reserves (a participant's ranks, its resources).
+        trainable = tune.with_resources(
+            tune.with_parameters(trial, base=base, engine=engine, out=str(out / "trials")),
+            lambda params: _trial_resources(parse_config(copy.deepcopy(base), _overrides(params)), cluster, engine))
         tuner = tune.Tuner(
             trainable,
             param_space=space,

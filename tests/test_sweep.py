@@ -100,6 +100,10 @@ def test_two_trial_sweep_runs_each_trial_as_a_swarm_in_its_placement_group(tmp_p
         parameters:
           transfer.temperature: {{values: [1, 2]}}
           participants.*.lr: {{value: 2.0e-4}}
+          # The ViT on a DeepSpeed gang of two: its trial reserves a bundle per rank (0.5 + 4 x 0.375 CPUs).
+          participants.1.ranks: {{value: 2}}
+          participants.1.deepspeed: {{value: {{zero_optimization: {{stage: 1}}}}}}
+          resources.cpus_per_participant: {{value: 0.375}}
         tracking:
           wandb: {{project: kt-test, group: sweep-test}}
     """)
@@ -114,6 +118,7 @@ def test_two_trial_sweep_runs_each_trial_as_a_swarm_in_its_placement_group(tmp_p
         trial = json.loads((out / "trials" / t["trial"] / "trial.json").read_text())
         # The swarm's actors were placed in the bundles the trial reserved, not in a group of their own.
         assert summary["engine"] == "ray" and summary["placement_group"] == trial["placement_group"] is not None
+        assert summary["participants"]["vit"]["acc_after"] > 0  # the gang trained in the trial's bundles
         # What Tune saw is the run's own validation selection metric.
         assert t["val_acc_mean"] == pytest.approx(summary["val_acc_mean"])
         config = (out / "trials" / t["trial"] / "config.yaml").read_text()
