@@ -1,10 +1,10 @@
 """cluster/: launcher configs against Ray's own schema, and a real two-node cluster on loopback."""
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import jsonschema
@@ -12,10 +12,15 @@ import pytest
 import ray.autoscaler
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, compared, mlp_config
+from kt_swarm.config import parse_config
+from kt_swarm.coordinator import run
+from kt_swarm.rundir import RunDir
+from ray_node import ENV, RAY, start_node
 
 CLUSTER = ROOT / "cluster"
-RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+HELPERS = ROOT / "tests" / "helpers"
+sys.path.insert(0, str(HELPERS))  # the test models, for the local reference run
 
 
 @pytest.mark.parametrize("name", ["aws.yaml", "onprem.yaml"])
@@ -42,30 +47,36 @@ def test_rayjob_and_runtime_env_are_well_formed():
     assert "ray job submit --address" in (CLUSTER / "README.md").read_text()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def two_node_cluster():
-    # A short temp dir: Ray's socket paths must fit in 107 characters.
-    temp = tempfile.mkdtemp(prefix="kt-ray-", dir="/tmp")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--disable-usage-stats"]
-    head = [RAY, "start", "--head", "--port", "6391", "--dashboard-host", "127.0.0.1", "--dashboard-port", "8291",
-            "--resources", '{"node_a": 1}', "--temp-dir", temp, *common]
-    worker = [RAY, "start", "--address", "127.0.0.1:6391", "--resources", '{"node_b": 1}', *common]
+    """Head (node_a) and worker (node_b) on loopback, each a process tree this fixture started and alone stops.
+    A bystander Ray instance, started first as a user's other work would be, must outlive the teardown."""
+    temp = Path(tempfile.mkdtemp(prefix="kt-ray-", dir="/tmp"))  # short: Ray's socket paths fit in 107 characters
+    bystander = start_node(temp / "other", '{"other": 1}', num_cpus=1)
+    helpers = {"PYTHONPATH": str(HELPERS)}  # the test models, for actors on either node
+    its_own = set(bystander.alive())  # its GCS, raylet, dashboard, agents...
+    head = worker = None
     try:
-        subprocess.run(head, env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
-        yield env
+        head = start_node(temp / "head", '{"node_a": 1}', env=helpers)
+        worker = start_node(temp / "head", '{"node_b": 1}', head=head, env=helpers)
+        yield {"env": ENV, "head": head, "worker": worker, "dashboard": head.dashboard}
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for node in (worker, head):
+            if node is not None:
+                node.stop()
+        survivors = bystander.alive()
+        bystander.stop()
         shutil.rmtree(temp, ignore_errors=True)
+    assert head.alive() == [] and worker.alive() == []
+    assert its_own <= set(survivors), "the cluster's teardown reached another Ray instance"
 
 
 def test_smoke_run_with_a_deepspeed_gang_submitted_to_a_two_node_cluster(two_node_cluster, tmp_path, zoo_cache):
-    env = two_node_cluster
+    env = two_node_cluster["env"]
     out = tmp_path / "run"
     runtime_env = json.dumps({"env_vars": {"KT_SWARM_CACHE": str(zoo_cache), "RAY_USAGE_STATS_ENABLED": "0"},
                               "excludes": ["runs/", "benchmarks/results/"]})
-    submit = [RAY, "job", "submit", "--address", "http://127.0.0.1:8291", "--working-dir", str(ROOT),
+    submit = [RAY, "job", "submit", "--address", two_node_cluster["dashboard"], "--working-dir", str(ROOT),
               "--runtime-env-json", runtime_env, "--",
               sys.executable, "-m", "kt_swarm", "run", "configs/smoke.yaml", "--set", "placement.strategy=SPREAD",
               "--set", "resources.cpus_per_participant=1", "--out", str(out),
@@ -79,3 +90,43 @@ def test_smoke_run_with_a_deepspeed_gang_submitted_to_a_two_node_cluster(two_nod
     assert len(nodes) == 2, nodes  # SPREAD over the two nodes
     assert summary["engine"] == "ray"
     assert summary["participants"]["vit"]["acc_after"] > 0  # the gang trained, evaluated and reported
+
+
+def test_a_lost_node_costs_a_restart_and_the_run_ends_as_if_nothing_happened(two_node_cluster, tmp_path):
+    """Three participants spread over both nodes; the worker node is lost at once (every process SIGKILLed,
+    as a preempted machine) mid-arm. Ray re-places the group's bundles that were there on the head node and
+    restarts their actors there; every participant returns to the last checkpoint and the run ends with the
+    summary of a run that was never interrupted (the local engine's, float64)."""
+    raw = mlp_config(control=False, data={"max_per_split": 256}, transfer={"epochs": 2, "batch_size": 32},
+                     placement={"strategy": "SPREAD", "timeout_s": 120}, resources={"cpus_per_participant": 0.5})
+    raw["participants"].append({"name": "slow", "model": "faulty_models:slow_mlp", "lr": 3e-3,
+                                "model_args": {"hidden": 12, "delay": 0.3}})
+    with RunDir(tmp_path / "reference") as rd:
+        reference = run(parse_config(raw), rd, "local")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "kt_swarm", "run", str(config), "--out", str(out), "-q",
+                             "--address", two_node_cluster["head"].gcs], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**ENV, "PYTHONPATH": str(HELPERS)})
+    deadline, placed = time.time() + 300, None
+    while time.time() < deadline and proc.poll() is None:
+        lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
+        records = [json.loads(line) for line in lines if line.endswith("}")]
+        placed = next((r for r in records if r.get("event") == "placed"), placed)
+        if any(r.get("arm") == "transfer" and r.get("step", 0) >= 3 for r in records):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before the node could be lost"
+    nodes = {where["node"] for where in placed["participants"].values()}
+    assert len(nodes) == 2, placed  # spread: some participants live on the node about to go
+    two_node_cluster["worker"].kill()
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert compared(summary) == compared(reference)
+    assert sum(summary["faults"]["restarts"].values()) >= 1
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("event") == "restarted" for r in log)
+    last_placed = [r for r in log if r.get("event") == "placed"][-1]
+    assert len({where["node"] for where in last_placed["participants"].values()}) == 1  # all on the head node now

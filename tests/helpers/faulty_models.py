@@ -2,6 +2,7 @@
 through PYTHONPATH, used as `model: faulty_models:failing_mlp`."""
 import os
 import signal
+import time
 
 import torch
 from torch import nn
@@ -75,3 +76,21 @@ def bn_mlp(num_classes: int, in_chans: int, img_size: int = 28, hidden: int = 16
     """A tiny MLP with BatchNorm: its running statistics change in every training forward."""
     return nn.Sequential(nn.Flatten(), nn.Linear(in_chans * img_size * img_size, hidden), nn.BatchNorm1d(hidden),
                          nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
+class SlowMLP(nn.Module):
+    """A tiny MLP whose training calls take at least `delay` seconds: a run long enough to fault mid-way."""
+
+    def __init__(self, num_classes: int, in_chans: int, img_size: int = 28, hidden: int = 16, delay: float = 0.2):
+        super().__init__()
+        self.net = tiny_mlp(num_classes, in_chans, img_size, hidden)
+        self.delay = delay
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            time.sleep(self.delay)
+        return self.net(x)
+
+
+def slow_mlp(num_classes: int, in_chans: int, **kwargs) -> nn.Module:
+    return SlowMLP(num_classes, in_chans, **kwargs)
