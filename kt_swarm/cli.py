@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=_path, help="run directory to create (default: runs/<config>-<time>)")
     run.add_argument("--resume", metavar="RUN_DIR", type=_path,
                      help="continue an unfinished run from its last consistent checkpoint, with its own config.yaml")
+    run.add_argument("--fork", metavar="RUN_DIR", type=_path,
+                     help="a new run from RUN_DIR's last checkpoint with changed settings (--set KEY=VALUE: "
+                          "learning rates, epochs, transfer settings...), recorded as forked_from")
     run.add_argument("--dry-run", action="store_true",
                      help="check the config, model names and (with --resume) every checkpoint file; print the "
                           "resolved config; start and write nothing")
@@ -93,7 +96,14 @@ def _run(args: argparse.Namespace) -> int:
     from kt_swarm.config import load_config, to_dict
     from kt_swarm.rundir import RunDir, is_resumable
 
-    if args.resume:
+    if args.fork:
+        if args.config or args.resume or args.dry_run:
+            raise UserError("--fork starts from RUN_DIR's own config.yaml: give no CONFIG, --resume or --dry-run")
+        from kt_swarm.fork import prepare_fork
+
+        out = Path(args.out or Path("runs") / f"{Path(args.fork).name}-fork-{time.strftime('%Y%m%d-%H%M%S')}")
+        cfg, run_dir = prepare_fork(Path(args.fork), args.overrides + args.assignments, out)
+    elif args.resume:
         if args.config or args.out or args.overrides or args.assignments:
             raise UserError("--resume continues with the run's own config.yaml: give no CONFIG, --out or overrides")
         out = Path(args.resume)

@@ -182,6 +182,7 @@ class Config:
     autocast: Literal["bfloat16", "float16"] | None = None  # mixed precision: forward passes under torch.autocast
     device: str = "auto"  # auto (cuda where the participant's process sees a GPU, else cpu) | cpu | cuda | cuda:N
     eval_batch_size: int = 1024
+    forked_from: dict[str, Any] | None = None  # set by `run --fork`: {run, checkpoint, overrides}
 
 
 class _ShortRepr(reprlib.Repr):

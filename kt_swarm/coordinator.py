@@ -438,6 +438,7 @@ def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None 
         results = {arm: ArmResult(**r) for arm, r in state.arms.items()}
         summary = summarize(cfg, data, names, data.target(data.splits["test"]), state.preds, results, nodes, engine.name)
         summary["placement_group"] = engine.placement_group
+        summary["forked_from"] = cfg.forked_from
         summary["faults"] = {"restarts": {name: state.restarts.get(name, 0) for name in names},
                              "resumes": state.resumes,
                              "skipped_steps": {arm: r["skipped_steps"] for arm, r in state.arms.items()}}
