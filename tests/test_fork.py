@@ -1,7 +1,6 @@
 """`kt-swarm run --fork RUN_DIR --set ...`: a new run from another run's last checkpoint, with changed settings."""
 import json
 import os
-import re
 import sys
 
 import pytest
@@ -11,6 +10,7 @@ from conftest import ROOT, compared, kt_swarm, mlp_config
 from kt_swarm.checkpoint import Checkpoints, config_digest
 from kt_swarm.config import load_config, parse_config, to_dict
 from kt_swarm.coordinator import run
+from kt_swarm.errors import UserError
 from kt_swarm.fork import prepare_fork
 from kt_swarm.rundir import RunDir
 
@@ -87,11 +87,17 @@ def test_a_forked_learning_rate_is_the_one_that_trains(stopped, tmp_path):
 ])
 def test_what_a_checkpoint_cannot_take_is_refused_in_one_line_and_nothing_is_written(stopped, tmp_path, override, message):
     root, _ = stopped
-    proc = kt_swarm("run", "--fork", root / "stopped", "--set", override, "--out", tmp_path / "fork", "--engine", "local",
-                    env={**os.environ, "PYTHONPATH": str(HELPERS)})
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("kt-swarm: error: --fork: ") and re.search(message, line), line
+    with pytest.raises(UserError, match=r"^--fork: " + message):
+        prepare_fork(root / "stopped", [override], tmp_path / "fork")
     assert not (tmp_path / "fork").exists()
     config = yaml.safe_load((root / "stopped" / "config.yaml").read_text())
     assert config["forked_from"] is None  # the source is untouched
+
+
+def test_the_cli_refuses_a_fork_in_one_line(stopped, tmp_path):
+    root, _ = stopped
+    proc = kt_swarm("run", "--fork", root / "stopped", "--set", "dtype=float32", "--out", tmp_path / "fork")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ("kt-swarm: error: --fork: 'dtype' cannot change (the checkpoint's "
+                                                    "steps were taken with it); start a new run")
+    assert not (tmp_path / "fork").exists()
