@@ -88,9 +88,10 @@ def _copy(src: Checkpoints, latest: str, new: Config, out: Path, source: Path) -
         run_state, states = src.load_set(name)
         # Best models the run state names: copied under the new digest, listed by the set again.
         extra = [rel for rel in info["files"] if not rel.startswith(f"{name}/")]
-        for rel in extra:
+        for rel in extra:  # <dir>/<participant><tag>.pt
             obj = src.load(rel)
-            dst._write(rel, {k: v for k, v in obj.items() if k not in ("format", "config_sha256")})
+            path, who = Path(rel), obj["participant"]
+            dst.save_weights(path.parent.as_posix(), names.index(who), obj["model"], tag=path.stem[len(who):])
         states = (_retuned(s, p.lr, wd) for s, p, wd in zip(states, new.participants, weight_decays))
         dst.save(name, states, run_state, info["metrics_bytes"], refers_to=extra, at=info.get("at"))
     log = (source / "metrics.jsonl").read_bytes()[:src.set_info(latest)["metrics_bytes"]]
