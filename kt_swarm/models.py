@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -30,10 +29,18 @@ def check_model_name(spec: ParticipantConfig) -> None:
     """Fail fast on a model that cannot exist, before any data is loaded."""
     if ":" in spec.model:
         _import_factory(spec.model, spec.name)
-    elif not timm.is_model(spec.model.removeprefix("timm/")):
+    elif not _timm().is_model(spec.model.removeprefix("timm/")):
         raise UserError(f"participant '{spec.name}': unknown model '{spec.model}' (not a timm model name or pkg.module:factory)")
     if spec.weights_map:
         resolve(spec.weights_map, spec.name)
+
+
+def _timm():
+    """timm, imported on first use: it pulls in torchvision and torch._dynamo (seconds), which every Ray
+    actor would pay at start even when its model is not a timm one."""
+    import timm
+
+    return timm
 
 
 def default_weights(spec: ParticipantConfig) -> str:
@@ -103,7 +110,7 @@ def create_model(spec: ParticipantConfig, *, num_classes: int, in_chans: int, se
             overlay["num_classes"] = file_classes
         kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
     try:
-        model = timm.create_model(name, **kwargs)
+        model = _timm().create_model(name, **kwargs)
     except TypeError as e:
         raise UserError(f"participant '{spec.name}': model '{spec.model}' rejected model_args: {first_line(e)}") from None
     except Exception as e:  # hub errors, timm's own asserts on bad model_args
@@ -140,7 +147,7 @@ def _load_mapped_into_timm(model: nn.Module, state: dict, spec: ParticipantConfi
     if file_classes:
         cfg["num_classes"] = file_classes
     try:
-        timm.models.load_pretrained(model, pretrained_cfg=cfg, num_classes=num_classes, in_chans=in_chans)
+        _timm().models.load_pretrained(model, pretrained_cfg=cfg, num_classes=num_classes, in_chans=in_chans)
     except Exception as e:  # load_state_dict's missing/unexpected keys, timm's checks of the first convolution
         raise UserError(f"participant '{spec.name}': weight file '{spec.weights}' renamed by weights_map "
                         f"'{spec.weights_map}' does not fit the model: {one_line(e)}") from None
@@ -166,7 +173,7 @@ def read_state(path: str | Path, who: str) -> dict[str, torch.Tensor]:
 
 
 def _classifier_width(state: dict[str, torch.Tensor], timm_name: str) -> int | None:
-    classifier = timm.models.get_pretrained_cfg(timm_name)
+    classifier = _timm().models.get_pretrained_cfg(timm_name)
     key = f"{getattr(classifier, 'classifier', None) or 'head'}.weight"
     return int(state[key].shape[0]) if key in state and state[key].dim() >= 1 else None
 
@@ -188,7 +195,7 @@ def preprocess_for(model: nn.Module, spec: ParticipantConfig, *, in_chans: int, 
     A model trained here (zoo, none) sees the data at its native size; a pretrained one
     at the size its data config names.
     """
-    cfg = timm.data.resolve_model_data_config(model) if hasattr(model, "pretrained_cfg") else {}
+    cfg = _timm().data.resolve_model_data_config(model) if hasattr(model, "pretrained_cfg") else {}
     pretrained = default_weights(spec) not in ("none", "zoo")
     size = spec.input_size or (cfg.get("input_size", (0, image_size))[-1] if pretrained else image_size)
 
