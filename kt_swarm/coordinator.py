@@ -362,31 +362,31 @@ def run_swarm(engine, cfg: Config, data: Dataset, out: RunDir, ckpt: Checkpoints
 
     reload, lost, event = ckpt.latest, None, "resumed"
     if reload is None:
-        save_start(engine, ckpt, out.metrics_bytes())
         state = RunState()
     else:  # --resume: the counters are known before any participant is touched
         state = RunState.from_dict(ckpt.load(ckpt.set_info(reload)["run"], None)["run"])
         state.resumes += 1
+    for name, k in engine.setup_restarts.items():  # actors lost before the run began count all the same
+        state.restarts[name] = state.restarts.get(name, 0) + k
     moved = True
     while True:
         try:
             if lost is not None:
-                revived, dead = engine.revive()
-                for i in revived or [lost.index]:
-                    state.restarts[names[i]] = state.restarts.get(names[i], 0) + 1
-                for i in dead + revived:
-                    if i in dead or state.restarts[names[i]] > cfg.fault.max_restarts:
-                        raise UserError(f"participant '{names[i]}': its actor died more than fault.max_restarts "
-                                        f"({cfg.fault.max_restarts}) times; checkpoints kept")
-                logger.warning("%s; restarted, continuing from checkpoint %s (restarts: %s)", lost, reload,
+                engine.recover(lost, state.restarts)
+                logger.warning("%s; restarted, continuing from %s (restarts: %s)", lost,
+                               f"checkpoint {reload}" if reload else "the start",
                                ", ".join(f"{n} {k}" for n, k in state.restarts.items()))
                 lost = None
+                if reload is None:  # it died before the start set was written: nothing to restore yet
+                    log({"event": "restarted", "checkpoint": None, "restarts": state.restarts})
             if reload is not None:
                 loaded = RunState.from_dict(restore(engine, cfg, ckpt, reload))
                 out.truncate_metrics(ckpt.set_info(reload)["metrics_bytes"])  # the steps after it run again
                 loaded.resumes, loaded.restarts = state.resumes, state.restarts  # they happened all the same
                 log({"event": event, "checkpoint": reload, "restarts": loaded.restarts})
                 state, reload = loaded, None
+            elif ckpt.latest is None:  # a new run: the start set, from which every arm begins
+                save_start(engine, ckpt, out.metrics_bytes())
             if moved:
                 placed()
                 moved = False

@@ -46,6 +46,7 @@ class LocalEngine:
         self.seed = seed
         self.batch_size = batch_size
         self.augment = augment
+        self.setup_restarts: dict[str, int] = {}  # (the Ray swarm's: no participant here dies alone)
 
     def states(self):
         """Each participant's {model, optimizer, rng}, one at a time (a checkpoint writes them in turn)."""

@@ -273,26 +273,36 @@ class RaySwarm:
         self.actors, self.pg, self.owns_pg, self.data_ref = [], None, False, None
         self.placement_group = None  # its id, for summary.json
         self.update: bool | None = None  # the verdict on the last step, not yet sent to the actors
+        self.pretrain, self.num_classes = pretrain, data.num_classes
+        self.setup_restarts: dict[str, int] = {}  # actors lost while the swarm was set up, by participant
         self.owns_ray = init_ray(address)
         try:
             self._start(cfg, data)
-            for attempt in range(cfg.fault.max_restarts + 1):
-                try:  # both are idempotent (the zoo is cached), so an actor lost here just does them again
-                    widths = self._setup(range(len(self.names)))
-                    check_classes(dict(zip(self.names, widths)), data.num_classes)
-                    if pretrain:  # a gang's rank 0 trains (or loads) its zoo member; its other ranks then load it
-                        leads = [self.actors[g[0]] for g in self.gangs]
-                        self._gather([a.pretrain.remote() for a in leads], desc="participants ready", actors=list(range(len(leads))))
-                        rest = [a for g in self.gangs for a in g[1:]]
-                        self._gather([self.actors[a].pretrain.remote() for a in rest], actors=[self.owner[a] for a in rest])
+            lost = None
+            while True:
+                try:
+                    if lost is None:
+                        self._bring_up(range(len(self.names)))
+                    else:  # bringing up is idempotent (the zoo is cached): the restarted ones do it again
+                        log.warning("%s; setting it up again", lost)
+                        self.recover(lost, self.setup_restarts)
                     break
                 except ParticipantLost as e:
-                    if attempt == cfg.fault.max_restarts:
-                        raise
-                    log.warning("%s; setting it up again", e)
+                    lost = e
         except BaseException:
             self.close()
             raise
+
+    def _bring_up(self, which) -> None:
+        """Set up these participants' actors, check their classes and, in a new run, pretrain (or load
+        from the cache) their zoo members."""
+        which = list(which)
+        check_classes({self.names[m]: w for m, w in zip(which, self._setup(which))}, self.num_classes)
+        if self.pretrain:  # a gang's rank 0 trains (or loads) its zoo member; its other ranks then load it
+            self._gather([self.actors[self.gangs[m][0]].pretrain.remote() for m in which], desc="participants ready",
+                         actors=which)
+            rest = [a for m in which for a in self.gangs[m][1:]]
+            self._gather([self.actors[a].pretrain.remote() for a in rest], actors=[self.owner[a] for a in rest])
 
     def _setup(self, which) -> list[int]:
         """Set up these participants' actors (a gang meets at its rank 0's address and a free port there);
@@ -440,7 +450,7 @@ class RaySwarm:
                 raise self._one_line(self.owner[a], e) from None
 
     def revive(self) -> tuple[list[int], list[int]]:
-        """Set up again every participant whose actor Ray has restarted (their state is restored next):
+        """Bring up again every participant whose actor Ray has restarted (their state is restored next):
         several may have died at once (a lost node), and not only the one a call failed on. A gang whose
         rank came back has lost its process group: its other ranks are restarted too, and it meets again.
         Returns (revived, dead: participants whose actor Ray will not restart, fault.max_restarts spent)."""
@@ -456,8 +466,19 @@ class RaySwarm:
                     while self._restarted(a, deadline) is False:  # the old process may answer once more
                         time.sleep(0.2)
         if revived:
-            self._setup(revived)
+            self._bring_up(revived)
         return revived, dead
+
+    def recover(self, lost: ParticipantLost, restarts: dict[str, int]) -> None:
+        """After `lost`: bring up again every participant whose actor Ray restarted, counting one restart
+        each in `restarts`; one line when one has died more than fault.max_restarts times."""
+        revived, dead = self.revive()
+        for m in revived or [lost.index]:
+            restarts[self.names[m]] = restarts.get(self.names[m], 0) + 1
+        for m in dead + revived:
+            if m in dead or restarts[self.names[m]] > self.cfg.fault.max_restarts:
+                raise UserError(f"participant '{self.names[m]}': its actor died more than fault.max_restarts "
+                                f"({self.cfg.fault.max_restarts}) times")
 
     def states(self):
         """Each participant's state; a gang's is its rank 0's weights with every rank's optimizer and RNG state."""

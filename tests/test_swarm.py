@@ -6,7 +6,7 @@ import pytest
 import ray
 import torch
 
-from conftest import ROOT, compared, dense_config, killer, mlp_config
+from conftest import ROOT, dense_config, killer, mlp_config
 from kt_swarm.config import Config, load_config, parse_config
 from kt_swarm.checkpoint import Checkpoints
 from kt_swarm.coordinator import fresh_arm, make_engine, run, save_start, train_arm
@@ -15,6 +15,7 @@ from kt_swarm.errors import UserError
 from kt_swarm.objectives import LossSpec
 from kt_swarm.rundir import RunDir
 from kt_swarm.swarm import placement_shortfall, start_private_ray
+from kt_swarm.summary import reproducible
 
 HELPERS = ROOT / "tests" / "helpers"
 sys.path.insert(0, str(HELPERS))
@@ -259,7 +260,7 @@ def test_a_killed_actor_is_restarted_and_the_run_ends_as_if_nothing_happened(tmp
         full = run(cfg, rd, "ray")
     with RunDir(tmp_path / "killed") as rd:
         killed = run(cfg, rd, "ray", on_record=killer(["narrow"], "control", step=2))
-    assert compared(killed) == compared(full)
+    assert reproducible(killed) == reproducible(full)
     assert killed["faults"]["restarts"] == {"wide": 0, "narrow": 1}
     events = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     restarted = [e for e in events if e.get("event") == "restarted"]
@@ -276,7 +277,7 @@ def test_a_killed_actor_gets_its_start_copy_back(tmp_path):
         full = run(cfg, rd, "ray")
     with RunDir(tmp_path / "killed") as rd:
         killed = run(cfg, rd, "ray", on_record=killer(["wide"], "transfer", step=1, epoch=1))
-    assert compared(killed) == compared(full)
+    assert reproducible(killed) == reproducible(full)
     assert killed["faults"]["restarts"] == {"wide": 1, "narrow": 0}
 
 
@@ -292,6 +293,31 @@ def test_a_participant_that_keeps_dying_stops_the_run_with_one_line(tmp_path):
     assert "\n" not in message and (tmp_path / "run" / "checkpoints" / "manifest.json").exists()
 
 
+def test_actors_lost_before_the_run_are_restarted_and_counted(tmp_path):
+    """A participant's actor killed while it is built, while its zoo member trains, or while the start set
+    is written: Ray restarts it, it is brought up again (the zoo member trained again from its seed),
+    the restart is counted, and the run ends as if nothing happened (float64)."""
+    def config(die_in: str, die_at: int = 2):
+        raw = mlp_config(control=False, transfer={"epochs": 1, "batch_size": 32, "temperature": 2.0})
+        raw["data"]["pretrain_fraction"] = 0.4
+        raw["zoo"] = {"epochs": 1, "batch_size": 16, "cache_dir": str(tmp_path / die_in / "cache")}
+        raw["participants"][1] = {"name": "doomed", "model": "faulty_models:suicidal_mlp", "weights": "zoo", "lr": 1e-3,
+                                  "model_args": {"die_in": die_in, "die_at": die_at, "marker": str(tmp_path / die_in / "died")}}
+        return parse_config(raw)
+
+    with RunDir(tmp_path / "full") as rd:
+        full = run(config("never"), rd, "ray")
+    for die_in in ("init", "train", "state"):  # state: read once for the zoo cache, then for the start set
+        with RunDir(tmp_path / die_in / "run") as rd:
+            killed = run(config(die_in), rd, "ray")
+        assert (tmp_path / die_in / "died").exists(), die_in
+        assert reproducible(killed) == reproducible(full), die_in
+        assert killed["faults"]["restarts"] == {"wide": 0, "doomed": 1}, die_in
+        events = [json.loads(line) for line in (tmp_path / die_in / "run" / "metrics.jsonl").read_text().splitlines()]
+        restarted = [e["checkpoint"] for e in events if e.get("event") == "restarted"]
+        assert restarted == ([None] if die_in == "state" else []), die_in  # the first two died before the run's log
+
+
 def test_nan_steps_are_skipped_alike_by_actors_and_by_the_local_engine(tmp_path):
     """The actors apply an update only once every participant's step was finite: same result as local."""
     raw = mlp_config(control=False)
@@ -303,7 +329,7 @@ def test_nan_steps_are_skipped_alike_by_actors_and_by_the_local_engine(tmp_path)
         with RunDir(tmp_path / engine) as rd:
             summaries[engine] = run(cfg, rd, engine)
     assert summaries["ray"]["faults"]["skipped_steps"] == summaries["local"]["faults"]["skipped_steps"] == {"transfer": 2}
-    ray_, local = compared(summaries["ray"]), compared(summaries["local"])
+    ray_, local = reproducible(summaries["ray"]), reproducible(summaries["local"])
     for name, p in local["participants"].items():  # losses are summed in another order by each engine
         assert ray_["participants"][name].pop("final_train_loss") == pytest.approx(p.pop("final_train_loss"), rel=1e-12)
     assert ray_ == local
@@ -316,7 +342,7 @@ def test_two_actors_lost_at_once_are_both_restarted(tmp_path):
         full = run(cfg, rd, "ray")
     with RunDir(tmp_path / "killed") as rd:
         killed = run(cfg, rd, "ray", on_record=killer(["wide", "narrow"], "transfer", step=1, epoch=1))
-    assert compared(killed) == compared(full)
+    assert reproducible(killed) == reproducible(full)
     assert killed["faults"]["restarts"] == {"wide": 1, "narrow": 1}
 
 

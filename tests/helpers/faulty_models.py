@@ -53,19 +53,39 @@ def nan_mlp(num_classes: int, in_chans: int, **kwargs) -> nn.Module:
 
 
 class SuicidalMLP(nn.Module):
-    """SIGKILLs its own process in training call `die_at` of every process that hosts it."""
+    """SIGKILLs its own process in training call `die_at` of every process that hosts it. With `marker` (a
+    file path), once in all (the file says it already has), in call `die_at` of `die_in`: "train" (zoo
+    pretraining included), "state" (its state read: a new zoo member's cache file, then the run's start
+    set) or "init" (while it is built)."""
 
-    def __init__(self, num_classes: int, in_chans: int, img_size: int = 28, die_at: int = 3):
+    def __init__(self, num_classes: int, in_chans: int, img_size: int = 28, die_at: int = 3,
+                 marker: str | None = None, die_in: str = "train"):
         super().__init__()
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_chans * img_size * img_size, num_classes))
-        self.die_at, self.calls = die_at, 0
+        self.die_at, self.calls, self.marker, self.die_in = die_at, 0, marker, die_in
+        if die_in == "init":
+            self._die()
+
+    def _die(self) -> None:
+        if self.marker is not None:
+            if os.path.exists(self.marker):
+                return
+            open(self.marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
+        if self.training and self.die_in == "train":
             self.calls += 1
             if self.calls == self.die_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+                self._die()
         return self.net(x)
+
+    def state_dict(self, *args, **kwargs):
+        if self.die_in == "state":
+            self.calls += 1
+            if self.calls == self.die_at:
+                self._die()
+        return super().state_dict(*args, **kwargs)
 
 
 def suicidal_mlp(num_classes: int, in_chans: int, **kwargs) -> nn.Module:
