@@ -29,7 +29,9 @@ HELPERS = ROOT / "tests" / "helpers"
 sys.path[:0] = [str(ROOT), str(HELPERS), str(ROOT / "benchmarks")]
 from kt_swarm.config import parse_config  # noqa: E402
 from kt_swarm.coordinator import run  # noqa: E402
+from kt_swarm.data import batches_in, load_dataset  # noqa: E402
 from kt_swarm.rundir import RunDir  # noqa: E402
+from kt_swarm.summary import reproducible  # noqa: E402
 from kt_swarm.swarm import start_private_ray  # noqa: E402
 from quickstart_arms import machine  # noqa: E402
 
@@ -81,13 +83,6 @@ class Chaos:
         self.armed, self.placed, self.left = None, False, self.left - 1
 
 
-def compared(summary: dict) -> dict:
-    keys = ["acc_before", "acc_after", "acc_control", "final_train_loss", "val_acc", "best_epoch", "control_best_epoch",
-            "positive_flips", "negative_flips", "teach_share_per_epoch"]
-    return {"participants": {n: {k: p[k] for k in keys} for n, p in summary["participants"].items()},
-            "role_matrix_per_epoch": summary["role_matrix_per_epoch"]}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kills", type=int, default=12)
@@ -104,21 +99,19 @@ def main() -> None:
     cfg = parse_config(raw)
     tmp = Path(tempfile.mkdtemp(prefix="kt-chaos-"))
     runs = {}
+    steps = batches_in(load_dataset(cfg.data), "train", cfg.transfer.batch_size)  # every data point labelled: both arms
     for name in ("clean", "chaos"):
-        chaos = Chaos(args.kills, args.every, args.checkpoint_every, steps_per_epoch=0, seed=args.seed)
+        chaos = Chaos(args.kills, args.every, args.checkpoint_every, steps_per_epoch=steps, seed=args.seed)
         t0 = time.perf_counter()
         with RunDir(tmp / name) as rd:
-            if name == "chaos":
-                chaos.steps = runs["clean"]["steps_per_epoch"]
             summary = run(cfg, rd, "ray", on_record=chaos if name == "chaos" else None)
         log = [json.loads(line) for line in (tmp / name / "metrics.jsonl").read_text().splitlines()]
         runs[name] = {"summary": summary, "seconds": time.perf_counter() - t0, "kills": chaos.kills,
-                      "steps": sum(1 for r in log if "losses" in r),
-                      "steps_per_epoch": 1 + max(r["step"] for r in log if "losses" in r)}
+                      "steps": sum(1 for r in log if "losses" in r)}
         print(f"{name}: {runs[name]['seconds']:.1f} s, {runs[name]['steps']} steps, {len(chaos.kills)} kills, "
               f"restarts {summary['faults']['restarts']}", flush=True)
     clean, chaos = runs["clean"], runs["chaos"]
-    equal = compared(clean["summary"]) == compared(chaos["summary"])
+    equal = reproducible(clean["summary"]) == reproducible(chaos["summary"])
     kills = len(chaos["kills"])
     restarts = sum(chaos["summary"]["faults"]["restarts"].values())
     lost = (chaos["seconds"] - clean["seconds"]) / max(kills, 1)

@@ -92,6 +92,16 @@ def summarize(cfg: Config, data: Dataset, names: list[str], labels: torch.Tensor
     }
 
 
+def reproducible(summary: dict) -> dict:
+    """What a run that was interrupted (actors killed, the driver stopped and resumed, a node lost) must end
+    with exactly, as the run never interrupted: accuracies, final losses, selection, flips and role matrices
+    (not times, fault counts or where processes ran)."""
+    keys = ["acc_before", "acc_after", "acc_control", "acc_self_training", "final_train_loss", "val_acc", "best_epoch",
+            "control_best_epoch", "self_training_best_epoch", "positive_flips", "negative_flips", "teach_share_per_epoch"]
+    return {"participants": {n: {k: p[k] for k in keys} for n, p in summary["participants"].items()},
+            "role_matrix_per_epoch": summary["role_matrix_per_epoch"]}
+
+
 def format_table(summary: dict) -> str:
     """The readable end-of-run table (fits 100 columns)."""
     selftrain = summary.get("success_rate_vs_self_training") is not None

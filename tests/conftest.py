@@ -58,14 +58,6 @@ def mlp_config(**overrides) -> dict:
     return raw
 
 
-def compared(summary: dict) -> dict:
-    """What a resumed run must reproduce exactly: accuracies, final losses, selection, role matrices."""
-    keys = ["acc_before", "acc_after", "acc_control", "acc_self_training", "final_train_loss", "val_acc", "best_epoch",
-            "control_best_epoch", "self_training_best_epoch", "positive_flips", "negative_flips", "teach_share_per_epoch"]
-    return {"participants": {n: {k: p[k] for k in keys} for n, p in summary["participants"].items()},
-            "role_matrix_per_epoch": summary["role_matrix_per_epoch"]}
-
-
 def dense_config(task: str = "segmentation", **overrides) -> dict:
     """Two small backbones of different families under the dense decoder, on tiny 32 x 32 scenes, in float64."""
     vit = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}

@@ -12,10 +12,11 @@ import pytest
 import ray.autoscaler
 import yaml
 
-from conftest import ROOT, compared, mlp_config
+from conftest import ROOT, mlp_config
 from kt_swarm.config import parse_config
 from kt_swarm.coordinator import run
 from kt_swarm.rundir import RunDir
+from kt_swarm.summary import reproducible
 from ray_node import ENV, RAY, start_node
 
 CLUSTER = ROOT / "cluster"
@@ -124,7 +125,7 @@ def test_a_lost_node_costs_a_restart_and_the_run_ends_as_if_nothing_happened(two
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert compared(summary) == compared(reference)
+    assert reproducible(summary) == reproducible(reference)
     assert sum(summary["faults"]["restarts"].values()) >= 1
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("event") == "restarted" for r in log)
