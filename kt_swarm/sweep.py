@@ -9,6 +9,7 @@ W&B way (`values`, `value`, `min`/`max` with a `distribution`), keyed by dotted 
     metric: {name: val_acc_mean, goal: maximize}   # validation only: the test split never chooses
     num_samples: 8                      # trials (grid: repeats of the whole grid)
     max_concurrent_trials: 1
+    seed: 0                             # the search's own random state: the same trials in the same order
     parameters:
       transfer.temperature: {values: [1, 2, 4]}
       participants.*.lr: {distribution: log_uniform_values, min: 1e-5, max: 1e-3}
@@ -40,7 +41,7 @@ METRICS = ("val_acc_mean",)
 
 def load_sweep(path: str | Path) -> dict:
     """The sweep file, normalised: config, method, metric, mode, num_samples, max_concurrent_trials,
-    parameters, wandb (a tracking.wandb mapping or None)."""
+    seed (or None), parameters, wandb (a tracking.wandb mapping or None)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -50,7 +51,7 @@ def load_sweep(path: str | Path) -> dict:
         raise UserError(f"sweep file '{path}': YAML syntax error: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise UserError(f"sweep file '{path}': expected a mapping")
-    known = {"config", "method", "metric", "num_samples", "max_concurrent_trials", "parameters", "tracking",
+    known = {"config", "method", "metric", "num_samples", "max_concurrent_trials", "seed", "parameters", "tracking",
              "program", "command", "name", "description", "project", "entity", "early_terminate", "run_cap"}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -72,13 +73,17 @@ def load_sweep(path: str | Path) -> dict:
     for key in ("num_samples", "max_concurrent_trials"):
         if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 1):
             raise UserError(f"sweep key '{key}': expected a positive integer, got {raw[key]!r}")
+    seed = raw.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise UserError(f"sweep key 'seed': expected a non-negative integer, got {seed!r}")
     wandb = (raw.get("tracking") or {}).get("wandb")
     if wandb is None and raw.get("project"):  # a wandb sweep YAML names its project at the top
         wandb = {"project": raw["project"], **({"entity": raw["entity"]} if raw.get("entity") else {})}
     return {"config": str(config), "method": method, "metric": metric["name"],
             "mode": "max" if metric.get("goal", "maximize") == "maximize" else "min",
             "num_samples": raw.get("num_samples", raw.get("run_cap", 1 if method == "grid" else 4)),
-            "max_concurrent_trials": raw.get("max_concurrent_trials", 1), "parameters": parameters, "wandb": wandb}
+            "max_concurrent_trials": raw.get("max_concurrent_trials", 1), "seed": seed, "parameters": parameters,
+            "wandb": wandb}
 
 
 def search_space(parameters: dict, method: str) -> dict:
@@ -205,10 +210,16 @@ def sweep(path: str | Path, out: str | Path, engine: str = "ray", address: str |
                 from ray.tune.search.optuna import OptunaSearch
             except ImportError:
                 raise UserError("sweep method 'bayes' needs optuna (pip install optuna); or use method: asha") from None
-            search_alg = OptunaSearch(metric=spec["metric"], mode=spec["mode"])
+            search_alg = OptunaSearch(metric=spec["metric"], mode=spec["mode"], seed=spec["seed"])
+        elif spec["seed"] is not None:  # Tune's own generator (grid, random), drawing from this seed
+            from ray.tune.search import BasicVariantGenerator
+
+            search_alg = BasicVariantGenerator(random_state=spec["seed"])
         if spec["method"] == "asha":
+            # ASHA stops every trial whose report reaches max_t: at `epochs` it would stop each one at its
+            # last epoch, before its test and summary. One more than the last epoch keeps the same rungs.
             scheduler = tune.schedulers.ASHAScheduler(time_attr="epoch", grace_period=1, reduction_factor=2,
-                                                      max_t=epochs)
+                                                      max_t=epochs + 1)
         callbacks = []
         if wandb:
             from ray.air.integrations.wandb import WandbLoggerCallback

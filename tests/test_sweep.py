@@ -6,7 +6,7 @@ import textwrap
 import pytest
 import yaml
 
-from conftest import ROOT, kt_swarm
+from conftest import ROOT, kt_swarm, mlp_config
 from kt_swarm.config import parse_config
 from kt_swarm.errors import UserError
 from kt_swarm.sweep import _examples, _overrides, load_sweep, search_space
@@ -65,6 +65,8 @@ def test_a_wandb_sweep_names_its_config_in_the_command(tmp_path):
     ("method: grid\nparameters: {a: {values: [1]}}", "name the base config"),
     ("config: c.yaml\nparameters: []", "'parameters'"),
     ("config: c.yaml\nnum_trials: 3\nparameters: {a: {values: [1]}}", "'num_trials' is unknown"),
+    ("config: c.yaml\nseed: -1\nparameters: {a: {values: [1]}}", "'seed': expected a non-negative integer, got -1"),
+    ("config: c.yaml\nseed: true\nparameters: {a: {values: [1]}}", "'seed': expected a non-negative integer, got True"),
 ])
 def test_bad_sweep_files_are_named(tmp_path, text, message):
     with pytest.raises(UserError, match=message):
@@ -125,3 +127,39 @@ def test_two_trial_sweep_runs_each_trial_as_a_swarm_in_its_placement_group(tmp_p
         assert "lr: 0.0002" in config and f"temperature: {float(t['params']['transfer.temperature'])}" in config
     # Ray Tune's W&B callback logged each trial, offline.
     assert len(list(out.glob("tune/*/wandb/offline-run-*"))) == 2
+
+
+def test_trials_asha_stops_say_so_in_their_directories_and_in_sweep_md(tmp_path):
+    """A real ASHA sweep (local engine, tiny MLPs): one learning rate that learns, one that cannot (1e-9). With
+    the search seeded, the trials come in the same order every time, and ASHA stops weak ones after an epoch
+    or two. A stopped trial's directory keeps its checkpoints and says it was stopped (stopped.json, with
+    the --resume line); sweep.md and sweep.json give every trial's status."""
+    base = mlp_config(control=False, data={"max_per_split": 256}, transfer={"epochs": 3, "batch_size": 32})
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    path = write(tmp_path, f"""
+        config: {tmp_path / 'base.yaml'}
+        method: asha
+        num_samples: 5
+        seed: 3
+        parameters:
+          participants.*.lr: {{values: [1.0e-9, 3.0e-3]}}
+    """)
+    out = tmp_path / "out"
+    proc = kt_swarm("sweep", path, "--out", out, "--engine", "local", timeout=600,
+                    env={**os.environ, "PYTHONPATH": str(ROOT / "tests" / "helpers")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = json.loads((out / "sweep.json").read_text())["trials"]
+    status = {t["trial"]: t["status"] for t in trials}
+    assert len(trials) == 5 and set(status.values()) == {"finished", "stopped"}, status
+    table = (out / "sweep.md").read_text()
+    for t in trials:
+        trial_dir = out / "trials" / t["trial"]
+        assert f"| {t['trial']} |" in table and f"| {t['status']} |" in table.split(f"| {t['trial']} |")[1].splitlines()[0]
+        if t["status"] == "stopped":
+            stopped = json.loads((trial_dir / "stopped.json").read_text())
+            assert stopped["stopped_by"] == "asha" and stopped["after_epochs"] == t["epochs"] < 3
+            assert stopped["resume"] == f"kt-swarm run --resume {trial_dir}"
+            assert not (trial_dir / "summary.json").exists() and (trial_dir / "checkpoints" / "manifest.json").exists()
+            assert t["params"]["participants.*.lr"] == 1e-9  # the one that cannot learn
+        else:
+            assert t["epochs"] == 3 and (trial_dir / "summary.json").exists() and not (trial_dir / "stopped.json").exists()
