@@ -449,16 +449,23 @@ class RaySwarm:
             except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
                 raise self._one_line(self.owner[a], e) from None
 
-    def revive(self) -> tuple[list[int], list[int]]:
-        """Bring up again every participant whose actor Ray has restarted (their state is restored next):
-        several may have died at once (a lost node), and not only the one a call failed on. A gang whose
-        rank came back has lost its process group: its other ranks are restarted too, and it meets again.
-        Returns (revived, dead: participants whose actor Ray will not restart, fault.max_restarts spent)."""
+    def recover(self, lost: ParticipantLost, restarts: dict[str, int]) -> None:
+        """After `lost`: every participant whose actor Ray has restarted counts a restart in `restarts` and is
+        brought up again (its state is restored next). Several may have died at once (a lost node), not only
+        the one a call failed on. A gang whose rank came back has lost its process group: its other ranks
+        are restarted too, and it meets again. One line when a participant has died more than
+        fault.max_restarts times (or Ray will not restart it)."""
         self.update = None
         deadline = time.monotonic() + self.cfg.placement.timeout_s
         fresh = {a: self._restarted(a, deadline) for a in range(len(self.actors))}
         dead = sorted({self.owner[a] for a, f in fresh.items() if f is None})
         revived = sorted({self.owner[a] for a, f in fresh.items() if f} - set(dead))
+        for m in revived or [lost.index]:  # counted first: a death while bringing up counts again
+            restarts[self.names[m]] = restarts.get(self.names[m], 0) + 1
+        for m in dead + revived:
+            if m in dead or restarts[self.names[m]] > self.cfg.fault.max_restarts:
+                raise UserError(f"participant '{self.names[m]}': its actor died more than fault.max_restarts "
+                                f"({self.cfg.fault.max_restarts}) times")
         for m in revived:
             for a in self.gangs[m]:
                 if not fresh[a]:
@@ -467,18 +474,6 @@ class RaySwarm:
                         time.sleep(0.2)
         if revived:
             self._bring_up(revived)
-        return revived, dead
-
-    def recover(self, lost: ParticipantLost, restarts: dict[str, int]) -> None:
-        """After `lost`: bring up again every participant whose actor Ray restarted, counting one restart
-        each in `restarts`; one line when one has died more than fault.max_restarts times."""
-        revived, dead = self.revive()
-        for m in revived or [lost.index]:
-            restarts[self.names[m]] = restarts.get(self.names[m], 0) + 1
-        for m in dead + revived:
-            if m in dead or restarts[self.names[m]] > self.cfg.fault.max_restarts:
-                raise UserError(f"participant '{self.names[m]}': its actor died more than fault.max_restarts "
-                                f"({self.cfg.fault.max_restarts}) times")
 
     def states(self):
         """Each participant's state; a gang's is its rank 0's weights with every rank's optimizer and RNG state."""

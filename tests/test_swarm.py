@@ -281,16 +281,19 @@ def test_a_killed_actor_gets_its_start_copy_back(tmp_path):
     assert killed["faults"]["restarts"] == {"wide": 1, "narrow": 0}
 
 
-def test_a_participant_that_keeps_dying_stops_the_run_with_one_line(tmp_path):
+@pytest.mark.parametrize("die_in", ["train", "init"])
+def test_a_participant_that_keeps_dying_stops_the_run_with_one_line(die_in, tmp_path):
+    """In training (the checkpoints stay) or every time its model is built (before the run's first one)."""
     raw = mlp_config(control=False, fault={"max_restarts": 1})
     raw["participants"][1] = {"name": "doomed", "model": "faulty_models:suicidal_mlp", "lr": 1e-3,
-                              "model_args": {"die_at": 2}}
+                              "model_args": {"die_at": 2, "die_in": die_in}}
     with pytest.raises(UserError) as e:
         with RunDir(tmp_path / "run") as rd:
             run(parse_config(raw), rd, "ray")
     message = str(e.value)
     assert message.startswith("participant 'doomed': its actor died more than fault.max_restarts (1) times")
-    assert "\n" not in message and (tmp_path / "run" / "checkpoints" / "manifest.json").exists()
+    assert "\n" not in message
+    assert (tmp_path / "run" / "checkpoints" / "manifest.json").exists() == (die_in == "train")
 
 
 def test_actors_lost_before_the_run_are_restarted_and_counted(tmp_path):
