@@ -46,7 +46,7 @@ class LocalEngine:
         self.seed = seed
         self.batch_size = batch_size
         self.augment = augment
-        self.setup_restarts: dict[str, int] = {}  # (the Ray swarm's: no participant here dies alone)
+        self.setup_restarts: dict[str, int] = {}  # always empty: a participant here cannot die without this process
 
     def states(self):
         """Each participant's {model, optimizer, rng}, one at a time (a checkpoint writes them in turn)."""
