@@ -53,10 +53,10 @@ def nan_mlp(num_classes: int, in_chans: int, **kwargs) -> nn.Module:
 
 
 class SuicidalMLP(nn.Module):
-    """SIGKILLs its own process in training call `die_at` of every process that hosts it. With `marker` (a
-    file path), once in all (the file says it already has), in call `die_at` of `die_in`: "train" (zoo
-    pretraining included), "state" (its state read: a new zoo member's cache file, then the run's start
-    set) or "init" (while it is built)."""
+    """SIGKILLs its own process in call `die_at` of `die_in`: "train" (a training forward, zoo pretraining
+    included), "state" (its state read: a new zoo member's cache file, then the run's start set) or "init"
+    (while it is built), in every process that hosts it; with `marker` (a file path), once in all (the
+    file says it already has)."""
 
     def __init__(self, num_classes: int, in_chans: int, img_size: int = 28, die_at: int = 3,
                  marker: str | None = None, die_in: str = "train"):
