@@ -57,7 +57,7 @@ cell() {
   esac
 }
 mkdir -p "$OUT"
-for one in ${@:-labels_10k around labels_1k labels_3k pool disjoint balanced digits labels_30k}; do
+for one in ${@:-labels_10k around labels_1k labels_3k pool disjoint balanced digits labels_30k around_better}; do
   start=$(date +%s)
   cell "$one"
   echo "$one: $(( $(date +%s) - start )) s on $(nproc) cores" | tee -a "$OUT/seconds.txt"
