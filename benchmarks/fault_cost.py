@@ -49,14 +49,14 @@ def config(epochs: int) -> dict:
     }
 
 
-def job(config_path: Path, out: Path, gcs: str, fault=None, at: int = 0) -> float:
-    """One run through the CLI against the cluster; with `fault` (a callable, given the driver's process),
-    call it once the transfer arm logs step `at`. Returns the run's wall time (a killed driver's run: until
-    the driver is gone)."""
+def job(cli: list[str], out: Path, gcs: str, fault=None, at: int = 0) -> float:
+    """`kt-swarm run CLI... --address gcs` as a user would run it against the cluster; with `fault` (a callable,
+    given the driver's process), call it once the transfer arm logs step `at` in `out`. Returns the wall
+    time (a killed driver's: until it is gone)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "kt_swarm", "run", str(config_path), "--out", str(out), "-q",
-                             "--address", gcs], cwd=ROOT, env={**ENV, "PYTHONPATH": str(HELPERS)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "kt_swarm", "run", *cli, "-q", "--address", gcs], cwd=ROOT,
+                            env={**ENV, "PYTHONPATH": str(HELPERS)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     while fault is not None and proc.poll() is None:
         lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
         if any('"arm": "transfer"' in line and json.loads(line).get("step", -1) >= at for line in lines if line.endswith("}")):
@@ -64,18 +64,8 @@ def job(config_path: Path, out: Path, gcs: str, fault=None, at: int = 0) -> floa
             break
         time.sleep(0.05)
     _, err = proc.communicate(timeout=1800)
-    if proc.returncode and proc.returncode != -signal.SIGKILL:
-        raise SystemExit(f"the run in {out} failed: {err[-2000:]}")
-    return time.perf_counter() - t0
-
-
-def resume(out: Path, gcs: str) -> float:
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "kt_swarm", "run", "--resume", str(out), "-q", "--address", gcs],
-                          cwd=ROOT, env={**ENV, "PYTHONPATH": str(HELPERS)}, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, timeout=1800)
-    if proc.returncode:
-        raise SystemExit(f"--resume {out} failed: {proc.stderr[-2000:]}")
+    if proc.returncode and not (fault is not None and proc.returncode == -signal.SIGKILL):
+        raise SystemExit(f"kt-swarm run {' '.join(cli)} failed: {err[-2000:]}")
     return time.perf_counter() - t0
 
 
@@ -97,12 +87,13 @@ def main() -> None:
         config_path.write_text(yaml.safe_dump(config(args.epochs)))
         for r in range(args.repeats):
             worker = start_node(temp / "ray", '{"node_b": 1}', head=head, env=helpers)
-            clean = job(config_path, temp / f"clean-{r}", head.gcs)
-            node = job(config_path, temp / f"node-{r}", head.gcs, fault=lambda _: worker.kill(), at=args.at)
+            run = {k: [str(config_path), "--out", str(temp / f"{k}-{r}")] for k in ("clean", "node", "driver")}
+            clean = job(run["clean"], temp / f"clean-{r}", head.gcs)
+            node = job(run["node"], temp / f"node-{r}", head.gcs, fault=lambda _: worker.kill(), at=args.at)
             worker.stop()
             worker = start_node(temp / "ray", '{"node_b": 1}', head=head, env=helpers)
-            driver = job(config_path, temp / f"driver-{r}", head.gcs, fault=lambda proc: proc.kill(), at=args.at)
-            driver += resume(temp / f"driver-{r}", head.gcs)
+            driver = job(run["driver"], temp / f"driver-{r}", head.gcs, fault=lambda proc: proc.kill(), at=args.at)
+            driver += job(["--resume", str(temp / f"driver-{r}")], temp / f"driver-{r}", head.gcs)
             worker.stop()
             summaries = {k: json.loads((temp / f"{k}-{r}" / "summary.json").read_text()) for k in ("clean", "node", "driver")}
             rows.append({"clean_s": clean, "node_s": node, "driver_s": driver, "node_cost_s": node - clean,
