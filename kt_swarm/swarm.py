@@ -394,9 +394,10 @@ class RaySwarm:
                 finally:
                     bar.close()
             return ray.get(refs)
-        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError):
+        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
             # A dead actor makes its peers fail too (its logits are gone): wait for every call and
-            # name the dead one before any failure it caused.
+            # name the dead one before any failure it caused. A lost node also loses what its actors
+            # returned but the driver had not fetched yet (ObjectLostError from this very get).
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=30)
             errors = []
             for k, ref in enumerate(refs):
@@ -418,8 +419,9 @@ class RaySwarm:
             return ParticipantLost(str(error), error.index)
         if isinstance(error, UserError):
             return UserError(str(error))
-        if isinstance(error, ray.exceptions.ObjectLostError):  # a peer's logits died with its actor
-            return ParticipantLost(f"participant '{self.names[index]}' lost a peer's logits: {first_line(error)}", index)
+        if isinstance(error, ray.exceptions.ObjectLostError):  # logits or a result that died with its node or actor
+            return ParticipantLost(f"participant '{self.names[index]}': an object it read or returned was lost: "
+                                   f"{first_line(error)}", index)
         if isinstance(error, ray.exceptions.RayActorError):
             return ParticipantLost(f"participant '{self.names[index]}': its actor died: {first_line(error)}", index)
         return UserError(f"participant '{self.names[index]}' failed: {type(error).__name__}: {first_line(error)}")

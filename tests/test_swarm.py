@@ -1,6 +1,7 @@
 """The Ray swarm: one actor per participant, exact against the local engine, at scale, on failure."""
 import json
 import sys
+import time
 
 import pytest
 import ray
@@ -11,7 +12,7 @@ from kt_swarm.config import Config, load_config, parse_config
 from kt_swarm.checkpoint import Checkpoints
 from kt_swarm.coordinator import fresh_arm, make_engine, run, save_start, train_arm
 from kt_swarm.data import load_dataset
-from kt_swarm.errors import UserError
+from kt_swarm.errors import ParticipantLost, UserError
 from kt_swarm.objectives import LossSpec
 from kt_swarm.rundir import RunDir
 from kt_swarm.swarm import placement_shortfall, start_private_ray
@@ -174,6 +175,28 @@ def test_forward_returns_a_reference_not_logits():
         logits = ray.get(ref)
         assert logits.shape == (48, 10) and logits.dtype == torch.float64
         ray.get(engine.actors[0].learn.remote([[ref], [ray.get(engine.actors[1].forward.remote(0, 0, 48))]], LossSpec()))
+    finally:
+        engine.close()
+
+
+def test_a_result_lost_before_the_driver_reads_it_is_a_lost_participant():
+    """A lost node takes with it what its actors returned and the driver had not fetched yet: that
+    ObjectLostError is a lost participant the run can restart (it was a crash: CI, session 9)."""
+    cfg = tiny_config(2)
+    engine = make_engine("ray", cfg, load_dataset(cfg.data))
+    try:
+        engine.reset_optimizers("adam", [1e-3, 1e-3], [0.0, 0.0])
+        logits = ray.get(engine.actors[1].forward.remote(0, 0, 48))  # owned by actor 1, not yet read
+        ray.kill(engine.actors[1], no_restart=True)
+        for _ in range(300):  # the driver learns of the owner's death a moment later (about 1 s here)
+            try:
+                ray.get(logits)
+                time.sleep(0.1)
+            except ray.exceptions.ObjectLostError:
+                break
+        with pytest.raises(ParticipantLost, match=r"participant 'vit': an object it read or returned was lost") as lost:
+            engine._gather([logits], actors=[1])
+        assert lost.value.index == 1
     finally:
         engine.close()
 
