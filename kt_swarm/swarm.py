@@ -308,8 +308,9 @@ class RaySwarm:
         """Set up these participants' actors (a gang meets at its rank 0's address and a free port there);
         returns each one's number of classes."""
         which = list(which)
-        meet = {m: ray.get(self.actors[self.gangs[m][0]].rendezvous.remote()) if len(self.gangs[m]) > 1 else (None, None)
-                for m in which}
+        gangs = [m for m in which if len(self.gangs[m]) > 1]  # a rank 0 lost here is a lost participant too
+        addresses = self._gather([self.actors[self.gangs[m][0]].rendezvous.remote() for m in gangs], actors=gangs)
+        meet = {m: (None, None) for m in which} | dict(zip(gangs, addresses))
         actors = [a for m in which for a in self.gangs[m]]
         widths = self._gather([self.actors[a].setup.remote(self.data_ref, *meet[self.owner[a]]) for a in actors],
                               actors=[self.owner[a] for a in actors])
