@@ -59,11 +59,15 @@ cell() {
     # Held out: handwritten digits (examples/digits/prepare.py), never looked at while choosing.
     digits)      [ -d data/digits ] || $PY examples/digits/prepare.py --out data/digits
                  arms digits --config configs/digits.yaml "${base[@]}" $(armlist "best chosen:$CHOSEN quickstart:$QUICKSTART") ;;
+    # The held-out check of the quickstart's budget setting (budget_20k_2ep, chosen on validation): two
+    # epochs. The digits have 4k transfer images, so only the passes change.
+    digits_2ep)  [ -d data/digits ] || $PY examples/digits/prepare.py --out data/digits
+                 arms digits_2ep --config configs/digits.yaml "${base[@]}" --set transfer.epochs=2 $(armlist "quickstart:$QUICKSTART") ;;
     *) echo "unknown cell $1" >&2; exit 2 ;;
   esac
 }
 mkdir -p "$OUT"
-for one in ${@:-labels_10k around labels_1k labels_3k pool disjoint balanced digits labels_30k around_better budget_30k_1ep budget_20k_2ep budget_15k_3ep}; do
+for one in ${@:-labels_10k around labels_1k labels_3k pool disjoint balanced digits labels_30k around_better budget_30k_1ep budget_20k_2ep budget_15k_3ep digits_2ep}; do
   start=$(date +%s)
   cell "$one"
   echo "$one: $(( $(date +%s) - start )) s on $(nproc) cores" | tee -a "$OUT/seconds.txt"
