@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 
 ORDER = ["labels_1k", "labels_3k", "labels_10k", "labels_30k", "budget_30k_1ep", "budget_20k_2ep", "budget_15k_3ep",
-         "around", "around_better", "pool", "disjoint", "balanced", "digits", "digits_2ep"]
+         "budget_10k_3ep", "around", "around_better", "pool", "disjoint", "balanced", "digits", "digits_2ep"]
 
 
 def per_seed(cell: dict, arm: str, ref: str, key: str = "acc") -> list[list[float]]:
