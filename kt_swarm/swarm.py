@@ -407,7 +407,10 @@ class RaySwarm:
                         ray.get(ref)
                     except Exception as e:  # noqa: BLE001 - reported in one line below
                         errors.append((actors[k] if actors else self.owner[k], e))
-            errors.sort(key=lambda ie: not isinstance(ie[1], ray.exceptions.RayActorError))
+            # The dead actor first, then the call whose own result was lost, then the calls that failed
+            # reading what the dead one had sent.
+            errors.sort(key=lambda ie: (not isinstance(ie[1], ray.exceptions.RayActorError),
+                                        isinstance(ie[1], ray.exceptions.RayTaskError)))
             if errors:
                 raise self._one_line(*errors[0]) from None
             raise

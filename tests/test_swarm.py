@@ -194,6 +194,8 @@ def test_a_result_lost_before_the_driver_reads_it_is_a_lost_participant():
                 time.sleep(0.1)
             except ray.exceptions.ObjectLostError:
                 break
+        else:
+            pytest.fail("the driver never saw the owner of the logits die")
         with pytest.raises(ParticipantLost, match=r"participant 'vit': an object it read or returned was lost") as lost:
             engine._gather([logits], actors=[1])
         assert lost.value.index == 1
