@@ -63,7 +63,8 @@ def meets_bar(row: dict) -> bool:
 def line(row: dict) -> str:
     vs_self = fmt(row["vs_self"]) if row["vs_self"] else ""
     return (f"| {row['cell']} | {row['arm']} | {' | '.join(fmt(p) for p in row['parts'])} | {fmt(row['means'])} | "
-            f"{vs_self} | {fmt(row['val'])} | {row['above']}/{row['of']} | {100 * row['success']:.0f}% | {'yes' if meets_bar(row) else 'no'} |")
+            f"{vs_self} | {fmt(row['val'])} | {row['above']}/{row['of']} | {100 * row['success']:.0f}% | "
+            f"{'yes' if meets_bar(row) else 'no'} |")
 
 
 def plot(all_rows: list[dict], path: Path) -> None:
@@ -75,9 +76,9 @@ def plot(all_rows: list[dict], path: Path) -> None:
     ax = fig.add_subplot()
     ys = list(range(len(all_rows)))[::-1]
     for y, row in zip(ys, all_rows):
-        mean, std = statistics.mean(row["means"]), statistics.pstdev(row["means"])
-        ax.errorbar(mean, y, xerr=std, fmt="o", color="tab:green" if meets_bar(row) else "tab:gray",
-                    mfc="tab:green" if meets_bar(row) else "white", capsize=2, ms=4)
+        color = "tab:green" if meets_bar(row) else "tab:gray"
+        ax.errorbar(statistics.mean(row["means"]), y, xerr=statistics.pstdev(row["means"]), fmt="o", color=color,
+                    mfc=color if meets_bar(row) else "white", capsize=2, ms=4)
         ax.plot(statistics.mean(row["val"]), y, "x", color="tab:blue", ms=4)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(ys, [f"{r['cell']}: {r['arm']}" for r in all_rows], fontsize=7)

@@ -32,6 +32,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 from kt_swarm.summary import reproducible  # noqa: E402
 from quickstart_arms import machine  # noqa: E402
 from ray_node import ENV, start_node  # noqa: E402
+from run_log import wait_for_step  # noqa: E402
 
 
 def config(epochs: int) -> dict:
@@ -57,12 +58,8 @@ def job(cli: list[str], out: Path, gcs: str, fault=None, at: int = 0) -> float:
     proc = subprocess.Popen([sys.executable, "-m", "kt_swarm", "run", *cli, "-q", "--address", gcs], cwd=ROOT,
                             env={**ENV, "PYTHONPATH": str(HELPERS)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
-    while fault is not None and proc.poll() is None:
-        lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
-        if any('"arm": "transfer"' in line and json.loads(line).get("step", -1) >= at for line in lines if line.endswith("}")):
-            fault(proc)
-            break
-        time.sleep(0.05)
+    if fault is not None and wait_for_step(proc, out, at, timeout=1800) is not None:
+        fault(proc)
     _, err = proc.communicate(timeout=1800)
     if proc.returncode and not (fault is not None and proc.returncode == -signal.SIGKILL):
         raise SystemExit(f"kt-swarm run {' '.join(cli)} failed: {err[-2000:]}")

@@ -18,6 +18,7 @@ from kt_swarm.coordinator import run
 from kt_swarm.rundir import RunDir
 from kt_swarm.summary import reproducible
 from ray_node import ENV, RAY, start_node
+from run_log import wait_for_step
 
 CLUSTER = ROOT / "cluster"
 HELPERS = ROOT / "tests" / "helpers"
@@ -110,15 +111,9 @@ def test_a_lost_node_costs_a_restart_and_the_run_ends_as_if_nothing_happened(two
     proc = subprocess.Popen([sys.executable, "-m", "kt_swarm", "run", str(config), "--out", str(out), "-q",
                              "--address", two_node_cluster["head"].gcs], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**ENV, "PYTHONPATH": str(HELPERS)})
-    deadline, placed = time.time() + 300, None
-    while time.time() < deadline and proc.poll() is None:
-        lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
-        records = [json.loads(line) for line in lines if line.endswith("}")]
-        placed = next((r for r in records if r.get("event") == "placed"), placed)
-        if any(r.get("arm") == "transfer" and r.get("step", 0) >= 3 for r in records):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before the node could be lost"
+    records = wait_for_step(proc, out, 3)
+    assert records is not None and proc.poll() is None, "the run ended before the node could be lost"
+    placed = next((r for r in records if r.get("event") == "placed"), None)
     nodes = {where["node"] for where in placed["participants"].values()}
     assert len(nodes) == 2, placed  # spread: some participants live on the node about to go
     two_node_cluster["worker"].kill()

@@ -1,0 +1,27 @@
+"""A run's metrics.jsonl read while the run writes it: when a test or benchmark strikes mid-run."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+
+def logged(run_dir: Path) -> list[dict]:
+    """The records RUN_DIR/metrics.jsonl holds so far (a line still being written is left out)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, arm: str = "transfer",
+                  timeout: float = 300) -> list[dict] | None:
+    """The records logged once `arm` has logged `step`, while `proc` (the run's driver) lives; None when
+    it ends first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        records = logged(run_dir)
+        if any(r.get("arm") == arm and r.get("step", -1) >= step for r in records):
+            return records
+        time.sleep(0.05)
+    return None
