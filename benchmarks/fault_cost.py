@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 HELPERS = ROOT / "tests" / "helpers"
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
-from kt_swarm.summary import reproducible  # noqa: E402
+from kt_swarm.summary import differences  # noqa: E402
 from quickstart_arms import machine  # noqa: E402
 from ray_node import ENV, start_node  # noqa: E402
 from run_log import wait_for_step  # noqa: E402
@@ -95,7 +95,7 @@ def main() -> None:
             summaries = {k: json.loads((temp / f"{k}-{r}" / "summary.json").read_text()) for k in ("clean", "node", "driver")}
             rows.append({"clean_s": clean, "node_s": node, "driver_s": driver, "node_cost_s": node - clean,
                          "driver_cost_s": driver - clean, "steps": summaries["clean"]["steps"],
-                         "equal": all(reproducible(summaries[k]) == reproducible(summaries["clean"]) for k in ("node", "driver")),
+                         "equal": all(not differences(summaries[k], summaries["clean"], across_engines=False) for k in ("node", "driver")),
                          "restarts": summaries["node"]["faults"]["restarts"], "resumes": summaries["driver"]["faults"]["resumes"]})
             print(f"repeat {r}: clean {clean:.1f} s, node lost {node:.1f} s, driver killed + resumed {driver:.1f} s, "
                   f"equal {rows[-1]['equal']}, restarts {rows[-1]['restarts']}", flush=True)

@@ -92,14 +92,46 @@ def summarize(cfg: Config, data: Dataset, names: list[str], labels: torch.Tensor
     }
 
 
+ACROSS_ENGINES_RTOL = 1e-12  # float64 sums in another order (thread counts differ per process) move the last bits
+
+
 def reproducible(summary: dict) -> dict:
     """What a run that was interrupted (actors killed, the driver stopped and resumed, a node lost) must end
-    with exactly, as the run never interrupted: accuracies, final losses, selection, flips and role matrices
-    (not times, fault counts or where processes ran)."""
+    with, as the run never interrupted: accuracies, final losses, selection, flips and role matrices (not
+    times, fault counts or where processes ran)."""
     keys = ["acc_before", "acc_after", "acc_control", "acc_self_training", "final_train_loss", "val_acc", "best_epoch",
             "control_best_epoch", "self_training_best_epoch", "positive_flips", "negative_flips", "teach_share_per_epoch"]
     return {"participants": {n: {k: p[k] for k in keys} for n, p in summary["participants"].items()},
             "role_matrix_per_epoch": summary["role_matrix_per_epoch"]}
+
+
+SUMMED = ("final_train_loss", "teach_share_per_epoch", "role_matrix_per_epoch")  # float sums over a run's steps
+
+
+def differences(a: dict, b: dict, *, across_engines: bool) -> list[str]:
+    """Where two summaries of the same run (float64) differ in what `reproducible` keeps; empty when they agree.
+
+    What "exact" means: within one engine, bit for bit (the same process layout sums in the same order).
+    Across engines (Ray actors against the single-process engine), accuracies, flips, selected epochs and
+    which samples were taught are equal; what is a float sum over the run's steps (losses, weighted role
+    matrices, teach shares) agrees to a relative ACROSS_ENGINES_RTOL, since each process's thread count
+    sets the order BLAS sums in."""
+    import math
+
+    def walk(x, y, where: str, summed: bool) -> list[str]:
+        if isinstance(x, dict) and isinstance(y, dict):
+            if set(x) != set(y):
+                return [f"{where}: keys {sorted(x)} != {sorted(y)}"]
+            return [d for k in x for d in walk(x[k], y[k], f"{where}.{k}".lstrip("."), summed or k in SUMMED)]
+        if isinstance(x, list) and isinstance(y, list):
+            if len(x) != len(y):
+                return [f"{where}: {len(x)} items != {len(y)}"]
+            return [d for i, (u, v) in enumerate(zip(x, y)) for d in walk(u, v, f"{where}.{i}", summed)]
+        if summed and across_engines and isinstance(x, float) and isinstance(y, float):
+            return [] if math.isclose(x, y, rel_tol=ACROSS_ENGINES_RTOL, abs_tol=1e-300) else [f"{where}: {x!r} != {y!r}"]
+        return [] if x == y else [f"{where}: {x!r} != {y!r}"]
+
+    return walk(reproducible(a), reproducible(b), "", False)
 
 
 def format_table(summary: dict) -> str:

@@ -16,7 +16,7 @@ from conftest import ROOT, mlp_config
 from kt_swarm.config import parse_config
 from kt_swarm.coordinator import run
 from kt_swarm.rundir import RunDir
-from kt_swarm.summary import reproducible
+from kt_swarm.summary import differences
 from ray_node import ENV, RAY, start_node
 from run_log import wait_for_step
 
@@ -120,7 +120,7 @@ def test_a_lost_node_costs_a_restart_and_the_run_ends_as_if_nothing_happened(two
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert reproducible(summary) == reproducible(reference)
+    assert not differences(summary, reference, across_engines=True)  # Ray against the local engine
     assert sum(summary["faults"]["restarts"].values()) >= 1
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("event") == "restarted" for r in log)
