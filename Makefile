@@ -9,7 +9,7 @@ VENV ?= $(HOME)/.cache/kt_swarm/venv-$(ENV_KEY)
 BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup quickstart smoke real_models segmentation saliency test dataset
+.PHONY: setup quickstart smoke real_models segmentation saliency test test-fast docs dataset
 
 setup: $(VENV)/.ready dataset
 	@$(BIN)/pip install -q --no-deps -e . >/dev/null
@@ -23,7 +23,7 @@ $(VENV)/.ready:  # no file prerequisites: the path itself is keyed by their cont
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev,real-models,deepspeed]'
+	$(BIN)/pip install -q -e '.[dev,real-models,deepspeed,docs]'
 	touch $@
 
 dataset:
@@ -54,3 +54,11 @@ saliency: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The fast tests alone (pure tensor, config, command-line parsing): about a minute
+test-fast: setup
+	$(BIN)/python -m pytest -q -m fast
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or page fails the build. Offline.
+docs: setup
+	$(BIN)/mkdocs build --strict -q
