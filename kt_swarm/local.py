@@ -8,37 +8,25 @@ from __future__ import annotations
 import itertools
 import os
 import socket
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 
 import torch
 
 from kt_swarm.config import AugmentConfig
 from kt_swarm.data import Dataset, arm_plan
+from kt_swarm.engine import StepResult, blame  # defined in engine.py; importable from here as before
+from kt_swarm.errors import ParticipantLost, UserError
 from kt_swarm.objectives import LossSpec, swarm_loss_terms
 from kt_swarm.participant import Participant
 from kt_swarm.progress import progress
 
 
-@dataclass
-class StepResult:
-    losses: list[float]  # each participant's share of the global loss
-    roles: torch.Tensor  # [N, N] float64: R[k][j] = sum of k's teaching weights toward j over the batch
-    bad: list[int] = field(default_factory=list)  # participants blamed for a NaN/Inf; non-empty: nobody stepped
-
-
-def blame(logits_ok: list[bool], loss_ok: list[bool], grads_ok: list[bool]) -> list[int]:
-    """Who caused a non-finite step. Bad logits poison every peer's loss through the exchange, and a bad
-    loss every gradient behind it, so the earliest stage that went wrong names the culprits."""
-    for ok in (logits_ok, loss_ok, grads_ok):
-        if not all(ok):
-            return [i for i, good in enumerate(ok) if not good]
-    return []
-
-
 class LocalEngine:
+    """The Engine (engine.py) with every participant in this process."""
+
     name = "local"
-    placement_group = None
+    placement_group: str | None = None  # no Ray here
+    setup_restarts: dict[str, int]  # always empty: a participant here cannot die without this process
 
     def __init__(self, participants: list[Participant], data: Dataset, *, seed: int, batch_size: int, augment: AugmentConfig):
         self.participants = participants
@@ -46,9 +34,9 @@ class LocalEngine:
         self.seed = seed
         self.batch_size = batch_size
         self.augment = augment
-        self.setup_restarts: dict[str, int] = {}  # always empty: a participant here cannot die without this process
+        self.setup_restarts = {}
 
-    def states(self):
+    def states(self) -> Iterator[dict]:
         """Each participant's {model, optimizer, rng}, one at a time (a checkpoint writes them in turn)."""
         for p in self.participants:
             yield p.state()
@@ -118,3 +106,9 @@ class LocalEngine:
 
     def close(self) -> None:
         pass
+
+    def recover(self, lost: ParticipantLost, restarts: dict[str, int]) -> None:
+        """Never reached by a run: a participant here dies only with this process, so this engine raises no
+        ParticipantLost. Should one come from elsewhere, nothing here can restart it: a plain error, which
+        the coordinator's recovery loop does not catch (another ParticipantLost would send it round again)."""
+        raise UserError(f"{lost} (the local engine cannot restart a participant)")
