@@ -1,7 +1,9 @@
 """The Ray swarm: one actor per participant, exact against the local engine, at scale, on failure."""
+import inspect
 import json
 import sys
 import time
+import typing
 
 import pytest
 import ray
@@ -12,22 +14,31 @@ from kt_swarm.config import Config, load_config, parse_config
 from kt_swarm.checkpoint import Checkpoints
 from kt_swarm.coordinator import fresh_arm, make_engine, run, save_start, train_arm
 from kt_swarm.data import load_dataset
+from kt_swarm.engine import Engine, StepResult
 from kt_swarm.errors import ParticipantLost, UserError
+from kt_swarm.local import LocalEngine
 from kt_swarm.objectives import LossSpec
 from kt_swarm.rundir import RunDir
-from kt_swarm.swarm import placement_shortfall, start_private_ray
+from kt_swarm.swarm import RaySwarm, placement_shortfall, start_private_ray
 from kt_swarm.summary import differences
 
 HELPERS = ROOT / "tests" / "helpers"
 sys.path.insert(0, str(HELPERS))
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def ray_instance():
     """One Ray instance for the module, on loopback; workers can import the helper models."""
     start_private_ray(num_cpus=2, runtime_env={"env_vars": {"PYTHONPATH": str(HELPERS)}})
     yield
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def ray_unless_fast(request):
+    """Every test here but the fast ones (no Ray) runs on the module's Ray instance, started on first use."""
+    if request.node.get_closest_marker("fast") is None:
+        request.getfixturevalue("ray_instance")
 
 
 def tiny_config(n: int, **overrides) -> Config:
@@ -250,6 +261,58 @@ def test_unplaceable_swarm_is_one_line():
         make_engine("ray", cfg, load_dataset(cfg.data))
 
 
+def protocol_gaps(cls, protocol=Engine) -> list[str]:
+    """How `cls` differs from `protocol`: a member missing; a method whose parameters (names, kinds, defaults)
+    or annotations differ; a data member declared with another type, or a class attribute of another type."""
+    wanted = typing.get_type_hints(protocol)  # the data members
+    declared = typing.get_type_hints(cls)
+    methods = sorted(n for n in vars(protocol) if not n.startswith("_") and callable(getattr(protocol, n)))
+    gaps = []
+    for name in sorted(wanted):
+        if name in declared:
+            if declared[name] != wanted[name]:
+                gaps.append(f"{name}: declared {declared[name]}, not {wanted[name]}")
+        elif not hasattr(cls, name):
+            gaps.append(f"{name}: missing")
+        elif isinstance(wanted[name], type) and not isinstance(getattr(cls, name), wanted[name]):
+            gaps.append(f"{name}: {getattr(cls, name)!r} is not a {wanted[name].__name__}")
+    for name in methods:
+        mine, theirs = getattr(cls, name, None), getattr(protocol, name)
+        if not callable(mine):
+            gaps.append(f"{name}: missing")
+            continue
+        params = [[(p.name, p.kind, p.default) for p in inspect.signature(f).parameters.values()] for f in (mine, theirs)]
+        hints = [typing.get_type_hints(f) for f in (mine, theirs)]
+        if params[0] != params[1] or hints[0] != hints[1]:
+            gaps.append(f"{name}: {name}{inspect.signature(mine)} {hints[0]}, not {name}{inspect.signature(theirs)} {hints[1]}")
+    return gaps
+
+
+@pytest.mark.fast
+def test_both_engines_have_the_engine_protocols_members_and_signatures():
+    """Both engines are engine.Engine: every member, each method with the protocol's parameters, defaults and
+    annotations (runtime_checkable's isinstance alone checks names); and the check does catch a difference."""
+    assert protocol_gaps(LocalEngine) == []
+    assert protocol_gaps(RaySwarm) == []
+    assert isinstance(LocalEngine([], None, seed=0, batch_size=1, augment=None), Engine)
+
+    class Drifted(LocalEngine):
+        close = None  # a member gone
+
+        def train_step(self, epoch: int, step: int, loss: LossSpec, split: str = "labelled", lr_scale: float = 1.0) -> StepResult:
+            raise NotImplementedError
+
+        def predict(self, split: str, batch_size: int, k: float = 1) -> torch.Tensor:
+            raise NotImplementedError
+
+    class Undeclared(RaySwarm):
+        name = 1
+        setup_restarts: dict[str, float]
+
+    assert [g.split(":")[0] for g in protocol_gaps(Drifted)] == ["close", "predict", "train_step"]
+    assert [g.split(":")[0] for g in protocol_gaps(Undeclared)] == ["name", "setup_restarts"]
+
+
 @pytest.mark.parametrize("strategy,n,bundle,nodes,room", [
     ("PACK", 4, {"CPU": 1.0}, [{"CPU": 2}, {"CPU": 1.5}], "room for 3 on its 2 node(s)"),
     ("SPREAD", 3, {"CPU": 1.0}, [{"CPU": 2}, {"CPU": 1}], None),
@@ -258,6 +321,7 @@ def test_unplaceable_swarm_is_one_line():
     ("PACK", 2, {"CPU": 1.0, "GPU": 1.0}, [{"CPU": 8, "GPU": 1}, {"CPU": 8}], "room for 1 on its 2 node(s)"),
     ("PACK", 3, {"CPU": 2 / 3, "GPU": 1 / 3}, [{"CPU": 2, "GPU": 1}], None),  # fractions that add up to the node
 ])
+@pytest.mark.fast
 def test_placement_shortfall_counts_identical_bundles_per_node(strategy, n, bundle, nodes, room):
     short = placement_shortfall(bundle, n, nodes, strategy)
     assert short is None if room is None else room in short
@@ -271,7 +335,7 @@ def test_half_precision_exchange_keeps_every_actor_on_one_partition():
         engine.reset_optimizers("adam", [1e-3] * 3, [0.0] * 3)
         refs = ray.get([a.forward.remote(0, 0, 48) for a in engine.actors])
         assert all(ray.get(r).dtype == torch.float16 for r in refs)
-        roles = [r[1] for r in ray.get([a.learn.remote([[r] for r in refs], LossSpec()) for a in engine.actors])]
+        roles = [r.roles for r in ray.get([a.learn.remote([[r] for r in refs], LossSpec()) for a in engine.actors])]
         assert all(torch.equal(roles[0], r) for r in roles[1:])
     finally:
         engine.close()
