@@ -92,6 +92,19 @@ class Dataset:
 # ----------------------------------------------------------------------------- loading
 
 
+@dataclass
+class Loaded:
+    """What a loader read, before the splits are carved and labels hidden (load_dataset)."""
+
+    images: torch.Tensor  # uint8 [n, C, H, W]
+    splits: dict[str, torch.Tensor]  # the splits the source has: train and test, val if present
+    classes: list[str]  # class names, in label order (saliency: one, "saliency")
+    source: str  # where it came from, for messages and summary.json
+    labels: torch.Tensor | None = None  # classification: int64 [n]
+    targets: torch.Tensor | None = None  # dense tasks: uint8 [n, H, W] masks or maps
+    skipped: int = 0  # corrupt files skipped (data.skip_corrupt)
+
+
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
@@ -127,7 +140,7 @@ def _find_fashion_mnist(root: str | None) -> Path:
     )
 
 
-def _load_fashion_mnist(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], list[str], str]:
+def _load_fashion_mnist(cfg: DataConfig) -> Loaded:
     root = _find_fashion_mnist(cfg.root)
     arrays = {}
     for key, name in FASHION_MNIST_FILES.items():
@@ -137,19 +150,19 @@ def _load_fashion_mnist(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, di
     images = torch.from_numpy(np.concatenate([arrays["train_images"], arrays["test_images"]])).unsqueeze(1)
     labels = torch.from_numpy(np.concatenate([arrays["train_labels"], arrays["test_labels"]]).astype(np.int64))
     splits = {"train": torch.arange(n_train), "test": torch.arange(n_train, len(labels))}
-    return images, labels, splits, list(FASHION_MNIST_CLASSES), str(root)
+    return Loaded(images, splits, list(FASHION_MNIST_CLASSES), str(root), labels=labels)
 
 
-def _load_scenes(cfg: DataConfig, task: str):
+def _load_scenes(cfg: DataConfig, task: str) -> Loaded:
     """The offline test bed (scenes.py): scenes composed from Fashion-MNIST's train items (train, and val and
     pretrain carved from it) and from its test items (test), with masks or saliency-like maps."""
     from kt_swarm.scenes import IGNORE, compose_scenes
 
-    images, labels, splits, classes, source = _load_fashion_mnist(cfg)
+    items = _load_fashion_mnist(cfg)
     s, parts, targets = cfg.scenes, [], []
     for index, (split, count) in enumerate([("train", s.train), ("test", s.test)]):
-        ids = splits[split].numpy()
-        scenes, masks, maps = compose_scenes(images[ids, 0].numpy(), labels[ids].numpy(), count, canvas=s.canvas,
+        ids = items.splits[split].numpy()
+        scenes, masks, maps = compose_scenes(items.images[ids, 0].numpy(), items.labels[ids].numpy(), count, canvas=s.canvas,
                                              max_items=s.max_items, seed=cfg.split_seed * 2 + index)
         parts.append(scenes)
         targets.append(masks if task == "segmentation" else maps)
@@ -158,8 +171,8 @@ def _load_scenes(cfg: DataConfig, task: str):
     if task == "segmentation" and cfg.ignore_index != IGNORE:
         targets = torch.where(targets == IGNORE, cfg.ignore_index, targets)
     splits = {"train": torch.arange(s.train), "test": torch.arange(s.train, s.train + s.test)}
-    names = ["background", *classes] if task == "segmentation" else ["saliency"]
-    return images, targets, splits, names, f"scenes of {source}"
+    names = ["background", *items.classes] if task == "segmentation" else ["saliency"]
+    return Loaded(images, splits, names, f"scenes of {items.source}", targets=targets)
 
 
 def _read_image(path: Path, cfg: DataConfig):
@@ -176,7 +189,7 @@ def _read_image(path: Path, cfg: DataConfig):
         raise UserError(f"image '{path}' is corrupt ({e}); set data.skip_corrupt: true to skip such files") from None
 
 
-def _load_dense_folder(cfg: DataConfig, task: str):
+def _load_dense_folder(cfg: DataConfig, task: str) -> Loaded:
     """segmentation_folder / saliency_folder: <root>/<split>/images/<name>.<ext> beside <root>/<split>/masks/<name>.png
     (class indices, ignore_index for unlabelled pixels; <root>/classes.txt names the classes, one per line) or
     <root>/<split>/maps/<name>.<ext> (grayscale density maps). Splits: train and test, val optional."""
@@ -237,10 +250,10 @@ def _load_dense_folder(cfg: DataConfig, task: str):
 
     resample = Image.NEAREST if task == "segmentation" else Image.BILINEAR  # labels are never blended
     targets = torch.from_numpy(np.stack([np.asarray(t.resize(size, resample) if t.size != size else t) for t in dense]))
-    return images, targets, split_ids, classes, skipped
+    return Loaded(images, split_ids, classes, cfg.root, targets=targets, skipped=skipped)
 
 
-def _load_folder(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], list[str], int]:
+def _load_folder(cfg: DataConfig) -> Loaded:
     if not cfg.root:
         raise UserError("config key 'data.root' is required for data.kind: folder")
     root = Path(cfg.root)
@@ -276,7 +289,8 @@ def _load_folder(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str,
         if extra:
             raise UserError(f"dataset folder '{root / split}' has classes not in train: {', '.join(extra)}")
         split_ids[split] = torch.tensor(ids, dtype=torch.long)
-    return _stack(pictures)[0], torch.tensor(labels, dtype=torch.long), split_ids, classes, skipped
+    return Loaded(_stack(pictures)[0], split_ids, classes, cfg.root, labels=torch.tensor(labels, dtype=torch.long),
+                  skipped=skipped)
 
 
 def _stack(pictures: list) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -302,19 +316,16 @@ def _to_uint8(picture, gray: bool, size: tuple[int, int]) -> np.ndarray:
 
 
 def load_dataset(cfg: DataConfig, task: str = "classification") -> Dataset:
-    skipped, targets = 0, None
     if cfg.kind == "fashion_mnist":
-        images, labels, splits, classes, source = _load_fashion_mnist(cfg)
+        loaded = _load_fashion_mnist(cfg)
     elif cfg.kind == "folder":
-        images, labels, splits, classes, skipped = _load_folder(cfg)
-        source = cfg.root
+        loaded = _load_folder(cfg)
+    elif cfg.kind == "scenes":
+        loaded = _load_scenes(cfg, task)
     else:
-        if cfg.kind == "scenes":
-            images, targets, splits, classes, source = _load_scenes(cfg, task)
-        else:
-            images, targets, splits, classes, skipped = _load_dense_folder(cfg, task)
-            source = cfg.root
-        labels = torch.zeros(len(images), dtype=torch.long)
+        loaded = _load_dense_folder(cfg, task)
+    images, splits, classes, source = loaded.images, loaded.splits, loaded.classes, loaded.source
+    labels = loaded.labels if loaded.labels is not None else torch.zeros(len(images), dtype=torch.long)
     if images.shape[2] != images.shape[3]:
         raise UserError(f"dataset '{source}': images must be square, got {tuple(images.shape[2:])}")
     # Carve val (if absent) and the zoo's pretraining part from train, with a seed of their own so
@@ -336,7 +347,7 @@ def load_dataset(cfg: DataConfig, task: str = "classification") -> Dataset:
         if len(splits[name]) == 0:
             raise UserError(f"dataset '{source}': the {name} split is empty (check data.val_fraction / pretrain_fraction)")
     labels = hide_labels(labels, splits, cfg.unlabelled_fraction, cfg.split_seed)
-    return Dataset(images, labels, classes, splits, skipped, source, task, targets, cfg.ignore_index)
+    return Dataset(images, labels, classes, splits, loaded.skipped, source, task, loaded.targets, cfg.ignore_index)
 
 
 def hide_labels(labels: torch.Tensor, splits: dict[str, torch.Tensor], fraction: float, seed: int) -> torch.Tensor:

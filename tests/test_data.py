@@ -20,6 +20,7 @@ def fmnist():
     return load_dataset(DataConfig(pretrain_fraction=0.4, val_fraction=0.1))
 
 
+@pytest.mark.fast
 def test_fashion_mnist_splits_are_disjoint_and_cover_train(fmnist):
     s = fmnist.splits
     assert (len(s["pretrain"]), len(s["val"]), len(s["train"]), len(s["test"])) == (24000, 6000, 30000, 10000)
@@ -29,6 +30,7 @@ def test_fashion_mnist_splits_are_disjoint_and_cover_train(fmnist):
     assert fmnist.images.shape[1:] == (1, 28, 28) and fmnist.num_classes == 10
 
 
+@pytest.mark.fast
 def test_plans_depend_only_on_seed_epoch_step(fmnist):
     ids = fmnist.splits["train"]
     a = batch_plan(ids, seed=3, epoch=1, step=5, batch_size=64, augment=AUG)
@@ -41,6 +43,7 @@ def test_plans_depend_only_on_seed_epoch_step(fmnist):
     assert len(set(epoch.tolist())) == 30000
 
 
+@pytest.mark.fast
 def test_plans_are_identical_in_another_process():
     code = (
         "import torch; from kt_swarm.config import AugmentConfig; from kt_swarm.data import batch_plan;"
@@ -52,6 +55,7 @@ def test_plans_are_identical_in_another_process():
     assert out == str(p.ids.tolist()) + " " + str(p.shifts.tolist()) + " " + str(p.flips.tolist())
 
 
+@pytest.mark.fast
 def test_participants_see_the_same_augmented_samples_through_their_own_preprocessing(fmnist):
     plan = batch_plan(fmnist.splits["train"], seed=0, epoch=0, step=0, batch_size=16, augment=AUG)
     images = augment_images(fmnist.images[plan.ids], plan)
@@ -67,6 +71,7 @@ def test_participants_see_the_same_augmented_samples_through_their_own_preproces
     torch.testing.assert_close(raw_b[:, 0], raw_b[:, 2])
 
 
+@pytest.mark.fast
 def test_shrinking_is_antialiased():
     # A one-pixel checkerboard halved: averaged to flat grey, not aliased into stripes.
     board = ((torch.arange(28).view(-1, 1) + torch.arange(28)) % 2 * 255).to(torch.uint8).view(1, 1, 28, 28)
@@ -74,6 +79,7 @@ def test_shrinking_is_antialiased():
     torch.testing.assert_close(x, torch.full_like(x, 0.5), atol=0.02, rtol=0)
 
 
+@pytest.mark.fast
 def test_shift_moves_content_and_flip_mirrors(fmnist):
     img = fmnist.images[fmnist.splits["train"][:1]]
     from kt_swarm.data import BatchPlan
@@ -99,6 +105,7 @@ def write_folder(root, fmnist, per_class=12, classes=3, val=False):
     return root
 
 
+@pytest.mark.fast
 def test_folder_dataset_reads_pngs_and_carves_val(tmp_path, fmnist):
     root = write_folder(tmp_path / "ds", fmnist)
     data = load_dataset(DataConfig(kind="folder", root=str(root), val_fraction=0.25))
@@ -110,12 +117,14 @@ def test_folder_dataset_reads_pngs_and_carves_val(tmp_path, fmnist):
     assert torch.equal(data.images[data.splits["test"][0], 0], torch.from_numpy(first.copy()))
 
 
+@pytest.mark.fast
 def test_folder_with_own_val_split(tmp_path, fmnist):
     root = write_folder(tmp_path / "ds", fmnist, val=True)
     data = load_dataset(DataConfig(kind="folder", root=str(root), val_fraction=0.25))
     assert len(data.splits["val"]) == 36 and len(data.splits["train"]) == 36
 
 
+@pytest.mark.fast
 def test_folder_errors_name_the_problem(tmp_path, fmnist):
     root = write_folder(tmp_path / "ds", fmnist)
     (root / "train" / "class1" / "0.png").write_bytes(b"not a png at all")
@@ -131,11 +140,13 @@ def test_folder_errors_name_the_problem(tmp_path, fmnist):
         load_dataset(DataConfig(kind="folder", root=str(tmp_path / "nope")))
 
 
+@pytest.mark.fast
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
     with pytest.raises(UserError, match="dataset-fashion-mnist"):
         load_dataset(DataConfig(root=str(tmp_path)))
 
 
+@pytest.mark.fast
 def test_all_corrupt_class_is_an_error_even_when_skipping(tmp_path, fmnist):
     root = write_folder(tmp_path / "ds", fmnist, per_class=2)
     for f in (root / "train" / "class0").iterdir():
@@ -144,6 +155,7 @@ def test_all_corrupt_class_is_an_error_even_when_skipping(tmp_path, fmnist):
         load_dataset(DataConfig(kind="folder", root=str(root), skip_corrupt=True))
 
 
+@pytest.mark.fast
 def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path, fmnist):
     root = write_folder(tmp_path / "ds", fmnist, per_class=2, val=True)
     wide = np.array([[0, 32896], [65535, 257]], dtype=np.uint16).repeat(14, 0).repeat(14, 1)
@@ -153,6 +165,7 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path, fmnist):
     assert img.shape == (28, 28) and img[0, 0] == 0 and img[0, 27] == 128 and img[27, 0] == 255 and img[27, 27] == 1
 
 
+@pytest.mark.fast
 def test_hidden_labels_are_gone_from_memory_and_the_control_split_is_the_rest(fmnist):
     data = load_dataset(DataConfig(pretrain_fraction=0.4, val_fraction=0.1, unlabelled_fraction=0.9))
     train, hidden, labelled = data.splits["train"], data.splits["unlabelled"], data.splits["labelled"]
@@ -163,6 +176,7 @@ def test_hidden_labels_are_gone_from_memory_and_the_control_split_is_the_rest(fm
         assert torch.equal(data.labels[data.splits[split]], fmnist.labels[fmnist.splits[split]])
 
 
+@pytest.mark.fast
 def test_transfer_samples_shrinks_the_transfer_split_only(fmnist):
     data = load_dataset(DataConfig(pretrain_fraction=0.4, val_fraction=0.1, transfer_samples=1000))
     assert torch.equal(data.splits["train"], fmnist.splits["train"][:1000])
@@ -170,6 +184,7 @@ def test_transfer_samples_shrinks_the_transfer_split_only(fmnist):
         assert torch.equal(data.splits[split], fmnist.splits[split])
 
 
+@pytest.mark.fast
 def test_disjoint_zoo_members_pretrain_on_their_own_share(fmnist):
     from kt_swarm.build import pretrain_ids
     from kt_swarm.config import load_config

@@ -38,6 +38,7 @@ def hosted(stages: dict[str, int | tuple[int, int]], **overrides) -> dict:
     (lambda p: p.update(ranks=2), r"'participants.0.ranks': 2 ranks need participants.0.deepspeed"),
     (lambda p: p.update(deepspeed="/nonexistent/ds_config.json"), r"'participants.0.deepspeed': cannot read '/nonexistent/ds_config.json'"),
 ])
+@pytest.mark.fast
 def test_bad_deepspeed_configs_are_one_line(change, message):
     raw = hosted({})
     change(raw["participants"][0])
@@ -45,6 +46,7 @@ def test_bad_deepspeed_configs_are_one_line(change, message):
         parse_config(raw)
 
 
+@pytest.mark.fast
 def test_what_deepspeed_cannot_do_here_is_refused_before_anything_starts(tmp_path):
     with pytest.raises(UserError, match="has no fp16 on the CPU"):
         parse_config({**hosted({"wide": 0}), "device": "cpu"} | {"participants": [
@@ -82,7 +84,7 @@ def same_run(reference, records_, rel: float) -> None:
     for a, b in zip(reference, records_):
         for p in a.get("losses", {}):
             assert b["losses"][p] == (pytest.approx(a["losses"][p], rel=rel) if rel else a["losses"][p]), (a, p)
-        for key in ("val_acc", "test_acc", "role_matrix"):
+        for key in ("val_accuracy", "test_accuracy", "role_matrix"):
             assert a.get(key) == b.get(key), key
 
 
@@ -131,7 +133,7 @@ def test_deepspeed_participants_reach_what_plain_ones_reach_through_a_lost_rank(
         same_run(reference, records(tmp_path / name), 1e-6 if gang else 0)
         for n, p in summaries["plain"]["participants"].items():
             q = summaries[name]["participants"][n]
-            assert (q["acc_after"], q["acc_control"], q["best_epoch"]) == (p["acc_after"], p["acc_control"], p["best_epoch"])
+            assert (q["accuracy_after"], q["accuracy_control"], q["best_epoch"]) == (p["accuracy_after"], p["accuracy_control"], p["best_epoch"])
 
 
 def test_fp16_without_a_gpu_is_refused_before_any_actor_starts(ray_instance):
