@@ -1,188 +1,27 @@
-"""YAML -> typed, validated config, before anything heavy starts.
+"""YAML -> typed, validated config (pydantic models), before anything heavy starts.
 
-Every key is a dataclass field; unknown keys, wrong types and bad values raise
-UserError naming the dotted key (`participants.0.lr`). `--set a.b=c` overrides are
-applied to the raw mapping first, so they are validated exactly like the file.
+Every key is a model field; unknown keys, wrong types and bad values raise UserError in one line naming
+the dotted key (`participants.0.lr`), built from pydantic's first error. `--set a.b=c` overrides are
+applied to the raw mapping first, so they are validated exactly like the file. Config.model_json_schema()
+is the file format (`kt-swarm schema`; configs/schema.json, docs/config.md).
 """
 from __future__ import annotations
 
-import dataclasses
-import math
+import json
 import re
 import reprlib
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (AfterValidator, AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, Strict,
+                      ValidationError, model_validator)
+from pydantic_core import PydanticCustomError
 
 from kt_swarm.errors import UserError, first_line
 from kt_swarm.redaction import refuse_secrets_in
-
-
-@dataclass
-class AugmentConfig:
-    shift: int = 2  # random translation in pixels, shared by all participants
-    hflip: bool = False
-
-
-@dataclass
-class ScenesConfig:
-    """data.kind scenes: the dense tasks' offline test bed (scenes.py), composed from Fashion-MNIST items."""
-
-    train: int = 6000  # scenes from Fashion-MNIST's train items (val and pretrain are carved from them)
-    test: int = 1000  # scenes from its test items
-    canvas: int = 56  # scene size in pixels (items are 28 x 28)
-    max_items: int = 3  # 1 to max_items items per scene
-
-
-DATA_KINDS = {  # which data kinds each task reads
-    "classification": ("fashion_mnist", "folder"),
-    "segmentation": ("scenes", "segmentation_folder"),
-    "saliency": ("scenes", "saliency_folder"),
-}
-UNITS = {"classification": ("sample",), "segmentation": ("pixel", "image"), "saliency": ("sample",)}
-
-
-@dataclass
-class DataConfig:
-    kind: Literal["fashion_mnist", "folder", "scenes", "segmentation_folder", "saliency_folder"] = "fashion_mnist"
-    root: str | None = None  # fashion_mnist, scenes: searched in $KT_SWARM_DATA and the Debian path when unset
-    scenes: ScenesConfig = field(default_factory=ScenesConfig)
-    ignore_index: int = 255  # segmentation masks: the label of pixels no loss or metric counts (VOC's 255)
-    val_fraction: float = 0.1  # carved from train (fixed split_seed) when the data has no val split
-    pretrain_fraction: float = 0.0  # part of train reserved for zoo pretraining; transfer gets the rest
-    unlabelled_fraction: float = 0.0  # part of the transfer split whose labels are hidden from training
-    transfer_samples: int | None = None  # keep only the first N of the transfer split (its order is the split seed's)
-    max_per_split: int | None = None  # cap on every split: tiny runs
-    split_seed: int = 0
-    skip_corrupt: bool = False
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-
-@dataclass
-class ZooConfig:
-    """How participants with `weights: zoo` (or `zoo: true`) are trained (and cached) on the pretraining split."""
-
-    epochs: int = 10
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    batch_size: int = 128
-    disjoint: bool = False  # each member pretrains on its own disjoint share of the pretraining split
-    cache_dir: str | None = None  # default: $KT_SWARM_CACHE or ~/.cache/kt_swarm
-
-
-@dataclass
-class ParticipantConfig:
-    name: str
-    model: str  # timm name (`resnet18`, `timm/resnet18`) or import path `pkg.module:factory`
-    lr: float
-    weights: str | None = None  # pretrained (hub) | zoo | none | path to a weight file; default per model kind
-    weights_map: str | None = None  # a weight file's names differ: order | pkg.module:function (see weights_map.py)
-    zoo: bool = False  # train on the pretraining split first, from `weights` (weights: zoo implies it), cached
-    model_args: dict[str, Any] = field(default_factory=dict)
-    weight_decay: float | None = None  # default: transfer.weight_decay
-    in_chans: int | None = None  # default: the data's channels; 3 gives grayscale to an RGB model as RGB
-    input_size: int | None = None  # default: the data's size (trained here) or the model's data config
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    deepspeed: dict[str, Any] | str | None = None  # a DeepSpeed config (mapping, or a ds_config JSON path): see deepspeed_host.py
-    ranks: int = 1  # actors (GPUs) hosting the participant; more than 1 needs deepspeed
-
-
-@dataclass
-class TransferConfig:
-    strategy: Literal["best", "better", "dml", "kd", "kl_dp", "none"] = "best"  # method.md section 6
-    scores: Literal["true_class", "max_confidence"] = "true_class"  # unlabelled samples: max_confidence always
-    teacher: str | None = None  # kd: the participant that teaches, frozen (ignored by other strategies)
-    trusted_teachers: bool = False  # k may teach j only if k's validation accuracy at the arm's start is >= j's
-    unit: Literal["sample", "pixel", "image"] | None = None  # what the partition works on; default: pixel for segmentation, else sample
-    calibrate: bool = False  # scores use each participant's temperature, fit on validation at the arm's start
-    pseudo_threshold: float = 0.95  # the self-training arm: pseudo-label where the model is at least this sure
-    epochs: int = 1
-    batch_size: int = 128
-    temperature: float = 1.0
-    weight: float = 1.0
-    detach_teacher: bool = True  # chosen by measurement: see README "Results"
-    optimizer: Literal["adam", "adamw"] = "adam"
-    schedule: Literal["constant", "cosine"] = "constant"  # learning rate over each arm's steps (every arm alike)
-    weight_decay: float = 1e-5
-    log_every: int = 1
-    exchange_dtype: Literal["float16", "bfloat16"] | None = None  # --engine ray: logits sent at this precision (default: the model's)
-
-
-@dataclass
-class ResourcesConfig:
-    """What each participant's Ray actor reserves (--engine ray)."""
-
-    gpus_per_participant: float | None = None  # default: 1 when the cluster has GPUs, else 0; fractions allowed
-    cpus_per_participant: float | None = None  # default: the cluster's CPUs shared out (at most 1 each when short)
-    custom: dict[str, float] = field(default_factory=dict)  # custom resources each participant needs
-
-
-@dataclass
-class PlacementConfig:
-    """How the participants' actors are reserved together: one placement group, one bundle each."""
-
-    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    timeout_s: float = 120.0  # give up (one line, exit 2) when the cluster cannot place them
-
-
-@dataclass
-class WandbConfig:
-    """Weights & Biases: one W&B run per swarm run (see tracking.py)."""
-
-    project: str = "kt_swarm"
-    entity: str | None = None
-    group: str | None = None
-    tags: list[str] = field(default_factory=list)
-    name: str | None = None  # default: W&B's generated name
-    mode: Literal["auto", "online", "offline"] = "auto"  # auto: online with an API key, else offline; WANDB_MODE wins
-
-
-@dataclass
-class TrackingConfig:
-    wandb: WandbConfig | None = None  # set (even to {}) to track the run in W&B
-
-
-@dataclass
-class CheckpointConfig:
-    """Checkpoint sets in RUN_DIR/checkpoints: every participant's model, optimizer and RNG, plus the run's
-    own state, consistent at one step (see checkpoint.py)."""
-
-    every_steps: int | None = 500  # also at every epoch end; null: at epoch ends only
-    keep: int = 2  # step checkpoint sets kept; the start set and each participant's best model are kept too
-
-
-@dataclass
-class FaultConfig:
-    max_restarts: int = 3  # --engine ray: restarts of one participant's actor over the run before it stops
-    max_bad_steps: int = 5  # steps in a row skipped for a NaN/Inf loss or gradient before the run stops
-
-
-@dataclass
-class Config:
-    participants: list[ParticipantConfig]
-    task: Literal["classification", "segmentation", "saliency"] = "classification"  # tasks.py, method.md section 8
-    data: DataConfig = field(default_factory=DataConfig)
-    transfer: TransferConfig = field(default_factory=TransferConfig)
-    zoo: ZooConfig = field(default_factory=ZooConfig)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    placement: PlacementConfig = field(default_factory=PlacementConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    fault: FaultConfig = field(default_factory=FaultConfig)
-    control: bool = False  # also train a CE-only copy of every participant (same steps and lr, labelled data only)
-    self_training: bool = False  # also train every participant alone on labels + its own confident pseudo-labels
-    selection: Literal["best_val", "last"] = "best_val"  # per participant, on the validation split only
-    seed: int = 0
-    dtype: Literal["float32", "float64"] = "float32"
-    autocast: Literal["bfloat16", "float16"] | None = None  # mixed precision: forward passes under torch.autocast
-    device: str = "auto"  # auto (cuda where the participant's process sees a GPU, else cpu) | cpu | cuda | cuda:N
-    eval_batch_size: int = 1024
-    forked_from: dict[str, Any] | None = None  # set by `run --fork`: {run, checkpoint, overrides}
 
 
 class _ShortRepr(reprlib.Repr):
@@ -201,274 +40,485 @@ def _short(value: Any) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _size(value: Any, limit: int) -> int:
-    """How many values `value` holds, aliases counted each time; stops past `limit` (so a recursive one ends)."""
+def _bad(message: str, key: str = "") -> PydanticCustomError:
+    """A failed check, said our way; `key` (dotted) is relative to where the validator runs."""
+    return PydanticCustomError("kt_swarm", "{message}", {"message": message, "key": key})
+
+
+# --- YAML's scalars, strictly: a bool is not a number, a number is not a string ---------------------
+
+def _yaml_float(value: Any) -> Any:
+    """YAML 1.1 reads `3e-4` (no dot) as a string: a float field takes it as the number it spells."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _int64(value: int) -> int:
+    if -2**63 <= value < 2**63:  # what torch takes for seeds, sizes and counts
+        return value
+    raise _bad(f"expected a 64-bit int, got {_short(value)}")
+
+
+def _capped(value: Any) -> Any:
+    """Plain YAML data (saved back with the run): at most 10000 values, aliases counted each time, so a
+    YAML alias bomb or a mapping holding itself is refused (the count stops past the limit)."""
     count, todo = 0, [value]
-    while todo and count <= limit:
+    while todo and count <= 10_000:
         item = todo.pop()
         count += 1
         if isinstance(item, dict):
             todo += [*item.keys(), *item.values()]
         elif isinstance(item, (list, tuple, set, frozenset)):
             todo += item
-    return count
+    if count > 10_000:
+        raise _bad(f"over 10000 values (a YAML alias of itself?), got {_short(value)}")
+    return value
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is not None:
-        return origin.__name__
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _convert(value, option, key)
-            except UserError:
-                continue
-        raise UserError(f"config key {_short(key)}: expected {_type_name(tp)}, got {_short(value)}")
-    if origin is Literal:
-        if value in typing.get_args(tp):
+def _fraction(low: str, high: str) -> Any:
+    """A float in [0, 1), (0, 1]...: `low` is '[' or '(', `high` is ']' or ')'."""
+    def check(value: float) -> float:
+        if (value >= 0 if low == "[" else value > 0) and (value <= 1 if high == "]" else value < 1):
             return value
-        raise UserError(f"config key {_short(key)}: expected one of {_type_name(tp)}, got {_short(value)}")
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise UserError(f"config key {_short(key)}: expected a list, got {_short(value)}")
-        return [_convert(v, item, f"{key}.{i}") for i, v in enumerate(value)]
-    if origin is dict:
-        key_tp, value_tp = typing.get_args(tp)
-        if not isinstance(value, dict) or not all(isinstance(k, key_tp) for k in value):
-            raise UserError(f"config key {_short(key)}: expected a mapping with {_type_name(key_tp)} keys, "
-                            f"got {_short(value)}")
-        return {k: _convert(v, value_tp, f"{key}.{k}") for k, v in value.items()}
-    if tp is Any:  # model_args values: plain YAML data, saved back to config.yaml with the run
-        if _size(value, 10_000) > 10_000:
-            raise UserError(f"config key {_short(key)}: over 10000 values (a YAML alias of itself?), "
-                            f"got {_short(value)}")
+        raise _bad(f"must be in {low}0, 1{high}, got {value}")
+    bounds = {"minimum" if low == "[" else "exclusiveMinimum": 0, "maximum" if high == "]" else "exclusiveMaximum": 1}
+    return Annotated[Float, AfterValidator(check), Field(json_schema_extra=bounds)]
+
+
+def _matching(pattern: str, message: str) -> Any:
+    """A string matching `pattern` whole; else `message` with {value} filled in."""
+    def check(value: str) -> str:
+        if re.fullmatch(pattern, value):
+            return value
+        raise _bad(message.format(value=_short(value)))
+    return Annotated[Str, AfterValidator(check), Field(json_schema_extra={"pattern": f"^(?:{pattern})$"})]
+
+
+Float = Annotated[float, Strict(), AllowInfNan(False), BeforeValidator(_yaml_float)]  # nan, inf pass `> 0`: refused
+Int = Annotated[int, Strict(), AfterValidator(_int64)]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
+Data = Annotated[dict[Str, Any], AfterValidator(_capped)]
+Positive = Annotated[Float, Field(gt=0)]
+Fraction, Probability = _fraction("[", ")"), _fraction("(", "]")
+Name = _matching(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "{value} may hold only letters, digits, '_', '.' and '-' "
+                 "(up to 64, starting with a letter or digit)")  # it names files, metrics and W&B keys
+Device = _matching(r"cpu|cuda|auto|cuda:[0-9]+", "expected cpu, cuda, cuda:N or auto, got {value}")  # not `cuda:²`
+
+
+class Section(BaseModel):
+    """A mapping of known keys: anything else is named, with the keys that are known."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, raw: Any) -> Any:
+        if isinstance(raw, cls):
+            return raw
+        if not isinstance(raw, dict):
+            raise _bad(f"expected a mapping, got {_short(raw)}")
+        for key in raw:
+            if key not in cls.model_fields:
+                shown = key if isinstance(key, str) else _short(key)  # YAML keys can also be null, 1, a date...
+                raise PydanticCustomError("unknown", "unknown key", {"key": shown, "known": ", ".join(cls.model_fields)})
+        return raw
+
+
+# --- the sections -------------------------------------------------------------------------------------
+
+class AugmentConfig(Section):
+    """Augmentation of the transfer batches, drawn from (seed, epoch, step): the same for every participant."""
+
+    shift: Int = Field(2, ge=0, description="random translation in pixels, shared by all participants")
+    hflip: Bool = Field(False, description="random horizontal flips")
+
+
+class ScenesConfig(Section):
+    """data.kind scenes: the dense tasks' offline test bed (scenes.py), composed from Fashion-MNIST items."""
+
+    train: Int = Field(6000, gt=0, description="scenes from Fashion-MNIST's train items (val and pretrain are carved from them)")
+    test: Int = Field(1000, gt=0, description="scenes from its test items")
+    canvas: Int = Field(56, ge=28, description="scene size in pixels (items are 28 x 28)")
+    max_items: Int = Field(3, gt=0, description="1 to max_items items per scene")
+
+
+DATA_KINDS = {  # which data kinds each task reads
+    "classification": ("fashion_mnist", "folder"),
+    "segmentation": ("scenes", "segmentation_folder"),
+    "saliency": ("scenes", "saliency_folder"),
+}
+UNITS = {"classification": ("sample",), "segmentation": ("pixel", "image"), "saliency": ("sample",)}
+
+
+class DataConfig(Section):
+    """The dataset and its splits."""
+
+    kind: Literal["fashion_mnist", "folder", "scenes", "segmentation_folder", "saliency_folder"] = Field(
+        "fashion_mnist", description="the dataset: classification reads fashion_mnist or folder, segmentation "
+        "scenes or segmentation_folder, saliency scenes or saliency_folder")
+    root: Str | None = Field(None, description="where the data is; fashion_mnist, scenes: searched in $KT_SWARM_DATA "
+                             "and the Debian path when unset")
+    scenes: ScenesConfig = Field(default_factory=ScenesConfig, description="kind scenes: how the scenes are composed")
+    ignore_index: Int = Field(255, ge=0, le=255, description="segmentation masks: the label of pixels no loss or "
+                              "metric counts (VOC's 255; masks are 8-bit)")
+    val_fraction: Fraction = Field(0.1, description="carved from train (fixed split_seed) when the data has no val split")
+    pretrain_fraction: Fraction = Field(0.0, description="part of train reserved for zoo pretraining; transfer gets the rest")
+    unlabelled_fraction: Fraction = Field(0.0, description="part of the transfer split whose labels are "
+                                                     "hidden from training (classification only)")
+    transfer_samples: Int | None = Field(None, gt=0, description="keep only the first N of the transfer split (its "
+                                         "order is the split seed's)")
+    max_per_split: Int | None = Field(None, gt=0, description="cap on every split: tiny runs")
+    split_seed: Int = Field(0, description="the seed of the val / pretrain / unlabelled split")
+    skip_corrupt: Bool = Field(False, description="folder kinds: skip unreadable images instead of stopping")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="augmentation of the transfer batches")
+
+    @model_validator(mode="after")
+    def _transfer_data_left(self) -> DataConfig:
+        if self.val_fraction + self.pretrain_fraction >= 1:
+            raise _bad(f"data.val_fraction {self.val_fraction} + data.pretrain_fraction {self.pretrain_fraction} "
+                       f"leave no transfer data", "pretrain_fraction")
+        return self
+
+
+class ZooConfig(Section):
+    """How participants with `weights: zoo` (or `zoo: true`) are trained (and cached) on the pretraining split."""
+
+    epochs: Int = Field(10, gt=0, description="pretraining epochs")
+    lr: Positive = Field(2e-3, description="pretraining learning rate (AdamW)")
+    weight_decay: Float = Field(0.05, ge=0, description="pretraining weight decay")
+    batch_size: Int = Field(128, gt=0, description="pretraining batch size")
+    disjoint: Bool = Field(False, description="each member pretrains on its own disjoint share of the pretraining split")
+    cache_dir: Str | None = Field(None, description="where trained members are cached; default: $KT_SWARM_CACHE or "
+                                  "~/.cache/kt_swarm")
+
+
+def _read_deepspeed(value: Any) -> Any:
+    """A ds_config JSON path becomes its mapping, so config.yaml records what ran."""
+    if not isinstance(value, str):
+        if value is not None and not isinstance(value, dict):
+            raise _bad(f"expected a DeepSpeed config (a mapping, or a ds_config JSON path), got {_short(value)}")
         return value
-    if tp is type(None):
-        if value is None:
-            return None
-    elif dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    elif tp is float:
-        # YAML 1.1 reads `3e-4` (no dot) as a string; nan and inf pass `> 0` or `>= 0` checks, so refuse them here
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            try:
-                number = float(value)
-            except (ValueError, OverflowError):
-                pass
-            else:
-                if math.isfinite(number):
-                    return number
-                raise UserError(f"config key {_short(key)}: expected a finite float, got {_short(value)}")
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            if -2**63 <= value < 2**63:  # what torch takes for seeds, sizes and counts
-                return value
-            raise UserError(f"config key {_short(key)}: expected a 64-bit int, got {_short(value)}")
-    elif isinstance(value, tp):
-        return value
-    raise UserError(f"config key {_short(key)}: expected {_type_name(tp)}, got {_short(value)}")
+    try:
+        mapping = json.loads(Path(value).read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise _bad(f"cannot read {_short(value)}: {first_line(e)}") from None
+    except json.JSONDecodeError as e:
+        raise _bad(f"{_short(value)} is not JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(mapping, dict):
+        raise _bad("the JSON file must hold a mapping")
+    return mapping
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    where = f"'{prefix}'" if prefix else "the top level"
-    if not isinstance(raw, dict):
-        raise UserError(f"config {where}: expected a mapping, got {_short(raw)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            known = ", ".join(fields)
-            shown = key if isinstance(key, str) else _short(key)  # YAML keys can also be null, 1, a date...
-            raise UserError(f"config key {_short(f'{prefix}.{shown}' if prefix else shown)} is unknown (known: {known})")
-    kwargs = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        if name in raw:
-            kwargs[name] = _convert(raw[name], hints[name], key)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise UserError(f"config key '{key}' is required")
-    return cls(**kwargs)
+class ParticipantConfig(Section):
+    """One model of the swarm."""
 
+    name: Name = Field(description="names its files, metrics and W&B keys: letters, digits, '_', '.' and '-', "
+                       "unique (case too)")
+    model: Str = Field(description="timm name (`resnet18`, `timm/resnet18`) or import path `pkg.module:factory`")
+    lr: Positive = Field(description="learning rate in every arm")
+    weights: Str | None = Field(None, description="pretrained (hub) | zoo | none | path to a weight file; default per model kind")
+    weights_map: Str | None = Field(None, description="a weight file's names differ: order | pkg.module:function (see "
+                                    "weights_map.py)")
+    zoo: Bool = Field(False, description="train on the pretraining split first, from `weights` (weights: zoo implies it), cached")
+    model_args: Data = Field({}, description="keyword arguments of the model's constructor (plain YAML data)")
+    weight_decay: Float | None = Field(None, ge=0, description="default: transfer.weight_decay")
+    in_chans: Literal[1, 3] | None = Field(None, description="default: the data's channels; 3 gives grayscale to an "
+                                           "RGB model as RGB")
+    input_size: Int | None = Field(None, gt=0, description="default: the data's size (trained here) or the model's data config")
+    mean: list[Float] | None = Field(None, description="input normalisation, 1 or 3 values; default: the model's data config")
+    std: list[Float] | None = Field(None, description="input normalisation, 1 or 3 values; default: the model's data config")
+    deepspeed: Annotated[Data | None, BeforeValidator(_read_deepspeed, json_schema_input_type=dict[str, Any] | str | None)] = Field(
+        None, description="a DeepSpeed config (mapping, or a ds_config JSON path, read into its mapping): see "
+        "deepspeed_host.py; kt_swarm sets the optimizer, scheduler and batch sizes")
+    ranks: Int = Field(1, ge=1, description="actors (GPUs) hosting the participant; more than 1 needs deepspeed")
 
-def _check(cfg: Config) -> None:
-    def positive(key: str, value: float | int | None) -> None:
-        if value is not None and not value > 0:
-            raise UserError(f"config key '{key}': must be positive, got {value}")
-
-    if not cfg.participants:
-        raise UserError("config key 'participants': at least one participant is needed")
-    names = [p.name for p in cfg.participants]
-    for i, p in enumerate(cfg.participants):
-        positive(f"participants.{i}.lr", p.lr)
-        positive(f"participants.{i}.input_size", p.input_size)
-        if p.in_chans not in (None, 1, 3):
-            raise UserError(f"config key 'participants.{i}.in_chans': expected 1 or 3, got {p.in_chans}")
-        if p.weight_decay is not None and p.weight_decay < 0:
-            raise UserError(f"config key 'participants.{i}.weight_decay': must be >= 0, got {p.weight_decay}")
-        if [n.lower() for n in names].count(p.name.lower()) > 1:  # case too: on some file systems Vit.pt is vit.pt
-            raise UserError(f"config key 'participants.{i}.name': {_short(p.name)} is used twice")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", p.name):  # it names files, metrics and W&B keys
-            raise UserError(f"config key 'participants.{i}.name': {_short(p.name)} may hold only letters, digits, "
-                            f"'_', '.' and '-' (up to 64, starting with a letter or digit)")
-        if p.weights_map is not None:
-            if p.weights_map != "order" and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", p.weights_map):
-                raise UserError(f"config key 'participants.{i}.weights_map': expected order or pkg.module:function, "
-                                f"got {_short(p.weights_map)}")
-            if p.weights in (None, "pretrained", "zoo", "none"):
-                raise UserError(f"config key 'participants.{i}.weights_map': renames a weight file's tensors, but "
-                                f"weights is {p.weights or 'unset'} (set it to the file)")
-            if p.weights_map == "order" and p.weights.endswith(".safetensors"):
-                raise UserError(f"config key 'participants.{i}.weights_map': order needs the order the tensors were "
-                                f"saved in, which .safetensors does not keep; name a pkg.module:function instead")
+    @model_validator(mode="after")
+    def _preprocessing_and_weights(self) -> ParticipantConfig:
         for stat in ("mean", "std"):
-            if getattr(p, stat) is not None and len(getattr(p, stat)) not in (1, 3):
-                raise UserError(f"config key 'participants.{i}.{stat}': expected 1 or 3 values")
-        _check_deepspeed(cfg, i, p)
-    for key, value in [
-        ("transfer.epochs", cfg.transfer.epochs),
-        ("transfer.batch_size", cfg.transfer.batch_size),
-        ("transfer.temperature", cfg.transfer.temperature),
-        ("transfer.log_every", cfg.transfer.log_every),
-        ("zoo.epochs", cfg.zoo.epochs),
-        ("zoo.lr", cfg.zoo.lr),
-        ("zoo.batch_size", cfg.zoo.batch_size),
-        ("eval_batch_size", cfg.eval_batch_size),
-        ("data.max_per_split", cfg.data.max_per_split),
-        ("data.transfer_samples", cfg.data.transfer_samples),
-        ("checkpoint.every_steps", cfg.checkpoint.every_steps),
-        ("checkpoint.keep", cfg.checkpoint.keep),
-        ("fault.max_bad_steps", cfg.fault.max_bad_steps),
-    ]:
-        positive(key, value)
-    r = cfg.resources
-    for key, value in [("resources.gpus_per_participant", r.gpus_per_participant), ("resources.cpus_per_participant", r.cpus_per_participant),
-                       ("fault.max_restarts", cfg.fault.max_restarts)]:
-        if value is not None and value < 0:
-            raise UserError(f"config key '{key}': must be >= 0, got {value}")
-    for name, amount in r.custom.items():
-        if amount <= 0:
-            raise UserError(f"config key {_short(f'resources.custom.{name}')}: must be a positive number, got {amount}")
-    positive("placement.timeout_s", cfg.placement.timeout_s)
-    if cfg.transfer.weight < 0:
-        raise UserError(f"config key 'transfer.weight': must be >= 0, got {cfg.transfer.weight}")
-    for key, value in [("data.val_fraction", cfg.data.val_fraction), ("data.pretrain_fraction", cfg.data.pretrain_fraction)]:
-        if not 0 <= value < 1:
-            raise UserError(f"config key '{key}': must be in [0, 1), got {value}")
-    if not 0 <= cfg.data.unlabelled_fraction < 1:
-        raise UserError(f"config key 'data.unlabelled_fraction': must be in [0, 1), got {cfg.data.unlabelled_fraction}")
-    if not 0 < cfg.transfer.pseudo_threshold <= 1:
-        raise UserError(f"config key 'transfer.pseudo_threshold': must be in (0, 1], got {cfg.transfer.pseudo_threshold}")
-    if cfg.transfer.strategy == "kd":
-        if cfg.transfer.teacher is None:
-            raise UserError("config key 'transfer.teacher': strategy kd needs a teacher (the name of a participant)")
-        if len(cfg.participants) < 2:
-            raise UserError("config key 'transfer.strategy': kd needs at least two participants (a teacher and a student)")
-    if cfg.transfer.teacher is not None and cfg.transfer.teacher not in names:
-        raise UserError(f"config key 'transfer.teacher': {_short(cfg.transfer.teacher)} is not a participant "
-                        f"(participants: {', '.join(names)})")
-    if cfg.data.val_fraction + cfg.data.pretrain_fraction >= 1:
-        raise UserError("config keys 'data.val_fraction' + 'data.pretrain_fraction' leave no transfer data")
-    if cfg.data.augment.shift < 0:
-        raise UserError(f"config key 'data.augment.shift': must be >= 0, got {cfg.data.augment.shift}")
-    if not re.fullmatch(r"cpu|cuda|auto|cuda:[0-9]+", cfg.device):  # not `cuda:²` or `cuda:`: torch.device refuses them
-        raise UserError(f"config key 'device': expected cpu, cuda, cuda:N or auto, got {_short(cfg.device)}")
-    _check_task(cfg)
-    if cfg.autocast and cfg.dtype != "float32":
-        raise UserError(f"config key 'autocast': needs dtype float32 (the master weights), got dtype {cfg.dtype}")
+            if getattr(self, stat) is not None and len(getattr(self, stat)) not in (1, 3):
+                raise _bad("expected 1 or 3 values", stat)
+        if self.weights_map is None:
+            return self
+        if self.weights_map != "order" and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.weights_map):
+            raise _bad(f"expected order or pkg.module:function, got {_short(self.weights_map)}", "weights_map")
+        if self.weights in (None, "pretrained", "zoo", "none"):
+            raise _bad(f"renames a weight file's tensors, but weights is {self.weights or 'unset'} (set it to the file)",
+                       "weights_map")
+        if self.weights_map == "order" and self.weights.endswith(".safetensors"):
+            raise _bad("order needs the order the tensors were saved in, which .safetensors does not keep; name a "
+                       "pkg.module:function instead", "weights_map")
+        return self
+
+
+class TransferConfig(Section):
+    """The transfer arm (and the settings every arm shares: epochs, batches, optimizer, schedule)."""
+
+    strategy: Literal["best", "better", "dml", "kd", "kl_dp", "none"] = Field("best", description="who teaches whom "
+                                                                             "(method.md section 6)")
+    scores: Literal["true_class", "max_confidence"] = Field("true_class", description="what a participant's score "
+                                                            "on a sample is; unlabelled samples: max_confidence always")
+    teacher: Str | None = Field(None, description="kd: the participant that teaches, frozen (ignored by other strategies)")
+    trusted_teachers: Bool = Field(False, description="k may teach j only if k's validation accuracy at the arm's "
+                                   "start is >= j's")
+    unit: Literal["sample", "pixel", "image"] | None = Field(None, description="what the partition works on; "
+                                                             "default: pixel for segmentation, else sample")
+    calibrate: Bool = Field(False, description="scores use each participant's temperature, fit on validation at the "
+                            "arm's start (classification only)")
+    pseudo_threshold: Probability = Field(0.95, description="the self-training arm: pseudo-label where the "
+                                                  "model is at least this sure")
+    epochs: Int = Field(1, gt=0, description="epochs of every arm")
+    batch_size: Int = Field(128, gt=0, description="batch size of every arm")
+    temperature: Positive = Field(1.0, description="softmax temperature of the transfer terms")
+    weight: Float = Field(1.0, ge=0, description="weight of the transfer terms beside the task loss")
+    detach_teacher: Bool = Field(True, description="no gradient through the teacher's logits (chosen by measurement: "
+                                 "see README \"Results\")")
+    optimizer: Literal["adam", "adamw"] = Field("adam", description="every participant's optimizer in every arm")
+    schedule: Literal["constant", "cosine"] = Field("constant", description="learning rate over each arm's steps "
+                                                    "(every arm alike)")
+    weight_decay: Float = Field(1e-5, ge=0, description="default weight decay of every participant")
+    log_every: Int = Field(1, gt=0, description="log every N steps")
+    # Listed as autocast lists them: typing caches `Literal[...] | None` by equal (order-blind) Literals.
+    exchange_dtype: Literal["bfloat16", "float16"] | None = Field(None, description="--engine ray: logits sent at "
+                                                                  "this precision (default: the model's)")
+
+
+class ResourcesConfig(Section):
+    """What each participant's Ray actor reserves (--engine ray)."""
+
+    gpus_per_participant: Float | None = Field(None, ge=0, description="default: 1 when the cluster has GPUs, else 0; "
+                                               "fractions allowed")
+    cpus_per_participant: Float | None = Field(None, ge=0, description="default: the cluster's CPUs shared out (at "
+                                               "most 1 each when short)")
+    custom: dict[Str, Positive] = Field({}, description="custom resources each participant needs")
+
+
+class PlacementConfig(Section):
+    """How the participants' actors are reserved together: one placement group, one bundle each."""
+
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="Ray's placement "
+                                                                                "strategy")
+    timeout_s: Positive = Field(120.0, description="give up (one line, exit 2) when the cluster cannot place them")
+
+
+class WandbConfig(Section):
+    """Weights & Biases: one W&B run per swarm run (see tracking.py)."""
+
+    project: Str = Field("kt_swarm", description="W&B project")
+    entity: Str | None = Field(None, description="W&B entity (team or user)")
+    group: Str | None = Field(None, description="W&B group")
+    tags: list[Str] = Field([], description="W&B tags")
+    name: Str | None = Field(None, description="the run's name; default: W&B's generated name")
+    mode: Literal["auto", "online", "offline"] = Field("auto", description="auto: online with an API key, else "
+                                                       "offline; WANDB_MODE wins")
+
+
+class TrackingConfig(Section):
+    """Experiment tracking."""
+
+    wandb: WandbConfig | None = Field(None, description="set (even to {}) to track the run in W&B")
+
+
+class CheckpointConfig(Section):
+    """Checkpoint sets in RUN_DIR/checkpoints: every participant's model, optimizer and RNG, plus the run's
+    own state, consistent at one step (see checkpoint.py)."""
+
+    every_steps: Int | None = Field(500, gt=0, description="also at every epoch end; null: at epoch ends only")
+    keep: Int = Field(2, gt=0, description="step checkpoint sets kept; the start set and each participant's best "
+                      "model are kept too")
+
+
+class FaultConfig(Section):
+    """What a run survives."""
+
+    max_restarts: Int = Field(3, ge=0, description="--engine ray: restarts of one participant's actor over the run "
+                              "before it stops")
+    max_bad_steps: Int = Field(5, gt=0, description="steps in a row skipped for a NaN/Inf loss or gradient before "
+                               "the run stops")
 
 
 DEEPSPEED_OWNED = ("optimizer", "scheduler")  # the run sets them: its optimizer and lr, its schedule
 
 
-def _check_deepspeed(cfg: Config, i: int, p: ParticipantConfig) -> None:
-    """A DeepSpeed participant's config, read (a JSON path becomes its mapping, so config.yaml records what
-    ran) and checked against the swarm before anything starts; kt_swarm fills in what it owns (the batch
-    sizes, steps_per_print) in deepspeed_host.ds_config."""
-    key = f"participants.{i}"
-    if p.ranks < 1:
-        raise UserError(f"config key '{key}.ranks': must be at least 1, got {p.ranks}")
-    if p.deepspeed is None:
-        if p.ranks > 1:
-            raise UserError(f"config key '{key}.ranks': {p.ranks} ranks need participants.{i}.deepspeed (a DeepSpeed config)")
-        return
-    if isinstance(p.deepspeed, str):
-        import json
+class Config(Section):
+    """A kt_swarm experiment: N pretrained models teach each other."""
 
-        try:
-            p.deepspeed = json.loads(Path(p.deepspeed).read_text())
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"config key '{key}.deepspeed': cannot read '{p.deepspeed}': {first_line(e)}") from None
-        except json.JSONDecodeError as e:
-            raise UserError(f"config key '{key}.deepspeed': '{p.deepspeed}' is not JSON ({e.msg}, line {e.lineno})") from None
-        if not isinstance(p.deepspeed, dict):
-            raise UserError(f"config key '{key}.deepspeed': the JSON file must hold a mapping")
-    ds, t = p.deepspeed, cfg.transfer
-    for owned in DEEPSPEED_OWNED:
-        if owned in ds:
-            raise UserError(f"config key '{key}.deepspeed.{owned}': the run sets it (transfer.optimizer, the "
-                            f"participant's lr and weight_decay, transfer.schedule); remove it")
-    stage = (ds.get("zero_optimization") or {}).get("stage", 0)
-    if stage not in (0, 1, 2, 3):
-        raise UserError(f"config key '{key}.deepspeed.zero_optimization.stage': expected 0, 1, 2 or 3, got {_short(stage)}")
-    if t.batch_size % p.ranks:
-        raise UserError(f"config key '{key}.ranks': transfer.batch_size {t.batch_size} does not split into {p.ranks} equal shares")
-    wanted = {"train_batch_size": t.batch_size, "train_micro_batch_size_per_gpu": t.batch_size // p.ranks,
-              "gradient_accumulation_steps": 1}
-    for name, value in wanted.items():
-        if name in ds and ds[name] != value:
-            raise UserError(f"config key '{key}.deepspeed.{name}': {_short(ds[name])} contradicts the swarm's "
-                            f"{value} (transfer.batch_size {t.batch_size} over {p.ranks} rank(s)); remove it")
-    if (ds.get("fp16") or {}).get("enabled"):
-        if cfg.device == "cpu":
-            raise UserError(f"config key '{key}.deepspeed.fp16': DeepSpeed has no fp16 on the CPU (device: cpu); use bf16")
-        if cfg.dtype != "float32":
-            raise UserError(f"config key '{key}.deepspeed.fp16': needs dtype float32 (the master weights)")
-    if (ds.get("bf16") or {}).get("enabled") and cfg.dtype != "float32":
-        raise UserError(f"config key '{key}.deepspeed.bf16': needs dtype float32 (the master weights)")
-    if cfg.dtype == "float64":
-        raise UserError(f"config key 'dtype': DeepSpeed participants ('{p.name}') train in float32 at most "
-                        f"(ZeRO reduces and keeps its master weights in float32)")
-    if stage == 3 and t.strategy == "kl_dp":
-        raise UserError(f"config key '{key}.deepspeed.zero_optimization.stage': kl_dp's frozen start copy of a "
-                        f"ZeRO-3 (partitioned) participant is not supported; use stage 0-2")
+    model_config = ConfigDict(title="kt_swarm config")
+
+    participants: list[ParticipantConfig] = Field(min_length=1, description="the models of the swarm")
+    task: Literal["classification", "segmentation", "saliency"] = Field("classification", description="tasks.py, "
+                                                                        "method.md section 8")
+    data: DataConfig = Field(default_factory=DataConfig, description="the dataset and its splits")
+    transfer: TransferConfig = Field(default_factory=TransferConfig, description="the transfer arm")
+    zoo: ZooConfig = Field(default_factory=ZooConfig, description="the zoo step")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="what each actor reserves")
+    placement: PlacementConfig = Field(default_factory=PlacementConfig, description="how actors are placed")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="experiment tracking")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpoints")
+    fault: FaultConfig = Field(default_factory=FaultConfig, description="fault tolerance")
+    control: Bool = Field(False, description="also train a CE-only copy of every participant (same steps and lr, "
+                          "labelled data only)")
+    self_training: Bool = Field(False, description="also train every participant alone on labels + its own confident "
+                                "pseudo-labels (classification only)")
+    selection: Literal["best_val", "last"] = Field("best_val", description="which epoch's model each participant "
+                                                   "keeps, on the validation split only")
+    seed: Int = Field(0, description="the run's seed (models, batches, augmentation)")
+    dtype: Literal["float32", "float64"] = Field("float32", description="parameter precision")
+    autocast: Literal["bfloat16", "float16"] | None = Field(None, description="mixed precision: forward passes under "
+                                                            "torch.autocast (needs dtype float32)")
+    device: Device = Field("auto", description="auto (cuda where the participant's process sees a GPU, else cpu) | cpu | cuda | cuda:N")
+    eval_batch_size: Int = Field(1024, gt=0, description="batch size of evaluation passes")
+    forked_from: Data | None = Field(None, description="set by `run --fork`: {run, checkpoint, overrides}")
+
+    @model_validator(mode="after")
+    def _names_and_teacher(self) -> Config:
+        names = [p.name for p in self.participants]
+        for i, name in enumerate(names):
+            if [n.lower() for n in names].count(name.lower()) > 1:  # case too: on some file systems Vit.pt is vit.pt
+                raise _bad(f"{_short(name)} is used twice", f"participants.{i}.name")
+        t = self.transfer
+        if t.strategy == "kd" and t.teacher is None:
+            raise _bad("strategy kd needs a teacher (the name of a participant)", "transfer.teacher")
+        if t.strategy == "kd" and len(names) < 2:
+            raise _bad("kd needs at least two participants (a teacher and a student)", "transfer.strategy")
+        if t.teacher is not None and t.teacher not in names:
+            raise _bad(f"{_short(t.teacher)} is not a participant (participants: {', '.join(names)})", "transfer.teacher")
+        return self
+
+    @model_validator(mode="after")
+    def _deepspeed(self) -> Config:
+        """A DeepSpeed participant's config checked against the swarm before anything starts; kt_swarm fills in
+        what it owns (the batch sizes, steps_per_print) in deepspeed_host.ds_config."""
+        t = self.transfer
+        for i, p in enumerate(self.participants):
+            key, ds = f"participants.{i}", p.deepspeed
+            if ds is None:
+                if p.ranks > 1:
+                    raise _bad(f"{p.ranks} ranks need {key}.deepspeed (a DeepSpeed config)", f"{key}.ranks")
+                continue
+            for owned in DEEPSPEED_OWNED:
+                if owned in ds:
+                    raise _bad("the run sets it (transfer.optimizer, the participant's lr and weight_decay, "
+                               "transfer.schedule); remove it", f"{key}.deepspeed.{owned}")
+            stage = (ds.get("zero_optimization") or {}).get("stage", 0)
+            if stage not in (0, 1, 2, 3):
+                raise _bad(f"expected 0, 1, 2 or 3, got {_short(stage)}", f"{key}.deepspeed.zero_optimization.stage")
+            if t.batch_size % p.ranks:
+                raise _bad(f"transfer.batch_size {t.batch_size} does not split into {p.ranks} equal shares", f"{key}.ranks")
+            wanted = {"train_batch_size": t.batch_size, "train_micro_batch_size_per_gpu": t.batch_size // p.ranks,
+                      "gradient_accumulation_steps": 1}
+            for name, value in wanted.items():
+                if name in ds and ds[name] != value:
+                    raise _bad(f"{_short(ds[name])} contradicts the swarm's {value} (transfer.batch_size {t.batch_size} "
+                               f"over {p.ranks} rank(s)); remove it", f"{key}.deepspeed.{name}")
+            if (ds.get("fp16") or {}).get("enabled") and self.device == "cpu":
+                raise _bad("DeepSpeed has no fp16 on the CPU (device: cpu); use bf16", f"{key}.deepspeed.fp16")
+            if self.dtype == "float64":
+                raise _bad(f"DeepSpeed participants ({_short(p.name)}) train in float32 at most (ZeRO reduces and keeps "
+                           f"its master weights in float32)", "dtype")
+            if stage == 3 and t.strategy == "kl_dp":
+                raise _bad("kl_dp's frozen start copy of a ZeRO-3 (partitioned) participant is not supported; use "
+                           "stage 0-2", f"{key}.deepspeed.zero_optimization.stage")
+        return self
+
+    @model_validator(mode="after")
+    def _task_and_precision(self) -> Config:
+        """The task's data kind and unit (transfer.unit defaults to the task's first); what the dense tasks do not
+        have (no unlabelled pixels, no class scores to calibrate); autocast over float32 master weights."""
+        task, t = self.task, self.transfer
+        if self.data.kind not in DATA_KINDS[task]:
+            raise _bad(f"task {task} reads {' or '.join(DATA_KINDS[task])}, got {self.data.kind}", "data.kind")
+        t.unit = t.unit or UNITS[task][0]
+        if t.unit not in UNITS[task]:
+            raise _bad(f"task {task} partitions by {' or '.join(UNITS[task])}, got {t.unit}", "transfer.unit")
+        if task != "classification":
+            for key, value, default in [("data.unlabelled_fraction", self.data.unlabelled_fraction, 0.0),
+                                        ("transfer.scores", t.scores, "true_class"),
+                                        ("transfer.calibrate", t.calibrate, False), ("self_training", self.self_training, False)]:
+                if value != default:
+                    raise _bad(f"not available for task {task} (classification only), got {value}", key)
+        if self.autocast and self.dtype != "float32":
+            raise _bad(f"needs dtype float32 (the master weights), got dtype {self.dtype}", "autocast")
+        return self
 
 
-def _check_task(cfg: Config) -> None:
-    """The task's data kind and unit; what the dense tasks do not have (no unlabelled pixels, no class scores
-    to calibrate). Sets transfer.unit to the task's default when unset."""
-    task, t = cfg.task, cfg.transfer
-    if cfg.data.kind not in DATA_KINDS[task]:
-        raise UserError(f"config key 'data.kind': task {task} reads {' or '.join(DATA_KINDS[task])}, got {cfg.data.kind}")
-    t.unit = t.unit or UNITS[task][0]
-    if t.unit not in UNITS[task]:
-        raise UserError(f"config key 'transfer.unit': task {task} partitions by {' or '.join(UNITS[task])}, got {t.unit}")
-    if task == "classification":
-        return
-    for key, value, default in [("data.unlabelled_fraction", cfg.data.unlabelled_fraction, 0.0),
-                                ("transfer.scores", t.scores, "true_class"), ("transfer.calibrate", t.calibrate, False),
-                                ("self_training", cfg.self_training, False)]:
-        if value != default:
-            raise UserError(f"config key '{key}': not available for task {task} (classification only), got {value}")
-    s = cfg.data.scenes
-    for key, value in [("data.scenes.train", s.train), ("data.scenes.test", s.test), ("data.scenes.max_items", s.max_items)]:
-        if value <= 0:
-            raise UserError(f"config key '{key}': must be positive, got {value}")
-    if s.canvas < 28:
-        raise UserError(f"config key 'data.scenes.canvas': must be at least 28 (an item's size), got {s.canvas}")
-    if not 0 <= cfg.data.ignore_index <= 255:
-        raise UserError(f"config key 'data.ignore_index': masks are 8-bit, expected 0-255, got {cfg.data.ignore_index}")
+# --- one line from pydantic's first error ----------------------------------------------------------
 
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is list:
+        return "a list"
+    if origin is dict or (isinstance(tp, type) and issubclass(tp, BaseModel)):
+        return "a mapping"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _annotation_at(model: type[BaseModel], loc: list) -> Any:
+    """The annotated type at pydantic's error location (field names, list indices, mapping keys)."""
+    tp: Any = model
+    for part in loc:
+        while typing.get_origin(tp) in (Annotated, typing.Union, types.UnionType):
+            options = [a for a in typing.get_args(tp) if a is not type(None)]
+            if typing.get_origin(tp) is not Annotated and len(options) > 1:
+                return None
+            tp = options[0]
+        if isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
+            tp = tp.model_fields[part].annotation
+        elif typing.get_origin(tp) in (list, dict):
+            tp = typing.get_args(tp)[-1]
+        else:
+            return None
+    return tp
+
+
+def user_error(e: ValidationError, model: type[BaseModel], what: str = "config key") -> UserError:
+    """pydantic's first error as one line naming the dotted key: `config key 'participants.0.lr': must be
+    positive, got -1.0` (never pydantic's own multi-line report)."""
+    error = e.errors()[0]
+    loc, kind, ctx, got = list(error["loc"]), error["type"], error.get("ctx") or {}, _short(error.get("input"))
+    if kind == "unknown":
+        loc.append(ctx["key"])
+    elif kind == "kt_swarm" and ctx["key"]:
+        loc += ctx["key"].split(".")
+    elif loc and loc[-1] == "[key]":  # a mapping's key: {1: 2} where names are expected
+        loc, kind = loc[:-2], "key_type"
+    key = _short(".".join(map(str, loc)))
+    if kind == "unknown":
+        return UserError(f"{what} {key} is unknown (known: {ctx['known']})")
+    if kind == "missing":
+        return UserError(f"{what} {key} is required")
+    if kind == "kt_swarm":
+        text = ctx["message"]
+    elif kind == "greater_than":
+        text = f"must be positive, got {got}" if ctx["gt"] == 0 else f"must be greater than {ctx['gt']}, got {got}"
+    elif kind == "greater_than_equal":
+        text = f"must be >= 0, got {got}" if ctx["ge"] == 0 else f"must be at least {ctx['ge']}, got {got}"
+    elif kind == "less_than_equal":
+        text = f"must be at most {ctx['le']}, got {got}"
+    elif kind == "too_short":
+        text = f"expected at least {ctx['min_length']} item(s), got {got}"
+    elif kind == "finite_number":
+        text = f"expected a finite float, got {got}"
+    elif kind == "key_type":
+        text = f"expected a mapping with str keys, got key {got}"
+    else:  # a wrong type: named from the annotation, as the YAML file would spell it
+        tp = _annotation_at(model, loc)
+        expected = error["msg"] if tp is None else ("one of " if typing.get_origin(tp) is Literal else "") + _type_name(tp)
+        text = f"expected {expected}, got {got}"
+    return UserError(f"{what} {key}: {text}")
+
+
+# --- the raw mapping: overrides, files ---------------------------------------------------------------
 
 def apply_override(raw: dict, assignment: str) -> None:
     """Apply one `a.b.0.c=value` to the raw mapping; the value is parsed as YAML (3e-4, true, [1, 2])."""
@@ -518,8 +568,10 @@ def parse_config(raw: Any, overrides: list[str] = ()) -> Config:
         raise UserError("config: expected a mapping at the top level")
     for assignment in overrides:
         apply_override(raw, assignment)
-    cfg = _build(Config, raw, "")
-    _check(cfg)
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        raise user_error(e, Config) from None
     refuse_secrets_in(to_dict(cfg))
     return cfg
 
@@ -547,4 +599,5 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
 
 
 def to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+    """The resolved config as plain data: parse_config accepts it back, yaml.safe_dump writes it."""
+    return cfg.model_dump(warnings=False)

@@ -62,7 +62,7 @@ def test_overrides_reach_nested_keys_and_list_items():
     ("zoo.disjoint=sometimes", "'zoo.disjoint': expected bool"),
     ("transfer.calibrate=1", "'transfer.calibrate': expected bool"),
     ("transfer.schedule=linear", "'transfer.schedule': expected one of 'constant' | 'cosine'"),
-    ("participants.0.in_chans=2", "'participants.0.in_chans': expected 1 or 3, got 2"),
+    ("participants.0.in_chans=2", "'participants.0.in_chans': expected 1 | 3 or null, got 2"),
     ("participants.0.zoo=yes please", "'participants.0.zoo': expected bool"),
 ])
 def test_bad_values_name_the_key(override, message):
