@@ -189,7 +189,7 @@ class ZooConfig(Section):
     """How participants with `weights: zoo` (or `zoo: true`) are trained (and cached) on the pretraining split."""
 
     epochs: Int = Field(10, gt=0, description="pretraining epochs")
-    lr: Positive = Field(2e-3, description="pretraining learning rate (AdamW)")
+    lr: Positive = Field(2e-3, description="pretraining learning rate (AdamW, the peak of a one-cycle schedule)")
     weight_decay: Float = Field(0.05, ge=0, description="pretraining weight decay")
     batch_size: Int = Field(128, gt=0, description="pretraining batch size")
     disjoint: Bool = Field(False, description="each member pretrains on its own disjoint share of the pretraining split")
@@ -214,11 +214,13 @@ def _read_deepspeed(value: Any) -> Any:
     return mapping
 
 
+DeepSpeed = Annotated[Data | None, BeforeValidator(_read_deepspeed, json_schema_input_type=dict[str, Any] | str | None)]
+
+
 class ParticipantConfig(Section):
     """One model of the swarm."""
 
-    name: Name = Field(description="names its files, metrics and W&B keys: letters, digits, '_', '.' and '-', "
-                       "unique (case too)")
+    name: Name = Field(description="names its files, metrics and W&B keys: letters, digits, '_', '.' and '-', unique (case too)")
     model: Str = Field(description="timm name (`resnet18`, `timm/resnet18`) or import path `pkg.module:factory`")
     lr: Positive = Field(description="learning rate in every arm")
     weights: Str | None = Field(None, description="pretrained (hub) | zoo | none | path to a weight file; default per model kind")
@@ -232,9 +234,8 @@ class ParticipantConfig(Section):
     input_size: Int | None = Field(None, gt=0, description="default: the data's size (trained here) or the model's data config")
     mean: list[Float] | None = Field(None, description="input normalisation, 1 or 3 values; default: the model's data config")
     std: list[Float] | None = Field(None, description="input normalisation, 1 or 3 values; default: the model's data config")
-    deepspeed: Annotated[Data | None, BeforeValidator(_read_deepspeed, json_schema_input_type=dict[str, Any] | str | None)] = Field(
-        None, description="a DeepSpeed config (mapping, or a ds_config JSON path, read into its mapping): see "
-        "deepspeed_host.py; kt_swarm sets the optimizer, scheduler and batch sizes")
+    deepspeed: DeepSpeed = Field(None, description="a DeepSpeed config (a mapping, or a ds_config JSON path: read into "
+                                 "its mapping), see deepspeed_host.py; the run sets its optimizer, scheduler and batch sizes")
     ranks: Int = Field(1, ge=1, description="actors (GPUs) hosting the participant; more than 1 needs deepspeed")
 
     @model_validator(mode="after")
@@ -263,8 +264,7 @@ class TransferConfig(Section):
     scores: Literal["true_class", "max_confidence"] = Field("true_class", description="what a participant's score "
                                                             "on a sample is; unlabelled samples: max_confidence always")
     teacher: Str | None = Field(None, description="kd: the participant that teaches, frozen (ignored by other strategies)")
-    trusted_teachers: Bool = Field(False, description="k may teach j only if k's validation accuracy at the arm's "
-                                   "start is >= j's")
+    trusted_teachers: Bool = Field(False, description="k may teach j only if k's validation accuracy at the arm's start is >= j's")
     unit: Literal["sample", "pixel", "image"] | None = Field(None, description="what the partition works on; "
                                                              "default: pixel for segmentation, else sample")
     calibrate: Bool = Field(False, description="scores use each participant's temperature, fit on validation at the "
@@ -278,8 +278,7 @@ class TransferConfig(Section):
     detach_teacher: Bool = Field(True, description="no gradient through the teacher's logits (chosen by measurement: "
                                  "see README \"Results\")")
     optimizer: Literal["adam", "adamw"] = Field("adam", description="every participant's optimizer in every arm")
-    schedule: Literal["constant", "cosine"] = Field("constant", description="learning rate over each arm's steps "
-                                                    "(every arm alike)")
+    schedule: Literal["constant", "cosine"] = Field("constant", description="learning rate over each arm's steps (every arm alike)")
     weight_decay: Float = Field(1e-5, ge=0, description="default weight decay of every participant")
     log_every: Int = Field(1, gt=0, description="log every N steps")
     # Listed as autocast lists them: typing caches `Literal[...] | None` by equal (order-blind) Literals.
@@ -300,8 +299,7 @@ class ResourcesConfig(Section):
 class PlacementConfig(Section):
     """How the participants' actors are reserved together: one placement group, one bundle each."""
 
-    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="Ray's placement "
-                                                                                "strategy")
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="Ray's placement strategy")
     timeout_s: Positive = Field(120.0, description="give up (one line, exit 2) when the cluster cannot place them")
 
 
@@ -335,13 +333,18 @@ class CheckpointConfig(Section):
 class FaultConfig(Section):
     """What a run survives."""
 
-    max_restarts: Int = Field(3, ge=0, description="--engine ray: restarts of one participant's actor over the run "
-                              "before it stops")
-    max_bad_steps: Int = Field(5, gt=0, description="steps in a row skipped for a NaN/Inf loss or gradient before "
-                               "the run stops")
+    max_restarts: Int = Field(3, ge=0, description="--engine ray: restarts of one participant's actor over the run before it stops")
+    max_bad_steps: Int = Field(5, gt=0, description="steps in a row skipped for a NaN/Inf loss or gradient before the run stops")
 
 
 DEEPSPEED_OWNED = ("optimizer", "scheduler")  # the run sets them: its optimizer and lr, its schedule
+
+
+def _ds_part(ds: dict, name: str, key: str) -> dict:
+    part = ds.get(name) or {}
+    if not isinstance(part, dict):
+        raise _bad(f"expected a mapping, got {_short(part)}", key)
+    return part
 
 
 class Config(Section):
@@ -370,7 +373,8 @@ class Config(Section):
     dtype: Literal["float32", "float64"] = Field("float32", description="parameter precision")
     autocast: Literal["bfloat16", "float16"] | None = Field(None, description="mixed precision: forward passes under "
                                                             "torch.autocast (needs dtype float32)")
-    device: Device = Field("auto", description="auto (cuda where the participant's process sees a GPU, else cpu) | cpu | cuda | cuda:N")
+    device: Device = Field("auto", description="auto (cuda where the participant's process sees a GPU, else cpu) | cpu | "
+                           "cuda | cuda:N")
     eval_batch_size: Int = Field(1024, gt=0, description="batch size of evaluation passes")
     forked_from: Data | None = Field(None, description="set by `run --fork`: {run, checkpoint, overrides}")
 
@@ -404,7 +408,8 @@ class Config(Section):
                 if owned in ds:
                     raise _bad("the run sets it (transfer.optimizer, the participant's lr and weight_decay, "
                                "transfer.schedule); remove it", f"{key}.deepspeed.{owned}")
-            stage = (ds.get("zero_optimization") or {}).get("stage", 0)
+            zero, fp16 = (_ds_part(ds, part, f"{key}.deepspeed.{part}") for part in ("zero_optimization", "fp16"))
+            stage = zero.get("stage", 0)
             if stage not in (0, 1, 2, 3):
                 raise _bad(f"expected 0, 1, 2 or 3, got {_short(stage)}", f"{key}.deepspeed.zero_optimization.stage")
             if t.batch_size % p.ranks:
@@ -415,7 +420,7 @@ class Config(Section):
                 if name in ds and ds[name] != value:
                     raise _bad(f"{_short(ds[name])} contradicts the swarm's {value} (transfer.batch_size {t.batch_size} "
                                f"over {p.ranks} rank(s)); remove it", f"{key}.deepspeed.{name}")
-            if (ds.get("fp16") or {}).get("enabled") and self.device == "cpu":
+            if fp16.get("enabled") and self.device == "cpu":
                 raise _bad("DeepSpeed has no fp16 on the CPU (device: cpu); use bf16", f"{key}.deepspeed.fp16")
             if self.dtype == "float64":
                 raise _bad(f"DeepSpeed participants ({_short(p.name)}) train in float32 at most (ZeRO reduces and keeps "
