@@ -1,6 +1,6 @@
 """One participant: a model, its preprocessing and its optimizer, on its own device.
 
-The engines (local.py now, a Ray actor per participant later) drive participants only
+The engines (local.py: all in this process; swarm/: one Ray actor each) drive participants only
 through these methods, so both run the same numbers.
 """
 from __future__ import annotations
