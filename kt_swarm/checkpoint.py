@@ -5,7 +5,8 @@
       start/<name>.pt          each participant's weights before any transfer (never pruned)
       transfer-0000500/<name>.pt   model, optimizer and RNG state of one participant at that step
       transfer-0000500/_run.pt     the coordinator's own state at that step (arm, epoch, accumulators)
-      best/transfer/<name>-e2.pt   a participant's best-on-validation weights (selected at epoch 2)
+      best/transfer/<name>-e2.pt   a participant's best-on-validation weights (selected at epoch 2; one
+                                   that kept its start is selected at start/<name>.pt)
 
 A set is consistent because it is listed only after every one of its files is on disk: each file is
 written to a temporary name, fsynced and renamed, the manifest last, the same way. A crash at any
@@ -55,6 +56,10 @@ class Checkpoints:
     def set_info(self, name: str) -> dict:
         return next(s for s in self.manifest["sets"] if s["name"] == name)
 
+    def member(self, set_name: str, index: int) -> str:
+        """Where set `set_name` keeps participant `index` (start/<name>.pt: the weights every arm starts from)."""
+        return f"{set_name}/{self.names[index]}.pt"
+
     # ---- writing
 
     def _write(self, rel: str, obj: dict) -> str:
@@ -79,7 +84,7 @@ class Checkpoints:
         where the run is (arm, epoch, step: the next one to run), for people reading the manifest."""
         files = {}
         for i, state in enumerate(states):
-            rel = self._write(f"{name}/{self.names[i]}.pt", {"participant": self.names[i], **state})
+            rel = self._write(self.member(name, i), {"participant": self.names[i], **state})
             files[rel] = self._written[rel]
         run_rel = self._write(f"{name}/_run.pt", {"participant": None, "run": run_state})  # no participant is "_..."
         files[run_rel] = self._written[run_rel]
@@ -172,8 +177,8 @@ class Checkpoints:
         run_state = self.load(info["run"], None)["run"]
 
         def states():
-            for participant in self.names:
-                obj = self.load(f"{name}/{participant}.pt", participant)
+            for i, participant in enumerate(self.names):
+                obj = self.load(self.member(name, i), participant)
                 yield {k: obj.get(k) for k in ("model", "optimizer", "rng")}
 
         return run_state, states()

@@ -86,9 +86,10 @@ def _copy(src: Checkpoints, latest: str, new: Config, out: Path, source: Path) -
     for name in dict.fromkeys(["start", latest]):
         info = src.set_info(name)
         run_state, states = src.load_set(name)
-        # Best models the run state names: copied under the new digest, listed by the set again.
+        # Best models the run state names: copied under the new digest, listed by the set again. A start
+        # kept by selection is the start set's own file, copied with that set (first).
         extra = [rel for rel in info["files"] if not rel.startswith(f"{name}/")]
-        for rel in extra:  # <dir>/<participant><tag>.pt
+        for rel in (r for r in extra if not r.startswith("start/")):  # <dir>/<participant><tag>.pt
             obj = src.load(rel)
             path, who = Path(rel), obj["participant"]
             dst.save_weights(path.parent.as_posix(), names.index(who), obj["model"], tag=path.stem[len(who):])

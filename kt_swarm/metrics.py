@@ -4,8 +4,8 @@ rate, teach share; mIoU and pixel accuracy for segmentation; KLD, CC, SIM and NS
 
 Predictions are what Participant.predict keeps: [N, n] top-1 classes or [N, n, k] top-k classes, best
 first; segmentation: [N, n, H, W] classes per pixel (targets -1 where ignored); saliency: [N, n, 4] each
-image's KLD, CC, SIM, NSS. Each task has one headline metric, higher is better, that selection, trusted
-teachers and the summary's `acc_*` keys use: accuracy, mIoU, CC. Flips and complementary knowledge count
+image's KLD, CC, SIM, NSS. Each task has one headline metric, higher is better, that selection and trusted
+teachers use and that summary.json, the log and W&B name it by (HEADLINE: accuracy_after, val_miou, test_cc). Flips and complementary knowledge count
 units that are right or wrong: samples, or a segmentation's labelled pixels; a saliency map has none."""
 from __future__ import annotations
 

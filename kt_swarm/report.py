@@ -13,36 +13,26 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from kt_swarm.errors import UserError
-from kt_swarm.rundir import atomic_write
+from kt_swarm.rundir import atomic_write, read_records
+from kt_swarm.summary import kept_note, marked, metric_name, metric_value, pct, upgrade
 
 ARMS = {"transfer": "-", "control": "--", "self_training": ":"}
 
 
 def load_run(run_dir: str | Path, summary: dict | None = None) -> tuple[dict, list[dict], str]:
     """(summary, metrics records, config text) of a finished run directory (or of one about to be,
-    given its summary)."""
+    given its summary), in today's key names whenever the run was written (summary.upgrade)."""
     run_dir = Path(run_dir)
     try:
         summary = summary or json.loads((run_dir / "summary.json").read_text())
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        records = read_records(run_dir)
     except FileNotFoundError as e:
         raise UserError(f"'{run_dir}' is not a finished kt-swarm run directory: {Path(e.filename).name} is missing") from None
     except json.JSONDecodeError as e:
-        raise UserError(f"'{run_dir}': a metrics or summary file is not valid JSON ({e.msg}, line {e.lineno})") from None
+        raise UserError(f"'{run_dir}': summary.json is not valid JSON ({e.msg}, line {e.lineno})") from None
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    summary, records = upgrade(summary, records)
     return summary, records, config
-
-
-METRIC_NAMES = {"accuracy": "accuracy", "miou": "mIoU", "cc": "CC"}
-
-
-def metric_name(summary: dict) -> str:
-    """What the run's `acc_*` keys hold: the task's headline metric (metrics.HEADLINE)."""
-    return METRIC_NAMES[summary.get("metric", "accuracy")]
-
-
-def pct(x: float | None, signed: bool = False) -> str:
-    return "-" if x is None else f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
 
 
 def count(x: float) -> str:
@@ -111,8 +101,10 @@ def report_figure(summary: dict, records: list[dict], examples: dict | None = No
         draw_examples(bottom, summary, examples)
     (bars, loss), (val, roles) = top.subplots(2, 2)
 
-    arms = [("before", "acc_before"), (f"after transfer ({summary.get('strategy', 'best')})", "acc_after"),
-            ("control (CE only)" if summary.get("task", "classification") == "classification" else "control (task loss only)", "acc_control"), ("self-training", "acc_self_training")]
+    m = summary["metric"]
+    arms = [("before", f"{m}_before"), (f"after transfer ({summary.get('strategy', 'best')})", f"{m}_after"),
+            ("control (CE only)" if summary.get("task", "classification") == "classification" else "control (task loss only)",
+             f"{m}_control"), ("self-training", f"{m}_self_training")]
     arms = [(label, key) for label, key in arms if any(parts[n].get(key) is not None for n in names)]
     width = 0.8 / len(arms)
     for j, (label, key) in enumerate(arms):
@@ -136,7 +128,7 @@ def report_figure(summary: dict, records: list[dict], examples: dict | None = No
         evals = [r for r in records if r.get("arm") == arm and r.get("event") == "eval"]
         for n in names:
             if evals:
-                val.plot([r["epoch"] + 1 for r in evals], [100 * r["val_acc"][n] for r in evals], style, marker="o",
+                val.plot([r["epoch"] + 1 for r in evals], [100 * r[f"val_{m}"][n] for r in evals], style, marker="o",
                          color=colours[n], label=f"{n} ({arm})")
     loss.set_xlabel("step")
     loss.set_ylabel("training loss (own share)")
@@ -175,14 +167,16 @@ def summary_table(summary: dict) -> str:
     rows = ["| participant | before | after | control | delta | vs control |" + extra + " top-5 after | + flips | - flips "
             "| complementary | taught | best epoch |", "|---|" + "---:|" * (13 if selftrain else 11)]
     for name, p in summary["participants"].items():
-        cells = f" {pct(p['acc_self_training'])} | {pct(p['delta_vs_self_training'], True)} |" if selftrain else ""
+        cells = f" {marked(p, summary, 'self_training')} | {pct(p['delta_vs_self_training'], True)} |" if selftrain else ""
         rows.append(
-            f"| {name} | {pct(p['acc_before'])} | {pct(p['acc_after'])} | {pct(p['acc_control'])} | "
+            f"| {name} | {pct(metric_value(p, summary, 'before'))} | {marked(p, summary, 'transfer')} | "
+            f"{marked(p, summary, 'control')} | "
             f"{pct(p['delta'], True)} | {pct(p['delta_vs_control'], True)} |{cells} {pct(p.get('top5_after'))} | "
             f"{pct(p['positive_flips'])} | {pct(p['negative_flips'])} | {pct(p['complementary'])} | "
             f"{100 * p['teach_share']:.1f}% | {p['best_epoch']} |"
         )
-    return "\n".join(rows)
+    note = kept_note(summary, width=10_000)
+    return "\n".join(rows + (["", *note] if note else []))
 
 
 def report_markdown(summary: dict, config: str) -> str:
@@ -280,16 +274,19 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
             "|---|---|" + "---:|" * 8]
     for label, s in runs:
         for n, p in s["participants"].items():
-            rows.append(f"| {label} | {n} | {pct(p['acc_before'])} | {pct(p['acc_after'])} | {pct(p['acc_control'])} | "
+            rows.append(f"| {label} | {n} | {pct(metric_value(p, s, 'before'))} | {marked(p, s, 'transfer')} | "
+                        f"{marked(p, s, 'control')} | "
                         f"{pct(p['delta'], True)} | {pct(p['delta_vs_control'], True)} | {pct(p['positive_flips'])} | "
                         f"{pct(p['negative_flips'])} | {100 * p['teach_share']:.1f}% |")
-    totals = ["| run | engine | strategy | seed | steps | gradients | success rate | above control | seconds |",
-              "|---|---|---|---:|---:|---|---:|---:|---:|"]
+    totals = ["| run | metric | engine | strategy | seed | steps | gradients | success rate | above control | seconds |",
+              "|---|---|---|---|---:|---:|---|---:|---:|---:|"]
     for label, s in runs:
         vs = s.get("success_rate_vs_control")
-        totals.append(f"| {label} | {s['engine']} | {s.get('strategy', 'best')} | {s['seed']} | {s['steps']} | "
+        totals.append(f"| {label} | {metric_name(s)} | {s['engine']} | {s.get('strategy', 'best')} | {s['seed']} | {s['steps']} | "
                       f"{s['gradient_mode']} | {100 * s['success_rate']:.0f}% | "
                       f"{'-' if vs is None else f'{100 * vs:.0f}%'} | {s.get('seconds', {}).get('total', 0):.0f} |")
-    (out / "compare.md").write_text("# kt-swarm runs side by side\n\nTest accuracy in %.\n\n" + "\n".join(totals)
-                                    + "\n\n" + "\n".join(rows) + "\n\n![compare](compare.png)\n")
+    notes = [f"{label}: {kept_note(s, width=10_000)[0]}" for label, s in runs if kept_note(s)]
+    (out / "compare.md").write_text("# kt-swarm runs side by side\n\nTest metric in % (each run's headline metric, "
+                                    "its `metric` column).\n\n" + "\n".join(totals) + "\n\n" + "\n".join(rows)
+                                    + "".join(f"\n\n{n}" for n in notes) + "\n\n![compare](compare.png)\n")
     return [out / "compare.png", out / "compare.md"]

@@ -30,6 +30,24 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def read_records(run_dir: str | Path) -> list[dict]:
+    """Every record of RUN_DIR/metrics.jsonl, in order, as written (summary.upgrade renames an older run's
+    keys). A last line without its newline is one still being written, or cut short by a kill: left out
+    (a resume cuts the log back to its checkpoint anyway). FileNotFoundError when there is no log; a
+    finished line that is not JSON is a damaged log: UserError naming the line."""
+    path = Path(run_dir) / "metrics.jsonl"
+    lines = path.read_bytes().split(b"\n")[:-1]  # the piece after the last newline is not a record (yet)
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"'{path}': line {number} is not a JSON record ({getattr(e, 'msg', e)})") from None
+    return records
+
+
 def is_resumable(path: Path) -> bool:
     return (Path(path) / "checkpoints" / "manifest.json").exists()
 

@@ -1,4 +1,12 @@
-"""summary.json from a finished run's test predictions and arm results, and the end-of-run table."""
+"""summary.json from a finished run's test predictions and arm results, the end-of-run table, and the
+upgrade that reads a run directory written with older key names in today's.
+
+Key names say what they hold: with m the task's headline metric (metrics.HEADLINE: accuracy, miou or cc,
+the summary's `metric`), each participant has {m}_before, {m}_after, {m}_control, {m}_self_training (test),
+val_{m} (validation, per epoch trained) and val_{m}_selected; the run has val_{m}_mean (what sweeps
+optimise). kept_start / control_kept_start / self_training_kept_start: selection kept the participant's
+start weights in that arm (no epoch beat them on validation).
+"""
 from __future__ import annotations
 
 import torch
@@ -6,51 +14,51 @@ import torch
 from kt_swarm.config import Config
 from kt_swarm.data import Dataset
 from kt_swarm.metrics import HEADLINE, complementary, flips, success_rate, task_metrics
-from kt_swarm.report import metric_name, pct
 
 BASELINES = ("control", "self_training")  # the arms every transfer result is compared with
+ARM_PREFIX = {"transfer": "", "control": "control_", "self_training": "self_training_"}  # per-arm keys' prefixes
 
 
 def summarize(cfg: Config, data: Dataset, names: list[str], labels: torch.Tensor, preds: dict[str, torch.Tensor],
               results: dict, nodes: list[str], engine: str) -> dict:
     """summary.json from the test predictions (at the start and after each arm; metrics.py) and each
-    arm's ArmResult. A baseline the run did not train has None in its keys. `acc_*` keys hold the task's
-    headline metric (`metric`: accuracy, miou or cc); `metrics` every metric of the task, per arm."""
+    arm's ArmResult. A baseline the run did not train has None in its keys. {m}_* keys hold the task's
+    headline metric m (`metric`: accuracy, miou or cc); `metrics` every metric of the task, per arm."""
     start, end, transfer = preds["start"], preds["transfer"], results["transfer"]
-    task, metric = data.task, HEADLINE[data.task]
+    task, m = data.task, HEADLINE[data.task]
     n = len(names)
     scores = {arm: task_metrics(p, labels, task, data.num_classes) for arm, p in preds.items()}
-    before, after = scores["start"][metric], scores["transfer"][metric]
+    before, after = scores["start"][m], scores["transfer"][m]
     gained, lost = flips(start, end, labels, task)
     comp = complementary(start, labels, task)
     top5 = "top5" in scores["start"]
     top_before, top_after = scores["start"].get("top5"), scores["transfer"].get("top5")
     deltas = [a - b for a, b in zip(after, before)]
-    selected = [transfer.val_acc[transfer.best_epoch[i] - 1][i] for i in range(n)]
+    selected = transfer.selected_val
     base = {}  # per participant: the baselines' keys
     rates = {}
     for arm in BASELINES:
         if arm in preds:
-            acc, top = scores[arm][metric], scores[arm].get("top5")
+            value, top = scores[arm][m], scores[arm].get("top5")
             b_gained, b_lost = flips(start, preds[arm], labels, task)
-            rates[f"success_rate_vs_{arm}"] = success_rate([a - c for a, c in zip(after, acc)])
+            rates[f"success_rate_vs_{arm}"] = success_rate([a - c for a, c in zip(after, value)])
             for i, name in enumerate(names):
                 base.setdefault(name, {}).update({
-                    f"acc_{arm}": acc[i], f"delta_vs_{arm}": after[i] - acc[i], f"top5_{arm}": top[i] if top5 else None,
+                    f"{m}_{arm}": value[i], f"delta_vs_{arm}": after[i] - value[i], f"top5_{arm}": top[i] if top5 else None,
                     f"{arm}_positive_flips": b_gained and b_gained[i], f"{arm}_negative_flips": b_lost and b_lost[i],
-                    f"{arm}_best_epoch": results[arm].best_epoch[i]})
+                    f"{arm}_best_epoch": results[arm].best_epoch[i], f"{arm}_kept_start": results[arm].best_epoch[i] == 0})
         else:
             rates[f"success_rate_vs_{arm}"] = None
             for name in names:
                 base.setdefault(name, {}).update({
-                    f"acc_{arm}": None, f"delta_vs_{arm}": None, f"top5_{arm}": None, f"{arm}_positive_flips": None,
-                    f"{arm}_negative_flips": None, f"{arm}_best_epoch": None})
+                    f"{m}_{arm}": None, f"delta_vs_{arm}": None, f"top5_{arm}": None, f"{arm}_positive_flips": None,
+                    f"{arm}_negative_flips": None, f"{arm}_best_epoch": None, f"{arm}_kept_start": None})
     t = cfg.transfer
     return {
         "engine": engine,
         "task": task,
         "unit": t.unit,
-        "metric": metric,
+        "metric": m,
         "steps": transfer.steps,
         "seed": cfg.seed,
         "strategy": t.strategy,
@@ -59,29 +67,32 @@ def summarize(cfg: Config, data: Dataset, names: list[str], labels: torch.Tensor
         "trusted_teachers": t.trusted_teachers,
         "gradient_mode": "detached" if t.detach_teacher else "exact",
         "num_classes": data.num_classes,
+        "selection": cfg.selection,
         "success_rate": success_rate(deltas),
         **rates,
-        # What sweeps optimise: the validation accuracy each participant was selected at, averaged.
-        "val_acc_mean": sum(selected) / n,
+        # What sweeps optimise: the validation metric each participant was selected at (its start's where
+        # it kept its start), averaged.
+        f"val_{m}_mean": sum(selected) / n,
         "participants": {
             name: {
-                "acc_before": before[i],
-                "acc_after": after[i],
+                f"{m}_before": before[i],
+                f"{m}_after": after[i],
                 "delta": deltas[i],
                 "top5_before": top_before[i] if top5 else None,
                 "top5_after": top_after[i] if top5 else None,
                 "positive_flips": gained and gained[i],
                 "negative_flips": lost and lost[i],
                 **base[name],
-                "metrics": {arm: {m: v[i] for m, v in arm_scores.items()} for arm, arm_scores in scores.items()},
+                "metrics": {arm: {k: v[i] for k, v in arm_scores.items()} for arm, arm_scores in scores.items()},
                 "complementary": comp and comp[i],
                 "teach_share": transfer.teach_share[-1][i],
                 "teach_share_per_epoch": [s[i] for s in transfer.teach_share],
                 "final_train_loss": transfer.final_train_loss[i],
                 "node": nodes[i],
                 "best_epoch": transfer.best_epoch[i],
-                "val_acc": [v[i] for v in transfer.val_acc],
-                "val_acc_selected": selected[i],
+                "kept_start": transfer.best_epoch[i] == 0,
+                f"val_{m}": [v[i] for v in transfer.val],
+                f"val_{m}_selected": selected[i],
             }
             for i, name in enumerate(names)
         },
@@ -92,6 +103,70 @@ def summarize(cfg: Config, data: Dataset, names: list[str], labels: torch.Tensor
     }
 
 
+def upgrade(summary: dict, records: list[dict] = ()) -> tuple[dict, list[dict]]:
+    """A run directory's summary.json and metrics.jsonl records in today's key names, whenever they were
+    written (new copies; today's pass through unchanged). Before the headline metric was named, every
+    task's was `acc_*`, `val_acc`, `val_acc_mean` (summary) and `val_acc` / `test_acc` (records); a summary
+    without `metric` predates the dense tasks (accuracy). Before selection considered the start, no
+    participant kept it: kept_start keys are derived from the selected epochs (0: kept)."""
+    m = summary.get("metric", "accuracy")
+    old = {"acc_before": f"{m}_before", "acc_after": f"{m}_after", "acc_control": f"{m}_control",
+           "acc_self_training": f"{m}_self_training", "val_acc": f"val_{m}", "val_acc_selected": f"val_{m}_selected"}
+    out = {(f"val_{m}_mean" if k == "val_acc_mean" else k): v for k, v in summary.items()}
+    out.setdefault("metric", m)
+    if isinstance(summary.get("participants"), dict):
+        out["participants"] = {}
+        for name, p in summary["participants"].items():
+            p = {old.get(k, k): v for k, v in p.items()}
+            for prefix in ARM_PREFIX.values():
+                if f"{prefix}best_epoch" in p:
+                    epoch = p[f"{prefix}best_epoch"]
+                    p.setdefault(f"{prefix}kept_start", None if epoch is None else epoch == 0)
+            out["participants"][name] = p
+    renamed = {"val_acc": f"val_{m}", "test_acc": f"test_{m}"}
+    return out, [{renamed.get(k, k): v for k, v in r.items()} for r in records]
+
+
+def metric_value(p: dict, summary: dict, arm: str) -> float | None:
+    """A participant's test headline metric: at its start (arm "before"), after transfer ("after"), or after a
+    baseline arm ("control", "self_training")."""
+    return p.get(f"{summary.get('metric', 'accuracy')}_{arm}")
+
+
+def kept(p: dict, arm: str) -> bool:
+    """Whether selection kept the participant's start weights in `arm` (transfer, control, self_training)."""
+    return bool(p.get(f"{ARM_PREFIX[arm]}kept_start"))
+
+
+def kept_note(summary: dict, width: int = 100) -> list[str]:
+    """The footnote of a table whose values carry a *: where each arm kept a participant's start (none: no lines)."""
+    import textwrap
+
+    where = [f"{name} ({arm.replace('_', '-')})" for name, p in summary["participants"].items()
+             for arm in ARM_PREFIX if kept(p, arm)]
+    if not where:
+        return []
+    return textwrap.wrap(f"* kept its start weights (no epoch beat them on validation {metric_name(summary)}): "
+                         + ", ".join(where), width)
+
+METRIC_NAMES = {"accuracy": "accuracy", "miou": "mIoU", "cc": "CC"}
+
+
+def metric_name(summary: dict) -> str:
+    """The run's headline metric (metrics.HEADLINE) as a reader writes it."""
+    return METRIC_NAMES[summary.get("metric", "accuracy")]
+
+
+def pct(x: float | None, signed: bool = False) -> str:
+    return "-" if x is None else f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
+
+
+def marked(p: dict, summary: dict, arm: str) -> str:
+    """A participant's test metric after `arm` in %, with a * where the arm kept its start (KEPT_NOTE)."""
+    column = "after" if arm == "transfer" else arm
+    return pct(metric_value(p, summary, column)) + ("*" if kept(p, arm) else "")
+
+
 ACROSS_ENGINES_RTOL = 1e-12  # float64 sums in another order (thread counts differ per process) move the last bits
 
 
@@ -99,8 +174,11 @@ def reproducible(summary: dict) -> dict:
     """What a run that was interrupted (actors killed, the driver stopped and resumed, a node lost) must end
     with, as the run never interrupted: accuracies, final losses, selection, flips and role matrices (not
     times, fault counts or where processes ran)."""
-    keys = ["acc_before", "acc_after", "acc_control", "acc_self_training", "final_train_loss", "val_acc", "best_epoch",
-            "control_best_epoch", "self_training_best_epoch", "positive_flips", "negative_flips", "teach_share_per_epoch"]
+    summary, _ = upgrade(summary)
+    m = summary["metric"]
+    keys = [f"{m}_before", f"{m}_after", f"{m}_control", f"{m}_self_training", "final_train_loss", f"val_{m}",
+            "best_epoch", "control_best_epoch", "self_training_best_epoch", "kept_start", "control_kept_start",
+            "self_training_kept_start", "positive_flips", "negative_flips", "teach_share_per_epoch"]
     return {"participants": {n: {k: p[k] for k in keys} for n, p in summary["participants"].items()},
             "role_matrix_per_epoch": summary["role_matrix_per_epoch"]}
 
@@ -135,13 +213,15 @@ def differences(a: dict, b: dict, *, across_engines: bool) -> list[str]:
 
 
 def format_table(summary: dict) -> str:
-    """The readable end-of-run table (fits 100 columns)."""
+    """The readable end-of-run table (fits 100 columns); a * marks an arm that kept a participant's start."""
+    summary, _ = upgrade(summary)
     selftrain = summary.get("success_rate_vs_self_training") is not None
     rows = [f"{'participant':<16} {'before':>7} {'after':>7} {'control':>7} {'delta':>7} {'vs ctrl':>7} "
             + (f"{'vs self':>7} " if selftrain else "") + f"{'+flips':>7} {'-flips':>7} {'taught':>7} {'loss':>7}"]
     for name, p in summary["participants"].items():
         rows.append(
-            f"{name[:16]:<16} {pct(p['acc_before']):>7} {pct(p['acc_after']):>7} {pct(p['acc_control']):>7} "
+            f"{name[:16]:<16} {pct(metric_value(p, summary, 'before')):>7} {marked(p, summary, 'transfer'):>7} "
+            f"{marked(p, summary, 'control'):>7} "
             f"{pct(p['delta'], True):>7} {pct(p['delta_vs_control'], True):>7} "
             + (f"{pct(p['delta_vs_self_training'], True):>7} " if selftrain else "")
             + f"{pct(p['positive_flips']):>7} {pct(p['negative_flips']):>7} "
@@ -155,4 +235,4 @@ def format_table(summary: dict) -> str:
         + f"; {summary['engine']}, {summary.get('strategy', 'best')}, {summary['steps']} steps, "
         f"{summary['gradient_mode']}, {summary['seconds']['total']:.0f} s"
     )
-    return "\n".join(rows)
+    return "\n".join(rows + kept_note(summary))

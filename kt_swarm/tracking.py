@@ -1,20 +1,22 @@
 """Weights & Biases tracking of a run (config key `tracking.wandb`).
 
 One W&B run per swarm run: the resolved config as its config, every participant's metrics under
-its own prefix (`vit/transfer/loss`, `vit/control/val_acc`, `vit/acc_after`, ...), the role matrix as
+its own prefix (`vit/transfer/loss`, `vit/control/val_accuracy`, `vit/start/test_accuracy`,
+`vit/accuracy_after`, ...: the task's headline metric by its name, metrics.HEADLINE), the role matrix as
 a heat map and a table, the before/after/control table as a W&B table. Without an API key it logs
 offline by itself (and says how to `wandb sync`); WANDB_MODE (offline, disabled) always wins; an
 online start that fails (no network) falls back to offline.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 from pathlib import Path
 
 from kt_swarm.config import Config, WandbConfig, to_dict
+from kt_swarm.metrics import HEADLINE
+from kt_swarm.rundir import read_records
 
 log = logging.getLogger("kt_swarm")
 
@@ -51,15 +53,10 @@ def record_key(record: dict) -> tuple | None:
 
 def logged_before(run_dir: Path) -> set[tuple]:
     """The keys of the records an earlier start of this run logged (its metrics.jsonl, read before a resume
-    cuts it back to the checkpoint); a last line cut short by a kill is skipped."""
-    keys = set()
-    path = Path(run_dir) / "metrics.jsonl"
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            keys.add(record_key(json.loads(line)))
-        except json.JSONDecodeError:
-            pass
-    return keys - {None}
+    cuts it back to the checkpoint); a last line cut short by a kill is left out."""
+    if not (Path(run_dir) / "metrics.jsonl").exists():
+        return set()
+    return {record_key(r) for r in read_records(run_dir)} - {None}
 
 
 class Tracker:
@@ -68,6 +65,7 @@ class Tracker:
 
     def __init__(self, cfg: Config, run_dir: Path, names: list[str]):
         self.run, self.names = None, names
+        self.metric = HEADLINE[cfg.task]
         self.sent = logged_before(run_dir)
         wb: WandbConfig | None = cfg.tracking.wandb
         if wb is None and not os.environ.get("WANDB_SWEEP_ID"):  # `wandb agent` runs track without asking
@@ -114,9 +112,10 @@ class Tracker:
             for name in self.names:
                 row[f"{name}/{arm}/loss"] = record["losses"][name]
                 row[f"{name}/{arm}/taught"] = record["taught"][name]
-        for key in ("val_acc", "val_positive_flips", "val_negative_flips", "teach_share", "test_acc", "test_top5_acc"):
-            for name, value in record.get(key, {}).items():
-                row[f"{name}/{arm}/{key}"] = value
+        for key, values in record.items():  # val_{m}, its flips, teach shares, every test_<metric>
+            if key in (f"val_{self.metric}", "val_positive_flips", "val_negative_flips", "teach_share") or key.startswith("test_"):
+                for name, value in values.items():
+                    row[f"{name}/{arm}/{key}"] = value
         if "role_matrix" in record:
             row[f"{arm}/role_matrix"] = self._heat_map(record["role_matrix"], f"{arm}, epoch {record['epoch'] + 1}")
         if record.get("event") == "skipped":
@@ -144,8 +143,9 @@ class Tracker:
             return
         import wandb
 
-        columns = ["participant", "acc_before", "acc_after", "acc_control", "delta", "delta_vs_control", "acc_self_training",
-                   "delta_vs_self_training", "top5_after",
+        m = self.metric
+        columns = ["participant", f"{m}_before", f"{m}_after", "kept_start", f"{m}_control", "control_kept_start", "delta",
+                   "delta_vs_control", f"{m}_self_training", "delta_vs_self_training", "top5_after",
                    "positive_flips", "negative_flips", "complementary", "teach_share"]
         table = wandb.Table(columns=columns, data=[[name] + [p.get(c) for c in columns[1:]]
                                                    for name, p in summary["participants"].items()])
@@ -157,7 +157,7 @@ class Tracker:
             for key, value in p.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     self.run.summary[f"{name}/{key}"] = value
-        for key in ("success_rate", "success_rate_vs_control", "success_rate_vs_self_training", "val_acc_mean", "steps"):
+        for key in ("success_rate", "success_rate_vs_control", "success_rate_vs_self_training", f"val_{self.metric}_mean", "steps"):
             if summary.get(key) is not None:
                 self.run.summary[key] = summary[key]
         self.close()

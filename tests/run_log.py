@@ -1,17 +1,20 @@
 """A run's metrics.jsonl read while the run writes it: when a test or benchmark strikes mid-run."""
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
 
+from kt_swarm.rundir import read_records
+
 
 def logged(run_dir: Path) -> list[dict]:
-    """The records RUN_DIR/metrics.jsonl holds so far (a line still being written is left out)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [json.loads(line) for line in lines if line.endswith("}")]
+    """The records RUN_DIR/metrics.jsonl holds so far (none while it does not exist; a line still being
+    written is left out)."""
+    try:
+        return read_records(run_dir)
+    except FileNotFoundError:
+        return []
 
 
 def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, arm: str = "transfer",

@@ -15,7 +15,7 @@ import yaml
 from conftest import ROOT, mlp_config
 from kt_swarm.config import parse_config
 from kt_swarm.coordinator import run
-from kt_swarm.rundir import RunDir
+from kt_swarm.rundir import RunDir, read_records
 from kt_swarm.summary import differences
 from ray_node import ENV, RAY, start_node
 from run_log import wait_for_step
@@ -91,7 +91,7 @@ def test_smoke_run_with_a_deepspeed_gang_submitted_to_a_two_node_cluster(two_nod
     nodes = {p["node"] for p in summary["participants"].values()}
     assert len(nodes) == 2, nodes  # SPREAD over the two nodes
     assert summary["engine"] == "ray"
-    assert summary["participants"]["vit"]["acc_after"] > 0  # the gang trained, evaluated and reported
+    assert summary["participants"]["vit"]["accuracy_after"] > 0  # the gang trained, evaluated and reported
 
 
 def test_a_lost_node_costs_a_restart_and_the_run_ends_as_if_nothing_happened(two_node_cluster, tmp_path):
@@ -122,7 +122,7 @@ def test_a_lost_node_costs_a_restart_and_the_run_ends_as_if_nothing_happened(two
     summary = json.loads((out / "summary.json").read_text())
     assert not differences(summary, reference, across_engines=True)  # Ray against the local engine
     assert sum(summary["faults"]["restarts"].values()) >= 1
-    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    log = read_records(out)
     assert any(r.get("event") == "restarted" for r in log)
     last_placed = [r for r in log if r.get("event") == "placed"][-1]
     assert len({where["node"] for where in last_placed["participants"].values()}) == 1  # all on the head node now

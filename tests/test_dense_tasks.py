@@ -14,13 +14,14 @@ from kt_swarm.coordinator import run
 from kt_swarm.data import batch_plan, load_dataset
 from kt_swarm.errors import UserError
 from kt_swarm.metrics import complementary, correct, flips, miou, task_metrics
-from kt_swarm.rundir import RunDir
+from kt_swarm.rundir import RunDir, read_records
 from kt_swarm.tasks import cc, kld, nss, saliency_metrics, sim
 
 
 # ----------------------------------------------------------------------------- config
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("overrides,message", [
     ({"task": "segmentation", "data": {"kind": "fashion_mnist"}}, "task segmentation reads scenes or segmentation_folder"),
     ({"task": "classification", "data": {"kind": "scenes"}}, "task classification reads fashion_mnist or folder"),
@@ -39,6 +40,7 @@ def test_what_a_task_cannot_take_is_one_line(overrides, message):
         parse_config(raw)
 
 
+@pytest.mark.fast
 def test_the_unit_defaults_to_the_task_s_first():
     assert parse_config(dense_config("segmentation")).transfer.unit == "pixel"
     assert parse_config(dense_config("saliency")).transfer.unit == "sample"
@@ -137,6 +139,7 @@ def test_a_bad_folder_ends_the_cli_in_one_line(tmp_path):
 # ----------------------------------------------------------------------------- metrics
 
 
+@pytest.mark.fast
 def test_miou_and_pixel_accuracy_count_labelled_pixels_only():
     target = torch.tensor([[[0, 0, 1, 1], [2, 2, -1, -1]]])  # one 2 x 4 image, two ignored pixels
     preds = torch.tensor([[[[0, 1, 1, 1], [2, 2, 0, 0]]], [[[0, 0, 1, 1], [2, 2, 1, 2]]]], dtype=torch.uint8)
@@ -150,6 +153,7 @@ def test_miou_and_pixel_accuracy_count_labelled_pixels_only():
     assert flips(torch.zeros(2, 1, 4), torch.zeros(2, 1, 4), torch.zeros(1, 2, 2), "saliency") == (None, None)
 
 
+@pytest.mark.fast
 def test_saliency_metrics_have_their_textbook_values():
     gt = torch.tensor([[0.0, 1.0, 3.0, 0.0]], dtype=torch.float64)
     same = gt / gt.sum()
@@ -176,7 +180,8 @@ def test_a_segmentation_folder_runs_end_to_end_and_reports_miou(tmp_path):
     assert (summary["task"], summary["unit"], summary["metric"]) == ("segmentation", "pixel", "miou")
     p = summary["participants"]["vit"]
     assert set(p["metrics"]) == {"start", "transfer", "control"} and set(p["metrics"]["start"]) == {"miou", "pixel_accuracy"}
-    assert p["acc_after"] == p["metrics"]["transfer"]["miou"] and p["positive_flips"] is not None
+    assert p["miou_after"] == p["metrics"]["transfer"]["miou"] and p["positive_flips"] is not None
+    assert "val_miou" in p and "val_miou_mean" in summary and "accuracy_after" not in p
     # The role matrix counts pixels: far more than the 12 training images could give as samples.
     assert sum(map(sum, summary["role_matrix"])) > 12 * 2
     report = (tmp_path / "run" / "report.md").read_text()
@@ -191,7 +196,9 @@ def test_a_saliency_run_reports_every_saliency_metric_and_no_flips(tmp_path):
     p = summary["participants"]["resnet"]
     assert summary["metric"] == "cc" and set(p["metrics"]["transfer"]) == {"cc", "kld", "sim", "nss"}
     assert p["positive_flips"] is None and p["complementary"] is None
-    assert -1 <= p["acc_after"] <= 1 and p["metrics"]["start"]["kld"] > 0
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert -1 <= p["cc_after"] <= 1 and p["metrics"]["start"]["kld"] > 0
+    records = read_records(tmp_path / "run")
     test = [r for r in records if r.get("event") == "test"]
     assert [r["arm"] for r in test] == ["start", "transfer", "control"] and all("test_kld" in r for r in test)
+    assert all(r["test_cc"]["resnet"] == summary["participants"]["resnet"]["metrics"][r["arm"]]["cc"] for r in test)
+    assert all("val_cc" in r for r in records if r.get("event") == "eval")

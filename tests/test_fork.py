@@ -66,7 +66,7 @@ def test_a_forked_learning_rate_is_the_one_that_trains(stopped, tmp_path):
     assert cfg.forked_from["overrides"] == ["participants.*.lr=1e-4", "transfer.epochs=3"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["forked_from"]["checkpoint"] == "transfer-0000004"
-    assert len(summary["participants"]["wide"]["val_acc"]) == 3 and differences(summary, full, across_engines=False)
+    assert len(summary["participants"]["wide"]["val_accuracy"]) == 3 and differences(summary, full, across_engines=False)
     # The optimizers stepped at the new rate: every later checkpoint's param groups say so.
     ckpt = Checkpoints(out / "checkpoints", config_digest(to_dict(cfg)), ["wide", "narrow"], keep=2)
     _, states = ckpt.load_set(ckpt.latest)

@@ -83,7 +83,7 @@ def test_the_example_config_runs_end_to_end(prepared, tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert sorted(summary["participants"]) == ["lite0", "lite1", "lite2"]
     for p in summary["participants"].values():
-        assert 0 <= p["acc_after"] <= 100 and 0 <= p["acc_control"] <= 100
+        assert 0 <= p["accuracy_after"] <= 100 and 0 <= p["accuracy_control"] <= 100
     cached = sorted((cache / "zoo").glob("tf_efficientnet_lite*.safetensors"))
     assert len(cached) == 3
     state = load_file(str(next(c for c in cached if c.name.startswith("tf_efficientnet_lite0"))))

@@ -11,11 +11,12 @@ import torch
 import yaml
 
 from conftest import ROOT, kt_swarm, mlp_config
+from run_log import logged
 from kt_swarm.checkpoint import Checkpoints, config_digest
 from kt_swarm.config import parse_config, to_dict
 from kt_swarm.coordinator import run
 from kt_swarm.errors import UserError
-from kt_swarm.rundir import RunDir
+from kt_swarm.rundir import RunDir, read_records
 from kt_swarm.summary import differences
 
 HELPERS = ROOT / "tests" / "helpers"
@@ -52,8 +53,7 @@ def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "run"
     with RunDir(out) as rd:
         summary = run(cfg, rd, "local")
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return cfg, out, summary, records
+    return cfg, out, summary, read_records(out)
 
 
 def test_a_finished_run_keeps_its_start_set_best_models_and_the_last_sets(uninterrupted):
@@ -72,7 +72,7 @@ def test_a_finished_run_keeps_its_start_set_best_models_and_the_last_sets(uninte
     for arm, best in summary["checkpoints"]["best"].items():
         for name, rel in best.items():
             epoch = summary["participants"][name]["best_epoch" if arm == "transfer" else "control_best_epoch"]
-            assert rel == f"best/{arm}/{name}-e{epoch}.pt" and rel in listed
+            assert rel == (f"best/{arm}/{name}-e{epoch}.pt" if epoch else f"start/{name}.pt") and rel in listed
     ckpt = Checkpoints(out / "checkpoints", config_digest(to_dict(cfg)), ["wide", "narrow"], keep=2)
     run_state, states = ckpt.load_set("control-0000006")
     states = list(states)
@@ -89,7 +89,7 @@ def test_a_run_stopped_after_any_record_resumes_to_the_same_summary(uninterrupte
         resumed = stop_and_resume(cfg, out, index)
         assert not differences(resumed, full, across_engines=False), f"stopped after record {index}: {records[index - 1]}"
         assert resumed["faults"]["resumes"] == 1
-        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        lines = read_records(out)
         # The log is the uninterrupted one plus the resume marker: steps after the checkpoint are not
         # doubled. (Where the processes are is logged again: they are new ones.)
         ours = [r for r in lines if r.get("event") not in ("resumed", "placed")]
@@ -108,11 +108,11 @@ def test_frozen_copies_survive_a_resume(strategy, tmp_path):
                                   data={"max_per_split": 96, "unlabelled_fraction": 0.5}, self_training=True))
     with RunDir(tmp_path / "full") as rd:
         full = run(cfg, rd, "local")
-    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    records = read_records(tmp_path / "full")
     arms = [r.get("arm") for r in records]
-    assert full["data"]["unlabelled_samples"] == 48 and full["participants"]["wide"]["acc_self_training"] is not None
-    if strategy == "kd":  # the frozen teacher ends where it started
-        assert full["participants"]["wide"]["acc_after"] == full["participants"]["wide"]["acc_before"]
+    assert full["data"]["unlabelled_samples"] == 48 and full["participants"]["wide"]["accuracy_self_training"] is not None
+    if strategy == "kd":  # the frozen teacher ends where it started (the same weights: it kept its start)
+        assert full["participants"]["wide"]["accuracy_after"] == full["participants"]["wide"]["accuracy_before"]
     else:
         assert full["role_matrix"][0][0] > 0  # learned from its own start somewhere
         # Calibration temperatures, fit once at each arm's start, are kept by a resumed arm (compared below).
@@ -142,8 +142,7 @@ def test_driver_killed_mid_epoch_resumes_to_the_same_summary(tmp_path):
     deadline = time.time() + 300
     # Kill it in the middle of the second epoch, after at least one step checkpoint (8 steps an epoch).
     while time.time() < deadline and proc.poll() is None:
-        log = (out / "metrics.jsonl").read_text() if (out / "metrics.jsonl").exists() else ""
-        if any(r.get("epoch") == 1 and r.get("step", 0) >= 3 for r in map(json.loads, log.splitlines())):
+        if any(r.get("epoch") == 1 and r.get("step", 0) >= 3 for r in logged(out)):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
@@ -166,11 +165,10 @@ def test_nan_steps_are_skipped_by_everyone_and_counted(tmp_path):
     with RunDir(tmp_path / "run") as rd:
         summary = run(parse_config(raw), rd, "local")
     assert summary["faults"]["skipped_steps"] == {"transfer": 2}
-    skipped = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-               if '"skipped"' in line]
+    skipped = [r for r in read_records(tmp_path / "run") if r.get("event") == "skipped"]
     assert [(r["step"], r["participants"]) for r in skipped] == [(1, ["nanny"]), (2, ["nanny"])]
     for p in summary["participants"].values():
-        assert all(x == x for x in p["val_acc"]) and p["final_train_loss"] == p["final_train_loss"]  # no NaN
+        assert all(x == x for x in p["val_accuracy"]) and p["final_train_loss"] == p["final_train_loss"]  # no NaN
 
 
 def test_too_many_nan_steps_in_a_row_stop_the_run_naming_the_participant(tmp_path):

@@ -12,6 +12,8 @@ from kt_swarm.config import DataConfig, load_config
 from kt_swarm.coordinator import make_engine
 from kt_swarm.data import batch_plan, load_dataset
 from kt_swarm.objectives import LossSpec, participant_loss
+from kt_swarm.rundir import read_records
+from kt_swarm.summary import upgrade
 from test_data import write_folder
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -30,11 +32,11 @@ def test_smoke_run_writes_a_complete_run_directory(smoke_run):
     assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoints", "config.yaml", "metrics.jsonl", "report.md", "report.png",
                                                     "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["engine"] == "ray" and summary["gradient_mode"] in ("detached", "exact")
+    assert summary["engine"] == "ray" and summary["gradient_mode"] in ("detached", "exact") and summary["metric"] == "accuracy"
     names = ["resnet", "vit", "mixer"]
     assert list(summary["participants"]) == names
     for p in summary["participants"].values():
-        for key in ("acc_before", "acc_after", "acc_control"):
+        for key in ("accuracy_before", "accuracy_after", "accuracy_control"):
             assert 0.0 <= p[key] <= 1.0
         assert p["final_train_loss"] > 0 and 0 <= p["teach_share"] <= 1 and p["node"]
     matrix = torch.tensor(summary["role_matrix"])
@@ -62,13 +64,13 @@ def test_unlabelled_pool_with_every_arm_from_the_command_line(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["strategy"] == "better" and summary["data"]["unlabelled_samples"] == 384
     assert summary["data"]["labelled_samples"] == 128 and summary["success_rate_vs_self_training"] is not None
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = read_records(out)
     steps = {arm: [r for r in lines if r.get("arm") == arm and "losses" in r] for arm in ("transfer", "control", "self_training")}
     assert len(steps["transfer"]) == len(steps["control"]) == len(steps["self_training"]) == summary["steps"] == 16
     assert all(sum(r["taught"].values()) == 0 for r in steps["self_training"])
     assert "self-training" in (out / "report.md").read_text() and "vs self" in proc.stdout
     for p in summary["participants"].values():
-        assert p["delta_vs_self_training"] == pytest.approx(p["acc_after"] - p["acc_self_training"])
+        assert p["delta_vs_self_training"] == pytest.approx(p["accuracy_after"] - p["accuracy_self_training"])
 
 
 def test_summary_explains_the_transfer(smoke_run):
@@ -78,11 +80,11 @@ def test_summary_explains_the_transfer(smoke_run):
     for p in parts:
         # Accuracy moves by exactly the flips: gained minus lost, against the same starting predictions.
         assert p["delta"] == pytest.approx(p["positive_flips"] - p["negative_flips"])
-        assert p["delta"] == pytest.approx(p["acc_after"] - p["acc_before"])
-        assert p["acc_control"] - p["acc_before"] == pytest.approx(p["control_positive_flips"] - p["control_negative_flips"])
-        assert p["delta_vs_control"] == pytest.approx(p["acc_after"] - p["acc_control"])
-        assert p["top5_after"] >= p["acc_after"] and p["top5_before"] >= p["acc_before"]  # 10 classes: top-5 applies
-        assert 0 <= p["complementary"] <= 1 - p["acc_before"] + 1e-9  # only its own mistakes can be learned
+        assert p["delta"] == pytest.approx(p["accuracy_after"] - p["accuracy_before"])
+        assert p["accuracy_control"] - p["accuracy_before"] == pytest.approx(p["control_positive_flips"] - p["control_negative_flips"])
+        assert p["delta_vs_control"] == pytest.approx(p["accuracy_after"] - p["accuracy_control"])
+        assert p["top5_after"] >= p["accuracy_after"] and p["top5_before"] >= p["accuracy_before"]  # 10 classes: top-5 applies
+        assert 0 <= p["complementary"] <= 1 - p["accuracy_before"] + 1e-9  # only its own mistakes can be learned
         assert p["teach_share_per_epoch"][-1] == p["teach_share"]
     assert summary["success_rate"] == pytest.approx(sum(p["delta"] > 0 for p in parts) / 3)
     assert summary["role_matrix_per_epoch"][-1] == summary["role_matrix"]
@@ -100,7 +102,8 @@ def test_report_is_rebuilt_from_the_run_directory_and_runs_compare(smoke_run, tm
     assert (run_dir / "report.md").read_text() == original  # from metrics.jsonl and summary.json alone
     summary = json.loads((run_dir / "summary.json").read_text())
     for name, p in summary["participants"].items():
-        assert f"| {name} | {100 * p['acc_before']:.2f} | {100 * p['acc_after']:.2f} |" in original
+        after = f"{100 * p['accuracy_after']:.2f}{'*' if p['kept_start'] else ''}"
+        assert f"| {name} | {100 * p['accuracy_before']:.2f} | {after} |" in original
     assert "```yaml" in original and "## Role matrix" in original
     with Image.open(run_dir / "report.png") as png:
         assert png.size[0] > 1000 and png.size[1] > 700 and len(png.convert("L").getcolors(maxcolors=256)) > 50  # drawn, not blank
@@ -113,9 +116,42 @@ def test_report_is_rebuilt_from_the_run_directory_and_runs_compare(smoke_run, tm
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "summary.json is missing" in bad.stderr
 
 
+OLD_NAMES = {"accuracy_before": "acc_before", "accuracy_after": "acc_after", "accuracy_control": "acc_control",
+             "accuracy_self_training": "acc_self_training", "val_accuracy": "val_acc",
+             "val_accuracy_selected": "val_acc_selected", "val_accuracy_mean": "val_acc_mean", "test_accuracy": "test_acc"}
+NEW_ONLY = ("metric", "selection", "kept_start", "control_kept_start", "self_training_kept_start")
+
+
+def as_written_before(d: dict) -> dict:
+    """A summary or record as runs wrote it before the headline metric was named (acc_* for every task)."""
+    return {OLD_NAMES.get(k, k): as_written_before(v) if k == "participants" or isinstance(v, dict) and "accuracy_after" in v else v
+            for k, v in d.items() if k not in NEW_ONLY}
+
+
+def test_a_run_directory_in_the_old_names_gives_the_same_report(smoke_run, tmp_path):
+    """`kt-swarm report` on a run written with acc_*, val_acc, val_acc_mean and test_acc (no `metric`, no
+    kept_start): read in today's names (summary.upgrade), it gives the report the run itself wrote."""
+    out, _ = smoke_run
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    summary = json.loads((out / "summary.json").read_text())
+    legacy = as_written_before(summary)
+    assert "acc_after" in legacy["participants"]["vit"] and "val_acc_mean" in legacy and "metric" not in legacy
+    (old / "summary.json").write_text(json.dumps(legacy))
+    (old / "metrics.jsonl").write_text("".join(json.dumps(as_written_before(r)) + "\n" for r in read_records(out)))
+    assert '"test_acc"' in (old / "metrics.jsonl").read_text() and '"val_acc"' in (old / "metrics.jsonl").read_text()
+    (old / "report.md").unlink()
+    proc = kt_swarm("report", old)
+    assert proc.returncode == 0, proc.stderr
+    assert (old / "report.md").read_text() == (out / "report.md").read_text()
+    upgraded, records = upgrade(legacy, read_records(old))
+    assert upgraded["val_accuracy_mean"] == summary["val_accuracy_mean"] and records == read_records(out)
+    assert upgraded["participants"] == summary["participants"]  # kept_start comes back from the selected epochs
+
+
 def test_metrics_log_one_line_per_step_for_each_arm(smoke_run):
     out, _ = smoke_run
-    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = read_records(out)
     summary = json.loads((out / "summary.json").read_text())
     steps = [l for l in lines if "step" in l and "event" not in l]
     assert len([l for l in steps if l["arm"] == "transfer"]) == summary["steps"]
@@ -125,11 +161,11 @@ def test_metrics_log_one_line_per_step_for_each_arm(smoke_run):
     assert all(sum(l["taught"].values()) == 0 for l in steps if l["arm"] == "control")  # strategy none: nobody teaches
     evals = [l for l in lines if l.get("event") == "eval"]
     assert [(l["arm"], l["epoch"]) for l in evals] == [("transfer", -1), ("transfer", 0), ("control", -1), ("control", 0)]
-    assert evals[0]["val_acc"] == evals[2]["val_acc"]  # both arms start from the same weights
+    assert evals[0]["val_accuracy"] == evals[2]["val_accuracy"]  # both arms start from the same weights
     assert evals[1]["role_matrix"] == summary["role_matrix"]
-    tests = {l["arm"]: l["test_acc"] for l in lines if l.get("event") == "test"}
-    assert tests["start"]["vit"] == pytest.approx(summary["participants"]["vit"]["acc_before"])
-    assert tests["control"]["mixer"] == pytest.approx(summary["participants"]["mixer"]["acc_control"])
+    tests = {l["arm"]: l["test_accuracy"] for l in lines if l.get("event") == "test"}
+    assert tests["start"]["vit"] == pytest.approx(summary["participants"]["vit"]["accuracy_before"])
+    assert tests["control"]["mixer"] == pytest.approx(summary["participants"]["mixer"]["accuracy_control"])
 
 
 def test_zoo_is_cached_and_reused(smoke_run, zoo_cache, tmp_path):
@@ -142,7 +178,7 @@ def test_zoo_is_cached_and_reused(smoke_run, zoo_cache, tmp_path):
     assert [f.stat().st_mtime_ns for f in files] == stamps
     first = json.loads((smoke_run[0] / "summary.json").read_text())
     second = json.loads((tmp_path / "again" / "summary.json").read_text())
-    assert second["participants"]["resnet"]["acc_before"] == first["participants"]["resnet"]["acc_before"]
+    assert second["participants"]["resnet"]["accuracy_before"] == first["participants"]["resnet"]["accuracy_before"]
 
 
 def test_a_damaged_zoo_cache_entry_is_trained_again(smoke_run, zoo_cache, tmp_path):

@@ -50,12 +50,14 @@ def test_offline_run_gets_config_prefixed_metrics_tables_and_heat_maps(handed, m
     steps = [r for r in rows if "vit/transfer/loss" in r]
     assert len(steps) == summary["steps"]
     assert all(set(r) >= {"resnet/transfer/loss", "mixer/transfer/taught", "transfer/loss", "step"} for r in steps)
-    assert any("vit/control/val_acc" in r for r in rows) and any("mixer/start/test_acc" in r for r in rows)
+    assert any("vit/control/val_accuracy" in r for r in rows) and any("mixer/start/test_accuracy" in r for r in rows)
+    assert any("mixer/transfer/test_top5_acc" in r for r in rows)
     (final,) = [r for r in rows if "results" in r]
     table = final["results"]
     assert isinstance(table, wandb.Table) and [row[0] for row in table.data] == ["resnet", "vit", "mixer"]
-    acc_after = table.columns.index("acc_after")
-    assert [row[acc_after] for row in table.data] == [p["acc_after"] for p in summary["participants"].values()]
+    after, kept = table.columns.index("accuracy_after"), table.columns.index("kept_start")
+    assert [row[after] for row in table.data] == [p["accuracy_after"] for p in summary["participants"].values()]
+    assert [row[kept] for row in table.data] == [p["kept_start"] for p in summary["participants"].values()]
     assert isinstance(final["role_matrix"], wandb.Image)
     assert final["role_matrix_table"].data[0][0] == "resnet"
     assert any(isinstance(r.get("transfer/role_matrix"), wandb.Image) for r in rows)  # every epoch's heat map
@@ -111,5 +113,5 @@ def test_a_resumed_run_goes_on_as_the_same_wandb_run(handed, monkeypatch, tmp_pa
     for arm in ("transfer", "control"):
         steps = [r["step"] for r in handed["log"] if f"wide/{arm}/loss" in r]
         assert steps == list(range(6)), (arm, steps)
-        evals = [r["step"] for r in handed["log"] if f"wide/{arm}/val_acc" in r]
+        evals = [r["step"] for r in handed["log"] if f"wide/{arm}/val_accuracy" in r]
         assert len(evals) == len(set(evals)) == 3  # the start and two epochs
