@@ -4,6 +4,8 @@ import torch
 
 from kt_swarm.metrics import accuracy, complementary, flips, success_rate, teach_share, topk_accuracy
 
+pytestmark = pytest.mark.fast  # pure tensor functions: no Ray, no training
+
 LABELS = torch.tensor([0, 1, 2, 3])
 
 

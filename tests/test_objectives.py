@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 from kt_swarm.objectives import participant_grad, participant_loss, swarm_loss, swarm_loss_terms
 from kt_swarm.roles import NO_TEACHER, assign_teachers, true_class_scores
 
+pytestmark = pytest.mark.fast  # pure tensor functions: no Ray, no training
+
 
 def _logits(n, b=24, c=7, seed=0, ties=True):
     g = torch.Generator().manual_seed(seed)

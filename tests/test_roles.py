@@ -3,6 +3,8 @@ import torch
 
 from kt_swarm.roles import NO_TEACHER, assign_teachers, role_matrix, student_mask, true_class_scores
 
+pytestmark = pytest.mark.fast  # pure tensor functions: no Ray, no training
+
 
 def test_teacher_is_the_most_confident_of_the_true_class():
     scores = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.4], [0.3, 0.3, 0.6]])

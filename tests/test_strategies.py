@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from kt_swarm.objectives import participant_grad, participant_loss, swarm_loss, swarm_loss_terms
 from kt_swarm.roles import STRATEGIES, confidence_scores, fit_temperature, teaching_weights, trust_matrix
 
+pytestmark = pytest.mark.fast  # pure tensor functions: no Ray, no training
+
 LIVE = ["best", "better", "dml", "kd", "kl_dp"]  # strategies whose teachers are live participants
 
 

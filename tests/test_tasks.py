@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from kt_swarm.objectives import participant_grad, participant_loss, swarm_loss, swarm_loss_terms
 from kt_swarm.tasks import Task, cc, kld
 
+pytestmark = pytest.mark.fast  # pure tensor functions: no Ray, no training
+
 B, C, H, W = 3, 4, 3, 4
 
 
