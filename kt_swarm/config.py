@@ -98,12 +98,20 @@ def _matching(pattern: str, message: str) -> Any:
     return Annotated[Str, AfterValidator(check), Field(json_schema_extra={"pattern": f"^(?:{pattern})$"})]
 
 
-Float = Annotated[float, Strict(), AllowInfNan(False), BeforeValidator(_yaml_float)]  # nan, inf pass `> 0`: refused
-Int = Annotated[int, Strict(), AfterValidator(_int64)]
+def _float(**bounds: float) -> Any:
+    """A float (bounds on the number itself: where pydantic writes them into the JSON schema as it should)."""
+    return Annotated[float, Strict(), AllowInfNan(False), Field(**bounds), BeforeValidator(_yaml_float)]  # nan, inf pass `> 0`
+
+
+def _int(**bounds: int) -> Any:
+    return Annotated[int, Strict(), Field(**bounds), AfterValidator(_int64)]
+
+
+Float, Positive, NonNegative = _float(), _float(gt=0), _float(ge=0)
+Int, Count, NonNegativeInt = _int(), _int(gt=0), _int(ge=0)
 Bool = Annotated[bool, Strict()]
 Str = Annotated[str, Strict()]
 Data = Annotated[dict[Str, Any], AfterValidator(_capped)]
-Positive = Annotated[Float, Field(gt=0)]
 Fraction, Probability = _fraction("[", ")"), _fraction("(", "]")
 Name = _matching(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "{value} may hold only letters, digits, '_', '.' and '-' "
                  "(up to 64, starting with a letter or digit)")  # it names files, metrics and W&B keys
@@ -134,17 +142,17 @@ class Section(BaseModel):
 class AugmentConfig(Section):
     """Augmentation of the transfer batches, drawn from (seed, epoch, step): the same for every participant."""
 
-    shift: Int = Field(2, ge=0, description="random translation in pixels, shared by all participants")
+    shift: NonNegativeInt = Field(2, description="random translation in pixels, shared by all participants")
     hflip: Bool = Field(False, description="random horizontal flips")
 
 
 class ScenesConfig(Section):
     """data.kind scenes: the dense tasks' offline test bed (scenes.py), composed from Fashion-MNIST items."""
 
-    train: Int = Field(6000, gt=0, description="scenes from Fashion-MNIST's train items (val and pretrain are carved from them)")
-    test: Int = Field(1000, gt=0, description="scenes from its test items")
+    train: Count = Field(6000, description="scenes from Fashion-MNIST's train items (val and pretrain are carved from them)")
+    test: Count = Field(1000, description="scenes from its test items")
     canvas: Int = Field(56, ge=28, description="scene size in pixels (items are 28 x 28)")
-    max_items: Int = Field(3, gt=0, description="1 to max_items items per scene")
+    max_items: Count = Field(3, description="1 to max_items items per scene")
 
 
 DATA_KINDS = {  # which data kinds each task reads
@@ -170,9 +178,9 @@ class DataConfig(Section):
     pretrain_fraction: Fraction = Field(0.0, description="part of train reserved for zoo pretraining; transfer gets the rest")
     unlabelled_fraction: Fraction = Field(0.0, description="part of the transfer split whose labels are "
                                                      "hidden from training (classification only)")
-    transfer_samples: Int | None = Field(None, gt=0, description="keep only the first N of the transfer split (its "
+    transfer_samples: Count | None = Field(None, description="keep only the first N of the transfer split (its "
                                          "order is the split seed's)")
-    max_per_split: Int | None = Field(None, gt=0, description="cap on every split: tiny runs")
+    max_per_split: Count | None = Field(None, description="cap on every split: tiny runs")
     split_seed: Int = Field(0, description="the seed of the val / pretrain / unlabelled split")
     skip_corrupt: Bool = Field(False, description="folder kinds: skip unreadable images instead of stopping")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="augmentation of the transfer batches")
@@ -188,10 +196,10 @@ class DataConfig(Section):
 class ZooConfig(Section):
     """How participants with `weights: zoo` (or `zoo: true`) are trained (and cached) on the pretraining split."""
 
-    epochs: Int = Field(10, gt=0, description="pretraining epochs")
+    epochs: Count = Field(10, description="pretraining epochs")
     lr: Positive = Field(2e-3, description="pretraining learning rate (AdamW, the peak of a one-cycle schedule)")
-    weight_decay: Float = Field(0.05, ge=0, description="pretraining weight decay")
-    batch_size: Int = Field(128, gt=0, description="pretraining batch size")
+    weight_decay: NonNegative = Field(0.05, description="pretraining weight decay")
+    batch_size: Count = Field(128, description="pretraining batch size")
     disjoint: Bool = Field(False, description="each member pretrains on its own disjoint share of the pretraining split")
     cache_dir: Str | None = Field(None, description="where trained members are cached; default: $KT_SWARM_CACHE or "
                                   "~/.cache/kt_swarm")
@@ -228,10 +236,10 @@ class ParticipantConfig(Section):
                                     "weights_map.py)")
     zoo: Bool = Field(False, description="train on the pretraining split first, from `weights` (weights: zoo implies it), cached")
     model_args: Data = Field({}, description="keyword arguments of the model's constructor (plain YAML data)")
-    weight_decay: Float | None = Field(None, ge=0, description="default: transfer.weight_decay")
+    weight_decay: NonNegative | None = Field(None, description="default: transfer.weight_decay")
     in_chans: Literal[1, 3] | None = Field(None, description="default: the data's channels; 3 gives grayscale to an "
                                            "RGB model as RGB")
-    input_size: Int | None = Field(None, gt=0, description="default: the data's size (trained here) or the model's data config")
+    input_size: Count | None = Field(None, description="default: the data's size (trained here) or the model's data config")
     mean: list[Float] | None = Field(None, description="input normalisation, 1 or 3 values; default: the model's data config")
     std: list[Float] | None = Field(None, description="input normalisation, 1 or 3 values; default: the model's data config")
     deepspeed: DeepSpeed = Field(None, description="a DeepSpeed config (a mapping, or a ds_config JSON path: read into "
@@ -271,16 +279,16 @@ class TransferConfig(Section):
                             "arm's start (classification only)")
     pseudo_threshold: Probability = Field(0.95, description="the self-training arm: pseudo-label where the "
                                                   "model is at least this sure")
-    epochs: Int = Field(1, gt=0, description="epochs of every arm")
-    batch_size: Int = Field(128, gt=0, description="batch size of every arm")
+    epochs: Count = Field(1, description="epochs of every arm")
+    batch_size: Count = Field(128, description="batch size of every arm")
     temperature: Positive = Field(1.0, description="softmax temperature of the transfer terms")
-    weight: Float = Field(1.0, ge=0, description="weight of the transfer terms beside the task loss")
+    weight: NonNegative = Field(1.0, description="weight of the transfer terms beside the task loss")
     detach_teacher: Bool = Field(True, description="no gradient through the teacher's logits (chosen by measurement: "
                                  "see README \"Results\")")
     optimizer: Literal["adam", "adamw"] = Field("adam", description="every participant's optimizer in every arm")
     schedule: Literal["constant", "cosine"] = Field("constant", description="learning rate over each arm's steps (every arm alike)")
-    weight_decay: Float = Field(1e-5, ge=0, description="default weight decay of every participant")
-    log_every: Int = Field(1, gt=0, description="log every N steps")
+    weight_decay: NonNegative = Field(1e-5, description="default weight decay of every participant")
+    log_every: Count = Field(1, description="log every N steps")
     # Listed as autocast lists them: typing caches `Literal[...] | None` by equal (order-blind) Literals.
     exchange_dtype: Literal["bfloat16", "float16"] | None = Field(None, description="--engine ray: logits sent at "
                                                                   "this precision (default: the model's)")
@@ -289,9 +297,9 @@ class TransferConfig(Section):
 class ResourcesConfig(Section):
     """What each participant's Ray actor reserves (--engine ray)."""
 
-    gpus_per_participant: Float | None = Field(None, ge=0, description="default: 1 when the cluster has GPUs, else 0; "
+    gpus_per_participant: NonNegative | None = Field(None, description="default: 1 when the cluster has GPUs, else 0; "
                                                "fractions allowed")
-    cpus_per_participant: Float | None = Field(None, ge=0, description="default: the cluster's CPUs shared out (at "
+    cpus_per_participant: NonNegative | None = Field(None, description="default: the cluster's CPUs shared out (at "
                                                "most 1 each when short)")
     custom: dict[Str, Positive] = Field({}, description="custom resources each participant needs")
 
@@ -325,16 +333,16 @@ class CheckpointConfig(Section):
     """Checkpoint sets in RUN_DIR/checkpoints: every participant's model, optimizer and RNG, plus the run's
     own state, consistent at one step (see checkpoint.py)."""
 
-    every_steps: Int | None = Field(500, gt=0, description="also at every epoch end; null: at epoch ends only")
-    keep: Int = Field(2, gt=0, description="step checkpoint sets kept; the start set and each participant's best "
+    every_steps: Count | None = Field(500, description="also at every epoch end; null: at epoch ends only")
+    keep: Count = Field(2, description="step checkpoint sets kept; the start set and each participant's best "
                       "model are kept too")
 
 
 class FaultConfig(Section):
     """What a run survives."""
 
-    max_restarts: Int = Field(3, ge=0, description="--engine ray: restarts of one participant's actor over the run before it stops")
-    max_bad_steps: Int = Field(5, gt=0, description="steps in a row skipped for a NaN/Inf loss or gradient before the run stops")
+    max_restarts: NonNegativeInt = Field(3, description="--engine ray: restarts of one participant's actor over the run before it stops")
+    max_bad_steps: Count = Field(5, description="steps in a row skipped for a NaN/Inf loss or gradient before the run stops")
 
 
 DEEPSPEED_OWNED = ("optimizer", "scheduler")  # the run sets them: its optimizer and lr, its schedule
@@ -375,7 +383,7 @@ class Config(Section):
                                                             "torch.autocast (needs dtype float32)")
     device: Device = Field("auto", description="auto (cuda where the participant's process sees a GPU, else cpu) | cpu | "
                            "cuda | cuda:N")
-    eval_batch_size: Int = Field(1024, gt=0, description="batch size of evaluation passes")
+    eval_batch_size: Count = Field(1024, description="batch size of evaluation passes")
     forked_from: Data | None = Field(None, description="set by `run --fork`: {run, checkpoint, overrides}")
 
     @model_validator(mode="after")
@@ -511,7 +519,7 @@ def user_error(e: ValidationError, model: type[BaseModel], what: str = "config k
     elif kind == "less_than_equal":
         text = f"must be at most {ctx['le']}, got {got}"
     elif kind == "too_short":
-        text = f"expected at least {ctx['min_length']} item(s), got {got}"
+        text = f"expected at least {ctx['min_length']} item{'s' * (ctx['min_length'] != 1)}, got {got}"
     elif kind == "finite_number":
         text = f"expected a finite float, got {got}"
     elif kind == "key_type":

@@ -2,11 +2,11 @@
 
 The sweep file is kt_swarm's own (below) or a standard `wandb sweep` YAML; both name parameters the
 W&B way (`values`, `value`, `min`/`max` with a `distribution`), keyed by dotted config keys
-(`participants.*.lr` sets every participant):
+(`participants.*.lr` sets every participant). SweepFile is its schema (`kt-swarm schema --sweep`):
 
     config: configs/quickstart.yaml     # the base config (a wandb YAML may name it in `command`)
     method: asha                        # grid | random | bayes (needs optuna) | asha (random + ASHA stopping)
-    metric: {name: val_acc_mean, goal: maximize}   # validation only: the test split never chooses
+    metric: {name: val_accuracy_mean, goal: maximize}   # validation only: the test split never chooses
     num_samples: 8                      # trials (grid: repeats of the whole grid)
     max_concurrent_trials: 1
     seed: 0                             # the search's own random state: the same trials in the same order
@@ -16,8 +16,10 @@ W&B way (`values`, `value`, `min`/`max` with a `distribution`), keyed by dotted 
 
 Every trial reserves one placement group: a small bundle for the trial itself and one bundle per
 participant, in which the swarm's actors are then placed (swarm.RaySwarm). Each epoch of the
-transfer arm reports `val_acc_mean` (the mean over participants of their best validation accuracy
-so far), so ASHA can stop weak trials early. With `tracking.wandb` in the sweep (or the base
+transfer arm reports `val_{metric}_mean` for the task's headline metric (metrics.HEADLINE:
+val_accuracy_mean, val_miou_mean, val_cc_mean; the mean over participants of their best validation
+value so far), so ASHA can stop weak trials early; a sweep file naming the old `val_acc_mean` is read
+as it, with a warning. With `tracking.wandb` in the sweep (or the base
 config), every trial is logged to W&B through Ray Tune's WandbLoggerCallback, offline without a key.
 """
 from __future__ import annotations
@@ -28,20 +30,124 @@ import logging
 import math
 import os
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator, ValidationError, model_validator
 
-from kt_swarm.config import load_config, parse_config, to_dict
+from kt_swarm.config import (Count, Data, Float, NonNegativeInt, Section, Str, TrackingConfig, _bad, _short, _yaml_float,
+                             load_config, parse_config, to_dict, user_error)
 from kt_swarm.errors import UserError, first_line
+from kt_swarm.metrics import HEADLINE
 
 log = logging.getLogger("kt_swarm")
 METHODS = ("grid", "random", "bayes", "asha")
-METRICS = ("val_acc_mean",)
+METRICS = tuple(f"val_{name}_mean" for name in HEADLINE.values())  # val_accuracy_mean, val_miou_mean, val_cc_mean
+OLD_METRIC = "val_acc_mean"  # the name before the headline metric was named per task
+DISTRIBUTIONS = ("uniform", "int_uniform", "log_uniform", "log_uniform_values")
+
+
+def _one_of(values: tuple[str, ...], message: str, old: tuple[str, ...] = ()) -> Any:
+    """A string among `values` (the schema lists them) or `old` ones (still read); else `message` with {value}."""
+    def check(value: str) -> str:
+        if value in values + old:
+            return value
+        raise _bad(message.format(value=_short(value)))
+    return Annotated[Str, AfterValidator(check), Field(json_schema_extra={"enum": list(values)})]
+
+
+def _number(value: Any) -> int | float:
+    value = _yaml_float(value)  # YAML 1.1 reads 1e-4 as a string
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _bad(f"expected a number, got {_short(value)}")
+    return value
+
+
+Number = Annotated[int | float, PlainValidator(_number, json_schema_input_type=float)]  # ints stay ints: int_uniform
+MetricName = _one_of(METRICS, "expected " + " or ".join(METRICS) + " (validation only: the test split never chooses), "
+                     "got {value}", old=(OLD_METRIC,))
+Distribution = _one_of(DISTRIBUTIONS, "distribution {value} is not supported (" + ", ".join(DISTRIBUTIONS) + ")")
+
+
+class SweepMetric(Section):
+    """What the sweep optimises: the mean over participants of the task's headline metric, on validation."""
+
+    name: MetricName = Field(description="val_{metric}_mean of the base config's task: val_accuracy_mean, "
+                             "val_miou_mean or val_cc_mean")
+    goal: Literal["maximize", "minimize"] = Field("maximize", description="higher (maximize) or lower is better")
+    target: Float | None = Field(None, description="W&B: the sweep stops once a run reaches it (Ray Tune ignores it)")
+
+
+class Parameter(Section):
+    """One config key's values, the W&B way: `value`, `values`, or `min` and `max` (with a `distribution`)."""
+
+    value: Any = Field(None, description="a constant: every trial sets the key to it")
+    values: list[Any] | None = Field(None, min_length=1, description="the choices (grid: every one of them)")
+    min: Number | None = Field(None, description="the lower bound (not for grid)")
+    max: Number | None = Field(None, description="the upper bound (not for grid)")
+    distribution: Distribution | None = Field(
+        None, description="default: int_uniform when min and max are ints, else uniform; log_uniform: min and max "
+        "are natural-log exponents (W&B's), log_uniform_values: the values themselves")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Parameter:
+        if "value" in self.model_fields_set or self.values is not None:
+            return self
+        if self.min is None or self.max is None:
+            raise _bad("expected 'values', 'value', or 'min' and 'max'")
+        if not self.min < self.max:
+            raise _bad(f"min and max must be numbers with min < max, got {self.min} and {self.max}")
+        if self.distribution == "log_uniform_values" and self.min <= 0:
+            raise _bad(f"log_uniform_values needs min > 0, got {self.min}", "min")
+        return self
+
+
+class SweepParameters(Section):
+    parameters: dict[Str, Parameter] = Field(min_length=1, description="dotted config keys (`participants.*.lr` sets "
+                                             "every participant) and their values")
+
+
+def _metric(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+class SweepFile(SweepParameters):
+    """A kt_swarm sweep file (`kt-swarm sweep SWEEP.yaml`): Ray Tune over config keys, each trial a full run.
+    A standard `wandb sweep` YAML is read too (its program, command, project...)."""
+
+    model_config = {"title": "kt_swarm sweep"}
+
+    config: Str | None = Field(None, description="the base config (a wandb YAML may name it in `command` instead)")
+    method: Literal[METHODS] = Field("random", description="grid | random | bayes (needs optuna) | asha (random + ASHA "
+                                     "stopping)")
+    metric: Annotated[SweepMetric | None, BeforeValidator(_metric, json_schema_input_type=SweepMetric | Str | None)] = Field(
+        None, description="default: val_{metric}_mean of the base config's task, maximized (a name alone is maximized)")
+    num_samples: Count | None = Field(None, description="trials (grid: repeats of the whole grid); default: 1 for "
+                                    "grid, else run_cap or 4")
+    max_concurrent_trials: Count = Field(1, description="trials at once")
+    seed: NonNegativeInt | None = Field(None, description="the search's own random state: the same trials in the same order")
+    tracking: TrackingConfig | None = Field(None, description="tracking.wandb: every trial logged to W&B (Ray Tune's "
+                                            "WandbLoggerCallback)")
+    program: Str | None = Field(None, description="wandb sweep: the program (kt-swarm)")
+    command: list[Str] | None = Field(None, description="wandb sweep: the command line, naming the base config")
+    name: Str | None = Field(None, description="wandb sweep: its name")
+    description: Str | None = Field(None, description="wandb sweep: its description")
+    project: Str | None = Field(None, description="wandb sweep: the W&B project (the trials' too)")
+    entity: Str | None = Field(None, description="wandb sweep: the W&B entity")
+    early_terminate: Data | None = Field(None, description="wandb sweep: W&B's early termination (Ray Tune: method asha)")
+    run_cap: Count | None = Field(None, description="wandb sweep: at most this many runs (num_samples when unset)")
+
+    @model_validator(mode="after")
+    def _base_config(self) -> SweepFile:
+        self.config = self.config or next((a for a in self.command or [] if a.endswith((".yaml", ".yml"))), None)
+        if not self.config:
+            raise _bad("name the base config (`config: configs/....yaml`, or the config in a wandb `command`)", "config")
+        return self
 
 
 def load_sweep(path: str | Path) -> dict:
-    """The sweep file, normalised: config, method, metric, mode, num_samples, max_concurrent_trials,
-    seed (or None), parameters, wandb (a tracking.wandb mapping or None)."""
+    """The sweep file, normalised: config, method, metric (None: the base config's task's), mode, num_samples,
+    max_concurrent_trials, seed (or None), parameters, wandb (a tracking.wandb mapping or None)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -51,78 +157,59 @@ def load_sweep(path: str | Path) -> dict:
         raise UserError(f"sweep file '{path}': YAML syntax error: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise UserError(f"sweep file '{path}': expected a mapping")
-    known = {"config", "method", "metric", "num_samples", "max_concurrent_trials", "seed", "parameters", "tracking",
-             "program", "command", "name", "description", "project", "entity", "early_terminate", "run_cap"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise UserError(f"sweep key '{unknown[0]}' is unknown (known: {', '.join(sorted(known))})")
-    config = raw.get("config") or next((a for a in raw.get("command", []) if str(a).endswith((".yaml", ".yml"))), None)
-    if not config:
-        raise UserError("sweep: name the base config (`config: configs/....yaml`, or the config in a wandb `command`)")
-    method = raw.get("method", "random")
-    if method not in METHODS:
-        raise UserError(f"sweep key 'method': expected one of {', '.join(METHODS)}, got {method!r}")
-    metric = raw.get("metric", {"name": "val_acc_mean", "goal": "maximize"})
-    if isinstance(metric, str):
-        metric = {"name": metric, "goal": "maximize"}
-    if not isinstance(metric, dict) or metric.get("name") not in METRICS or metric.get("goal", "maximize") not in ("maximize", "minimize"):
-        raise UserError(f"sweep key 'metric': expected {{name: val_acc_mean, goal: maximize}} (validation only), got {metric!r}")
-    parameters = raw.get("parameters")
-    if not isinstance(parameters, dict) or not parameters:
-        raise UserError("sweep key 'parameters': expected a mapping of config keys to {values: [...]} or {min, max}")
-    for key in ("num_samples", "max_concurrent_trials"):
-        if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 1):
-            raise UserError(f"sweep key '{key}': expected a positive integer, got {raw[key]!r}")
-    seed = raw.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-        raise UserError(f"sweep key 'seed': expected a non-negative integer, got {seed!r}")
-    wandb = (raw.get("tracking") or {}).get("wandb")
-    if wandb is None and raw.get("project"):  # a wandb sweep YAML names its project at the top
-        wandb = {"project": raw["project"], **({"entity": raw["entity"]} if raw.get("entity") else {})}
-    return {"config": str(config), "method": method, "metric": metric["name"],
-            "mode": "max" if metric.get("goal", "maximize") == "maximize" else "min",
-            "num_samples": raw.get("num_samples", raw.get("run_cap", 1 if method == "grid" else 4)),
-            "max_concurrent_trials": raw.get("max_concurrent_trials", 1), "seed": seed, "parameters": parameters,
-            "wandb": wandb}
+    try:
+        spec = SweepFile.model_validate(raw)
+    except ValidationError as e:
+        raise user_error(e, SweepFile, "sweep key") from None
+    wandb = spec.tracking.wandb.model_dump() if spec.tracking and spec.tracking.wandb else None
+    if wandb is None and spec.project:  # a wandb sweep YAML names its project at the top
+        wandb = {"project": spec.project, **({"entity": spec.entity} if spec.entity else {})}
+    return {"config": spec.config, "method": spec.method, "metric": spec.metric and spec.metric.name,
+            "mode": "min" if spec.metric and spec.metric.goal == "minimize" else "max",
+            "num_samples": spec.num_samples or spec.run_cap or (1 if spec.method == "grid" else 4),
+            "max_concurrent_trials": spec.max_concurrent_trials, "seed": spec.seed,
+            "parameters": {k: p.model_dump(exclude_unset=True) for k, p in spec.parameters.items()}, "wandb": wandb}
+
+
+def sweep_metric(name: str | None, task: str) -> str:
+    """The metric a sweep over a `task` config optimises: val_{HEADLINE[task]}_mean; the old val_acc_mean is
+    read as it, with a warning."""
+    wanted = f"val_{HEADLINE[task]}_mean"
+    if name == OLD_METRIC:
+        log.warning("sweep metric %s is now called %s (task %s): reading it as that; rename it in the sweep file",
+                    OLD_METRIC, wanted, task)
+    elif name not in (None, wanted):
+        raise UserError(f"sweep key 'metric.name': task {task} is chosen on {wanted}, got {name}")
+    return wanted
 
 
 def search_space(parameters: dict, method: str) -> dict:
     """W&B-style parameter specs -> Ray Tune search space, keyed by dotted config key."""
     from ray import tune
 
+    try:
+        specs = SweepParameters.model_validate({"parameters": parameters}).parameters
+    except ValidationError as e:
+        raise user_error(e, SweepParameters, "sweep key") from None
     space = {}
-    for key, spec in parameters.items():
-        if not isinstance(spec, dict):
-            raise UserError(f"sweep parameter '{key}': expected a mapping such as {{values: [...]}}, got {spec!r}")
-        if "value" in spec:
-            space[key] = spec["value"]
-        elif "values" in spec:
-            values = spec["values"]
-            if not isinstance(values, list) or not values:
-                raise UserError(f"sweep parameter '{key}': 'values' must be a non-empty list")
-            space[key] = tune.grid_search(values) if method == "grid" else tune.choice(values)
-        elif "min" in spec and "max" in spec:
-            if method == "grid":
-                raise UserError(f"sweep parameter '{key}': a grid search needs 'values', not min/max")
-            lo, hi = spec["min"], spec["max"]
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)) or not lo < hi:
-                raise UserError(f"sweep parameter '{key}': min and max must be numbers with min < max")
-            dist = spec.get("distribution", "int_uniform" if isinstance(lo, int) and isinstance(hi, int) else "uniform")
+    for key, spec in specs.items():
+        if "value" in spec.model_fields_set:
+            space[key] = spec.value
+        elif spec.values is not None:
+            space[key] = tune.grid_search(spec.values) if method == "grid" else tune.choice(spec.values)
+        elif method == "grid":
+            raise UserError(f"sweep parameter '{key}': a grid search needs 'values', not min/max")
+        else:
+            lo, hi = spec.min, spec.max
+            dist = spec.distribution or ("int_uniform" if isinstance(lo, int) and isinstance(hi, int) else "uniform")
             if dist == "uniform":
                 space[key] = tune.uniform(lo, hi)
             elif dist == "int_uniform":
                 space[key] = tune.randint(int(lo), int(hi) + 1)
             elif dist == "log_uniform_values":
-                if lo <= 0:
-                    raise UserError(f"sweep parameter '{key}': log_uniform_values needs min > 0")
                 space[key] = tune.loguniform(lo, hi)
-            elif dist == "log_uniform":  # W&B: min and max are natural-log exponents
+            else:  # log_uniform, W&B's: min and max are natural-log exponents
                 space[key] = tune.loguniform(math.exp(lo), math.exp(hi))
-            else:
-                raise UserError(f"sweep parameter '{key}': distribution {dist!r} is not supported "
-                                "(uniform, int_uniform, log_uniform, log_uniform_values)")
-        else:
-            raise UserError(f"sweep parameter '{key}': expected 'values', 'value', or 'min' and 'max'")
     return space
 
 
@@ -159,13 +246,14 @@ def trial(params: dict, *, base: dict, engine: str, out: str) -> None:
     cfg.tracking.wandb = None  # the sweep's W&B callback logs the trial
     best: dict[str, float] = {}
     reported = [0]  # epochs Tune has seen: a restored trial evaluates the epochs after its checkpoint again
+    metric = f"val_{HEADLINE[cfg.task]}"
 
     def report(record: dict) -> None:
         if record.get("event") == "eval" and record["arm"] == "transfer" and record["epoch"] >= reported[0]:
-            for name, acc in record["val_acc"].items():
-                best[name] = max(best.get(name, -1.0), acc)
+            for name, value in record.get(metric, record.get("val_acc", {})).items():  # val_acc: before the rename
+                best[name] = max(best.get(name, -math.inf), value)
             reported[0] = record["epoch"] + 1
-            tune.report({"val_acc_mean": sum(best.values()) / len(best), "epoch": reported[0]})
+            tune.report({f"{metric}_mean": sum(best.values()) / len(best), "epoch": reported[0]})
 
     import ray
 
@@ -182,6 +270,7 @@ def sweep(path: str | Path, out: str | Path, engine: str = "ray", address: str |
     OUT/trials/); returns the results."""
     spec = load_sweep(path)
     base_cfg = load_config(spec["config"])
+    spec["metric"] = sweep_metric(spec["metric"], base_cfg.task)
     base = yaml.safe_load(Path(spec["config"]).read_text())
     space = search_space(spec["parameters"], spec["method"])
     # Every key and value is checked before any trial starts.

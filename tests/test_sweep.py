@@ -9,7 +9,7 @@ import yaml
 from conftest import ROOT, kt_swarm, mlp_config
 from kt_swarm.config import parse_config
 from kt_swarm.errors import UserError
-from kt_swarm.sweep import _examples, _overrides, load_sweep, search_space
+from kt_swarm.sweep import _examples, _overrides, load_sweep, search_space, sweep_metric
 
 
 def write(tmp_path, text):
@@ -18,14 +18,16 @@ def write(tmp_path, text):
     return path
 
 
+@pytest.mark.fast
 def test_shipped_sweeps_load_and_cover_the_settings_that_matter():
     for name in ("transfer.yaml", "transfer_wandb.yaml"):
         spec = load_sweep(ROOT / "configs" / "sweeps" / name)
-        assert spec["config"] == "configs/quickstart.yaml" and spec["metric"] == "val_acc_mean" and spec["mode"] == "max"
+        assert spec["config"] == "configs/quickstart.yaml" and spec["metric"] == "val_accuracy_mean" and spec["mode"] == "max"
         assert {"participants.*.lr", "transfer.temperature", "transfer.weight", "transfer.detach_teacher"} <= set(spec["parameters"])
         search_space(spec["parameters"], spec["method"])
 
 
+@pytest.mark.fast
 def test_the_strategy_sweep_covers_every_strategy_and_three_seeds():
     spec = load_sweep(ROOT / "configs" / "sweeps" / "strategies.yaml")
     space = search_space(spec["parameters"], spec["method"])
@@ -37,6 +39,7 @@ def test_the_strategy_sweep_covers_every_strategy_and_three_seeds():
         parse_config(yaml.safe_load((ROOT / spec["config"]).read_text()), _overrides(e))
 
 
+@pytest.mark.fast
 def test_a_local_engine_trial_reserves_the_participants_cpus_for_itself():
     """--engine local runs every participant in the trial's process: one bundle, all the CPUs (Ray gives a
     0.5-CPU trial one thread, which halved the speed of a local-engine sweep on 2 cores)."""
@@ -48,31 +51,37 @@ def test_a_local_engine_trial_reserves_the_participants_cpus_for_itself():
     assert len(_trial_resources(cfg, {"CPU": 2.0}, "ray").bundles) == 4  # the trial, then one per participant
 
 
+@pytest.mark.fast
 def test_a_wandb_sweep_names_its_config_in_the_command(tmp_path):
     spec = load_sweep(write(tmp_path, """
         program: kt-swarm
         method: random
-        metric: {name: val_acc_mean, goal: maximize}
+        metric: {name: val_accuracy_mean, goal: maximize}
         parameters: {transfer.temperature: {values: [1, 2]}}
         command: ["${program}", "run", "configs/smoke.yaml", "${args_no_hyphens}"]
     """))
     assert spec["config"] == "configs/smoke.yaml" and spec["method"] == "random"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("text, message", [
     ("config: c.yaml\nmethod: hyperband\nparameters: {a: {values: [1]}}", "'method': expected one of"),
     ("config: c.yaml\nmetric: test_acc\nparameters: {a: {values: [1]}}", "validation only"),
     ("method: grid\nparameters: {a: {values: [1]}}", "name the base config"),
     ("config: c.yaml\nparameters: []", "'parameters'"),
     ("config: c.yaml\nnum_trials: 3\nparameters: {a: {values: [1]}}", "'num_trials' is unknown"),
-    ("config: c.yaml\nseed: -1\nparameters: {a: {values: [1]}}", "'seed': expected a non-negative integer, got -1"),
-    ("config: c.yaml\nseed: true\nparameters: {a: {values: [1]}}", "'seed': expected a non-negative integer, got True"),
+    ("config: c.yaml\nseed: -1\nparameters: {a: {values: [1]}}", "'seed': must be >= 0, got -1"),
+    ("config: c.yaml\nseed: true\nparameters: {a: {values: [1]}}", "'seed': expected int or null, got True"),
+    ("config: c.yaml\nparameters: {a: {min: 1, max: 2, mu: 0}}", "sweep key 'parameters.a.mu' is unknown"),
+    ("config: c.yaml\nparameters: {a: {min: true, max: 2}}", "sweep key 'parameters.a.min': expected a number, got True"),
+    ("config: c.yaml\ntracking: {wandb: {projekt: x}}\nparameters: {a: {value: 1}}", "'tracking.wandb.projekt' is unknown"),
 ])
 def test_bad_sweep_files_are_named(tmp_path, text, message):
     with pytest.raises(UserError, match=message):
         load_sweep(write(tmp_path, text))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("spec, method, message", [
     ({"a": {"min": 1e-4, "max": 1e-2}}, "grid", "grid search needs 'values'"),
     ({"a": {"min": 1, "max": 0}}, "random", "min < max"),
@@ -82,6 +91,25 @@ def test_bad_sweep_files_are_named(tmp_path, text, message):
 def test_bad_parameters_are_named(spec, method, message):
     with pytest.raises(UserError, match=message):
         search_space(spec, method)
+
+
+@pytest.mark.fast
+def test_a_sweep_is_chosen_on_its_task_s_headline_metric_and_the_old_name_still_reads(tmp_path, monkeypatch):
+    """val_{metric}_mean (metrics.HEADLINE) of the base config's task; a file naming val_acc_mean (the name before
+    the headline metric was named per task) still runs, with one warning giving the new name."""
+    import kt_swarm.sweep
+
+    warnings = []
+    monkeypatch.setattr(kt_swarm.sweep.log, "warning", lambda message, *args: warnings.append(message % args))
+    assert sweep_metric(None, "classification") == "val_accuracy_mean"
+    assert sweep_metric("val_miou_mean", "segmentation") == "val_miou_mean" and not warnings
+    spec = load_sweep(write(tmp_path, "config: c.yaml\nmetric: val_acc_mean\nparameters: {a: {values: [1]}}"))
+    assert spec["metric"] == "val_acc_mean" and spec["mode"] == "max"
+    assert sweep_metric(spec["metric"], "saliency") == "val_cc_mean"
+    assert len(warnings) == 1 and "val_acc_mean is now called val_cc_mean" in warnings[0]
+    with pytest.raises(UserError, match="sweep key 'metric.name': task segmentation is chosen on val_miou_mean, "
+                                        "got val_accuracy_mean"):
+        sweep_metric("val_accuracy_mean", "segmentation")
 
 
 def test_bad_keys_and_values_stop_the_sweep_before_any_trial(tmp_path):
@@ -122,7 +150,7 @@ def test_two_trial_sweep_runs_each_trial_as_a_swarm_in_its_placement_group(tmp_p
         assert summary["engine"] == "ray" and summary["placement_group"] == trial["placement_group"] is not None
         assert summary["participants"]["vit"]["acc_after"] > 0  # the gang trained in the trial's bundles
         # What Tune saw is the run's own validation selection metric.
-        assert t["val_acc_mean"] == pytest.approx(summary["val_acc_mean"])
+        assert t["val_accuracy_mean"] == pytest.approx(summary["val_accuracy_mean"])
         config = (out / "trials" / t["trial"] / "config.yaml").read_text()
         assert "lr: 0.0002" in config and f"temperature: {float(t['params']['transfer.temperature'])}" in config
     # Ray Tune's W&B callback logged each trial, offline.
