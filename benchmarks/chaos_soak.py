@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT), str(HELPERS), str(ROOT / "benchmarks")]
 from kt_swarm.config import parse_config  # noqa: E402
 from kt_swarm.coordinator import run  # noqa: E402
 from kt_swarm.data import batches_in, load_dataset  # noqa: E402
-from kt_swarm.rundir import RunDir  # noqa: E402
+from kt_swarm.rundir import RunDir, read_records  # noqa: E402
 from kt_swarm.summary import differences  # noqa: E402
 from kt_swarm.swarm import start_private_ray  # noqa: E402
 from quickstart_arms import machine  # noqa: E402
@@ -105,7 +105,7 @@ def main() -> None:
         t0 = time.perf_counter()
         with RunDir(tmp / name) as rd:
             summary = run(cfg, rd, "ray", on_record=chaos if name == "chaos" else None)
-        log = [json.loads(line) for line in (tmp / name / "metrics.jsonl").read_text().splitlines()]
+        log = read_records(tmp / name)
         runs[name] = {"summary": summary, "seconds": time.perf_counter() - t0, "kills": chaos.kills,
                       "steps": sum(1 for r in log if "losses" in r)}
         print(f"{name}: {runs[name]['seconds']:.1f} s, {runs[name]['steps']} steps, {len(chaos.kills)} kills, "

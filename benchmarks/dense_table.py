@@ -18,6 +18,9 @@ import platform
 import statistics
 from pathlib import Path
 
+from kt_swarm.rundir import read_records
+from kt_swarm.summary import upgrade
+
 CELLS = ["segmentation_pixel", "segmentation_image", "saliency"]
 
 
@@ -25,21 +28,22 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):+.2f} ± {statistics.pstdev(values):.2f}"
 
 
-def selected_val(run: Path, summary: dict, arm: str) -> dict[str, float]:
-    """Each participant's validation metric at the epoch selection kept, for an arm (from metrics.jsonl)."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    evals = {r["epoch"]: r["val_acc"] for r in records if r.get("arm") == arm and r.get("event") == "eval"}
+def selected_val(summary: dict, records: list[dict], arm: str) -> dict[str, float]:
+    """Each participant's validation metric at the epoch selection kept (epoch 0: its start), for an arm."""
+    m = summary["metric"]
+    evals = {r["epoch"]: r[f"val_{m}"] for r in records if r.get("arm") == arm and r.get("event") == "eval"}
     key = "best_epoch" if arm == "transfer" else f"{arm}_best_epoch"
     return {n: evals[p[key] - 1][n] for n, p in summary["participants"].items()}
 
 
 def load_cell(folder: Path) -> dict:
-    """{seed: (summary, validation of transfer, of control)} of a cell's finished runs."""
+    """{seed: (summary, validation of transfer, of control)} of a cell's finished runs, in today's key names
+    whenever they ran (summary.upgrade)."""
     out = {}
     for run in sorted(folder.glob("seed*")):
         if (run / "summary.json").exists():
-            s = json.loads((run / "summary.json").read_text())
-            out[run.name] = (s, selected_val(run, s, "transfer"), selected_val(run, s, "control"))
+            s, records = upgrade(json.loads((run / "summary.json").read_text()), read_records(run))
+            out[run.name] = (s, selected_val(s, records, "transfer"), selected_val(s, records, "control"))
     return out
 
 
@@ -82,7 +86,9 @@ def main() -> None:
         rows, detail = cell_rows(cell, seeds)
         main_rows += rows
         detail_rows += detail
-        figures[cell] = {seed: {"participants": {n: {k: p[k] for k in ("acc_before", "acc_after", "acc_control", "metrics")}
+        figures[cell] = {seed: {"participants": {n: {k: p[k] for k in (f"{s['metric']}_before", f"{s['metric']}_after",
+                                                                       f"{s['metric']}_control", "kept_start",
+                                                                       "control_kept_start", "metrics")}
                                                  for n, p in s["participants"].items()},
                                 "val_transfer": t, "val_control": c, "seconds": s["seconds"]["total"],
                                 "role_matrix": s["role_matrix"]}

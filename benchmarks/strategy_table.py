@@ -18,6 +18,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from kt_swarm.summary import upgrade
+
 
 def ms(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.pstdev(values):.2f}"
@@ -32,10 +34,12 @@ def main() -> None:
     ap.add_argument("sweep_dir", help="the sweep's --out folder (trial runs under trials/)")
     ap.add_argument("--out", default=None, help="write OUT.md and OUT.json")
     args = ap.parse_args()
-    runs = [json.loads(p.read_text()) for p in sorted(Path(args.sweep_dir).glob("trials/*/summary.json"))]
+    # In today's key names whenever the trials ran (summary.upgrade): {m}_before, {m}_after, val_{m}_mean, ...
+    runs = [upgrade(json.loads(p.read_text()))[0] for p in sorted(Path(args.sweep_dir).glob("trials/*/summary.json"))]
     if not runs:
         sys.exit(f"no finished runs under {args.sweep_dir}/trials/")
     names = list(runs[0]["participants"])
+    m = runs[0]["metric"]
     by = defaultdict(dict)  # strategy -> seed -> summary
     for r in runs:
         by[r["strategy"]][r["seed"]] = r
@@ -44,8 +48,8 @@ def main() -> None:
     for strategy, per_seed in by.items():
         for seed, r in per_seed.items():
             ps = [r["participants"][n] for n in names]
-            acc[strategy][seed] = [100 * p["acc_after"] for p in ps]
-            for arm, key in (("start", "acc_before"), ("control", "acc_control")):
+            acc[strategy][seed] = [100 * p[f"{m}_after"] for p in ps]
+            for arm, key in (("start", f"{m}_before"), ("control", f"{m}_control")):
                 values = [100 * p[key] for p in ps]
                 if seed in acc[arm] and max(abs(a - b) for a, b in zip(acc[arm][seed], values)) > 1e-9:
                     print(f"warning: seed {seed}: the {arm} accuracies differ between runs", file=sys.stderr)
@@ -68,7 +72,7 @@ def main() -> None:
         rates = ("| | |" if arm == "start" else f"| {statistics.mean(above_start):.0f}% | |" if arm == "control"
                  else f"| {statistics.mean(above_start):.0f}% | {statistics.mean(above_control):.0f}% |")
         # The runs' own validation accuracy (mean over participants, at the selected epoch): what a user may choose on.
-        val = ms([100 * by[arm][s]["val_acc_mean"] for s in have]) if arm in by else ""
+        val = ms([100 * by[arm][s][f"val_{m}_mean"] for s in have]) if arm in by else ""
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {signed(vs_control)} | {signed(vs_start)} {rates} {val} | {len(have)} |")
     lines.append("| complementary knowledge at start | " + " | ".join(ms([complementary[s][i] for s in seeds]) for i in range(len(names)))
                  + " | | | | | | |")
@@ -82,7 +86,7 @@ def main() -> None:
         out.with_suffix(".json").write_text(json.dumps({"names": names, "seeds": seeds, "table": table,
                                                         "median_arm_seconds": seconds}, indent=1))
         out.with_suffix(".md").write_text(
-            f"Test accuracy (%), mean ± std over seeds {seeds}; from {args.sweep_dir}\n"
+            f"Test {m} (%), mean ± std over seeds {seeds}; from {args.sweep_dir}\n"
             f"command: python benchmarks/strategy_table.py {' '.join(sys.argv[1:])}\n\n{text}\n\n"
             "Median seconds per arm (one epoch, training and evaluation): "
             + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + "\n")
