@@ -57,11 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="search config keys with Ray Tune, every trial a full run")
     sweep.add_argument("sweep", metavar="SWEEP.yaml", type=_path, help="kt_swarm or `wandb sweep` YAML, e.g. configs/sweeps/transfer.yaml")
     sweep.add_argument("--out", type=_path, help="sweep directory to create (default: runs/sweep-<name>-<time>)")
+    schema = sub.add_parser("schema", help="print the config's JSON Schema (or the sweep file's, or a reference page)")
+    schema.add_argument("--sweep", action="store_true", help="the schema of kt_swarm's sweep files instead")
+    schema.add_argument("--markdown", action="store_true", help="the reference page (markdown) made from the schema")
     for command in (run, sweep):
         command.add_argument("--engine", choices=["local", "ray"], default="ray",
                              help="ray: one Ray actor per participant (default); local: all in one process")
         command.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a private local instance)")
-    for command in (run, report, sweep):
+    for command in (run, report, sweep, schema):
         loudness = command.add_mutually_exclusive_group()
         loudness.add_argument("-q", "--quiet", action="store_true", help="warnings, errors and the final table only")
         loudness.add_argument("-v", "--verbose", action="store_true", help="debug logs, and actors' output and progress bars")
@@ -76,6 +79,13 @@ def _report(args: argparse.Namespace) -> int:
     else:
         paths = write_comparison(args.runs, args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     print("\n".join(str(p) for p in paths))
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from kt_swarm.schema import render
+
+    print(render(sweep=args.sweep, markdown=args.markdown), end="")
     return 0
 
 
@@ -179,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        return {"report": _report, "sweep": _sweep, "run": _run}[args.command](args)
+        return {"report": _report, "sweep": _sweep, "run": _run, "schema": _schema}[args.command](args)
     except UserError as e:
         print(_error_line(str(e)), file=sys.stderr)
         return 2

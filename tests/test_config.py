@@ -1,13 +1,21 @@
 """Config validation and the CLI's answer to bad input: one line, exit code 2, nothing left in --out."""
+import contextlib
+import io
+import json
+import os
 import re
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import ROOT, kt_swarm
+from kt_swarm.cli import main
 from kt_swarm.config import load_config, parse_config
 from kt_swarm.errors import UserError
+from kt_swarm.schema import COPIES, render
+from kt_swarm.sweep import load_sweep
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
@@ -16,6 +24,7 @@ def raw_smoke():
     return yaml.safe_load(SMOKE.read_text())
 
 
+@pytest.mark.fast
 def test_shipped_configs_validate():
     for path in (ROOT / "configs").glob("*.yaml"):
         cfg = load_config(path)
@@ -25,6 +34,7 @@ def test_shipped_configs_validate():
         assert cfg.autocast == "bfloat16" and {p.input_size for p in cfg.participants} == {224}
 
 
+@pytest.mark.fast
 def test_overrides_reach_nested_keys_and_list_items():
     cfg = parse_config(raw_smoke(), ["participants.0.lr=3e-4", "transfer.temperature=2", "data.augment.shift=0",
                                      "participants.2.model_args.num_blocks=2", "control=false"])
@@ -33,6 +43,7 @@ def test_overrides_reach_nested_keys_and_list_items():
     assert cfg.participants[2].model_args["num_blocks"] == 2
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("override, message", [
     ("participants.0.lr=0", "'participants.0.lr': must be positive"),
     ("participants.1.lr=-1e-3", "'participants.1.lr': must be positive"),
@@ -70,6 +81,7 @@ def test_bad_values_name_the_key(override, message):
         parse_config(raw_smoke(), [override])
 
 
+@pytest.mark.fast
 def test_strategies_and_unlabelled_data_validate():
     cfg = parse_config(raw_smoke(), ["transfer.strategy=kd", "transfer.teacher=vit", "data.unlabelled_fraction=0.9",
                                      "self_training=true", "transfer.pseudo_threshold=1", "transfer.scores=max_confidence"])
@@ -87,6 +99,7 @@ def test_cli_bad_strategy_combinations_are_one_line(tmp_path):
     assert "the labelled part of the transfer split has" in msg and "transfer.batch_size 64" in msg
 
 
+@pytest.mark.fast
 def test_autocast_needs_float32_master_weights():
     with pytest.raises(UserError, match="'autocast': needs dtype float32"):
         parse_config(raw_smoke(), ["autocast=bfloat16", "dtype=float64"])
@@ -94,6 +107,7 @@ def test_autocast_needs_float32_master_weights():
         parse_config(raw_smoke(), ["autocast=int8"])
 
 
+@pytest.mark.fast
 def test_a_star_sets_every_participant():
     cfg = parse_config(raw_smoke(), ["participants.*.lr=3e-4", "participants.*.model_args.drop_rate=0.1"])
     assert [p.lr for p in cfg.participants] == [3e-4] * 3
@@ -102,6 +116,7 @@ def test_a_star_sets_every_participant():
         parse_config(raw_smoke(), ["transfer.*.lr=1"])
 
 
+@pytest.mark.fast
 def test_required_keys():
     with pytest.raises(UserError, match="'participants' is required"):
         parse_config({})
@@ -125,24 +140,29 @@ def _cli_error(tmp_path, config_text=None, *args, config=None, engine="local"):
     return lines[0]
 
 
+@pytest.mark.fast
 def test_cli_missing_config(tmp_path):
     assert "does not exist" in _cli_error(tmp_path, config=tmp_path / "nope.yaml")
 
 
+@pytest.mark.fast
 def test_cli_unreadable_config(tmp_path):
     assert "cannot be read" in _cli_error(tmp_path, config=tmp_path)  # a directory is not a file
 
 
+@pytest.mark.fast
 def test_cli_yaml_syntax_error(tmp_path):
     assert "YAML syntax error at line 2" in _cli_error(tmp_path, "seed: 1\ndata: kind: x\n")
 
 
+@pytest.mark.fast
 def test_cli_unknown_key_and_wrong_type(tmp_path):
     text = SMOKE.read_text()
     assert "'transfer.epochz' is unknown" in _cli_error(tmp_path, text, "--set", "transfer.epochz=2")
     assert "'seed': expected int" in _cli_error(tmp_path, text, "--set", "seed=abc")
 
 
+@pytest.mark.fast
 def test_cli_non_positive_learning_rate(tmp_path):
     assert "'participants.1.lr': must be positive" in _cli_error(tmp_path, SMOKE.read_text(), "--set", "participants.1.lr=0")
 
@@ -224,3 +244,85 @@ def test_sigterm_keeps_the_checkpoints_and_says_how_to_resume(tmp_path):
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == f"kt-swarm: interrupted; continue with: kt-swarm run --resume {out}"
     assert manifest.exists() and not (out / "summary.json").exists()
+
+
+# ----------------------------------------------------------------------------- the schema
+
+SCHEMA_LINE = "# yaml-language-server: $schema="
+
+
+def _is_wandb_sweep(raw: dict) -> bool:
+    """A standard `wandb sweep` file (kt-swarm sweep reads it too): W&B's own format, so no schema of ours is named."""
+    return "program" in raw or "command" in raw
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    """safe_load with YAML 1.2's floats: `1e-4` (no dot) is a number there, a string in PyYAML's YAML 1.1."""
+
+
+Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                   list("-+0123456789."))
+
+
+def _shipped_yaml():
+    """(path, the schema it must name, relative to the file, or None) for every YAML shipped with configs."""
+    for path in sorted([*(ROOT / "configs").glob("*.yaml"), *(ROOT / "benchmarks" / "configs").glob("*.yaml")]):
+        yield path, os.path.relpath(ROOT / "configs" / "schema.json", path.parent)
+    for path in sorted((ROOT / "configs" / "sweeps").glob("*.yaml")):
+        wandb = _is_wandb_sweep(yaml.safe_load(path.read_text()))
+        yield path, None if wandb else os.path.relpath(ROOT / "configs" / "sweep.schema.json", path.parent)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("path, options", list(COPIES.items()))
+def test_the_repository_copies_of_the_schema_are_current(path, options):
+    """configs/schema.json, configs/sweep.schema.json and docs/config.md are what the models produce now."""
+    command = f"kt-swarm schema {' '.join(options)}".rstrip() + f" > {path}"
+    assert (ROOT / path).read_text() == render("--sweep" in options, "--markdown" in options), (
+        f"{path} is out of date with the config models: regenerate it with `{command}`")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(["schema", *options]) == 0, err.getvalue()
+    assert out.getvalue() == (ROOT / path).read_text()
+
+
+@pytest.mark.fast
+def test_every_shipped_yaml_names_its_schema_and_validates_against_it():
+    """The YAML language server reads the first line; the file holds to the schema it names. A wandb sweep
+    file names none (it is W&B's format), yet kt-swarm sweep reads it, so it holds to ours too."""
+    jsonschema = _jsonschema()
+    schemas = {name: json.loads((ROOT / "configs" / name).read_text()) for name in ("schema.json", "sweep.schema.json")}
+    for path, schema in _shipped_yaml():
+        first = path.read_text().splitlines()[0]
+        if schema is None:
+            assert not first.startswith(SCHEMA_LINE), f"{path}: a wandb sweep file names no kt_swarm schema"
+            schema = os.path.relpath(ROOT / "configs" / "sweep.schema.json", path.parent)
+        else:
+            assert first == SCHEMA_LINE + schema, f"{path}: its first line must be `{SCHEMA_LINE}{schema}`"
+        if jsonschema is not None:  # the file as the language server reads it: YAML 1.2 (`1e-4` is a number)
+            jsonschema.validate(yaml.load(path.read_text(), Yaml12Loader), schemas[Path(schema).name])
+        elif Path(schema).name == "schema.json":  # no jsonschema here: the models, which the schema is made from
+            parse_config(yaml.safe_load(path.read_text()))
+        else:
+            load_sweep(path)
+
+
+@pytest.mark.fast
+def test_the_json_schema_refuses_a_misspelt_key():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((ROOT / "configs" / "schema.json").read_text())
+    raw = raw_smoke()
+    jsonschema.validate(raw, schema)
+    raw["transfer"]["temprature"] = 2.0
+    with pytest.raises(jsonschema.ValidationError, match="temprature"):
+        jsonschema.validate(raw, schema)
+    with pytest.raises(UserError, match=re.escape("config key 'transfer.temprature' is unknown (known: strategy, ")):
+        parse_config(raw)
+
+
+def _jsonschema():
+    try:
+        import jsonschema
+    except ImportError:
+        return None
+    return jsonschema

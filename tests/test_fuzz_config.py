@@ -24,6 +24,8 @@ from conftest import ROOT
 from kt_swarm.config import Config, load_config, parse_config, to_dict
 from kt_swarm.errors import UserError
 
+pytestmark = pytest.mark.fast  # config parsing only: no Ray, no training (about 15 s)
+
 TEXTS = {name: (ROOT / "configs" / f"{name}.yaml").read_text() for name in ("smoke", "quickstart")}
 BASES = {name: yaml.safe_load(text) for name, text in TEXTS.items()}
 
