@@ -79,6 +79,15 @@ def _capped(value: Any) -> Any:
     return value
 
 
+def _float(**bounds: float) -> Any:
+    """A float (bounds on the number itself: where pydantic writes them into the JSON schema as it should)."""
+    return Annotated[float, Strict(), AllowInfNan(False), Field(**bounds), BeforeValidator(_yaml_float)]  # nan, inf pass `> 0`
+
+
+def _int(**bounds: int) -> Any:
+    return Annotated[int, Strict(), Field(**bounds), AfterValidator(_int64)]
+
+
 def _fraction(low: str, high: str) -> Any:
     """A float in [0, 1), (0, 1]...: `low` is '[' or '(', `high` is ']' or ')'."""
     def check(value: float) -> float:
@@ -96,15 +105,6 @@ def _matching(pattern: str, message: str) -> Any:
             return value
         raise _bad(message.format(value=_short(value)))
     return Annotated[Str, AfterValidator(check), Field(json_schema_extra={"pattern": f"^(?:{pattern})$"})]
-
-
-def _float(**bounds: float) -> Any:
-    """A float (bounds on the number itself: where pydantic writes them into the JSON schema as it should)."""
-    return Annotated[float, Strict(), AllowInfNan(False), Field(**bounds), BeforeValidator(_yaml_float)]  # nan, inf pass `> 0`
-
-
-def _int(**bounds: int) -> Any:
-    return Annotated[int, Strict(), Field(**bounds), AfterValidator(_int64)]
 
 
 Float, Positive, NonNegative = _float(), _float(gt=0), _float(ge=0)
