@@ -341,7 +341,8 @@ class CheckpointConfig(Section):
 class FaultConfig(Section):
     """What a run survives."""
 
-    max_restarts: NonNegativeInt = Field(3, description="--engine ray: restarts of one participant's actor over the run before it stops")
+    max_restarts: NonNegativeInt = Field(3, description="--engine ray: restarts of one participant's actor over the run "
+                                         "before it stops")
     max_bad_steps: Count = Field(5, description="steps in a row skipped for a NaN/Inf loss or gradient before the run stops")
 
 

@@ -90,7 +90,8 @@ def reference(schema: dict, title: str = "Config reference") -> str:
         nested: list = []
         for key, prop in section.get("properties", {}).items():
             kind = _type(prop, f"{path}.{key}" if path else key, nested)
-            default = "required" if key in section.get("required", []) else _value(prop["default"]) if "default" in prop else "(section)"
+            default = ("required" if key in section.get("required", []) else _value(prop["default"]) if "default" in prop
+                       else "(section)")
             lines.append(f"| `{key}` | {_cell(kind)} | {_cell(default)} | {_cell(prop.get('description', ''))} |")
         todo[:0] = [(dotted, defs[name]) for dotted, name in nested]  # depth first: a section's own sections follow it
     return "\n".join(lines) + "\n"
