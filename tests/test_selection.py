@@ -1,5 +1,6 @@
 """Selection never leaves a participant worse than its start, as far as validation can tell: the start is a
 candidate in every arm (selection: best_val), and only a strict improvement on validation leaves it."""
+import json
 import sys
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from conftest import ROOT, mlp_config
 from kt_swarm.config import parse_config
 from kt_swarm.coordinator import run
+from kt_swarm.fork import prepare_fork
 from kt_swarm.rundir import RunDir, read_records
 from kt_swarm.summary import differences, format_table
 
@@ -114,6 +116,25 @@ def test_a_kept_start_survives_a_resume(hurt, tmp_path, where):
         resumed = run(cfg, rd, "local")
     assert not differences(resumed, full, across_engines=False)
     assert resumed["participants"]["reckless"]["kept_start"] and resumed["faults"]["resumes"] == 1
+
+
+def test_a_fork_after_a_kept_start_ends_as_the_run_it_came_from(hurt, tmp_path):
+    """The control arm's last set names the start set's own file as the transfer arm's selected weights: the
+    fork copies it once, with the start set, and the start set stays loadable."""
+    cfg, out, full = hurt
+    index = next(i for i, r in enumerate(read_records(out), 1) if r.get("arm") == "control" and r.get("epoch") == 1)
+    with pytest.raises(Stop):
+        with RunDir(tmp_path / "stopped") as rd:
+            run(cfg, rd, "local", on_record=stop_at(index))
+    forked_cfg, rd = prepare_fork(tmp_path / "stopped", [], tmp_path / "fork")
+    with rd:
+        summary = run(forked_cfg, rd, "local")
+    assert not differences(summary, full, across_engines=False)
+    assert summary["checkpoints"]["best"]["transfer"]["reckless"] == "start/reckless.pt"
+    hashes = {}  # every set that lists a file lists the same file
+    for listed in json.loads((tmp_path / "fork" / "checkpoints" / "manifest.json").read_text())["sets"]:
+        for rel, sha in listed["files"].items():
+            assert hashes.setdefault(rel, sha) == sha, rel
 
 
 def test_selection_last_keeps_the_last_epoch_even_when_it_hurt(tmp_path):
