@@ -201,7 +201,7 @@ Success rate (participants whose test {metric} went up): {100 * summary['success
 Test {metric} in % (the test split is never used for selection). Flips are against each participant's own
 starting predictions: + wrong before and right after, - right before and wrong after, per {units(summary)[:-1]}
 (segmentation: labelled pixel; none for saliency maps). Complementary: test {units(summary)} another participant
-got right and this one wrong, before transfer.
+got right and this one wrong, before transfer. Best epoch: the transfer epoch selection kept on validation (0: the start).
 
 {summary_table(summary)}
 {f"{chr(10)}All of the task's metrics on test (KLD: lower is better){chr(10)}{chr(10)}{metrics_table(summary)}{chr(10)}"
