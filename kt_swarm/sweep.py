@@ -17,8 +17,8 @@ W&B way (`values`, `value`, `min`/`max` with a `distribution`), keyed by dotted 
 Every trial reserves one placement group: a small bundle for the trial itself and one bundle per
 participant, in which the swarm's actors are then placed (swarm.RaySwarm). Each epoch of the
 transfer arm reports `val_{metric}_mean` for the task's headline metric (metrics.HEADLINE:
-val_accuracy_mean, val_miou_mean, val_cc_mean; the mean over participants of their best validation
-value so far), so ASHA can stop weak trials early; a sweep file naming the old `val_acc_mean` is read
+val_accuracy_mean, val_miou_mean, val_cc_mean; the mean over participants of the validation value the
+run would select so far, as summary.json will have it), so ASHA can stop weak trials early; a sweep file naming the old `val_acc_mean` is read
 as it, with a warning. With `tracking.wandb` in the sweep (or the base
 config), every trial is logged to W&B through Ray Tune's WandbLoggerCallback, offline without a key.
 """
@@ -244,16 +244,24 @@ def trial(params: dict, *, base: dict, engine: str, out: str) -> None:
 
     cfg = parse_config(copy.deepcopy(base), _overrides(params))
     cfg.tracking.wandb = None  # the sweep's W&B callback logs the trial
-    best: dict[str, float] = {}
+    selected: dict[str, float] = {}  # per participant, the validation value the run would select now
     reported = [0]  # epochs Tune has seen: a restored trial evaluates the epochs after its checkpoint again
     metric = f"val_{HEADLINE[cfg.task]}"
 
     def report(record: dict) -> None:
-        if record.get("event") == "eval" and record["arm"] == "transfer" and record["epoch"] >= reported[0]:
-            for name, value in record.get(metric, record.get("val_acc", {})).items():  # val_acc: before the rename
-                best[name] = max(best.get(name, -math.inf), value)
+        """Tune sees what summary.json's val_{metric}_mean will be: the selected validation values, averaged
+        (selection best_val: the best so far, the arm's start included; last: the latest epoch's)."""
+        if record.get("event") != "eval" or record.get("arm") != "transfer":
+            return
+        values = record.get(metric, record.get("val_acc", {}))  # val_acc: records from before the rename
+        if record["epoch"] < 0:  # the arm's start
+            if cfg.selection == "best_val":
+                selected.update(values)
+        elif record["epoch"] >= reported[0]:
+            for name, value in values.items():
+                selected[name] = value if cfg.selection == "last" else max(selected.get(name, -math.inf), value)
             reported[0] = record["epoch"] + 1
-            tune.report({f"{metric}_mean": sum(best.values()) / len(best), "epoch": reported[0]})
+            tune.report({f"{metric}_mean": sum(selected.values()) / len(selected), "epoch": reported[0]})
 
     import ray
 
