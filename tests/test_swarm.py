@@ -136,7 +136,7 @@ def test_ray_swarm_equals_local_engine_in_float64(n, arms, tmp_path):
             else:
                 if "role_matrix" in a:
                     same(a["role_matrix"], b["role_matrix"])
-                assert a.get("val_acc") == b.get("val_acc")
+                assert a.get("val_accuracy") == b.get("val_accuracy")
         same(l_res.role_matrix, s_res.role_matrix)
         assert l_res.best_epoch == s_res.best_epoch
         assert torch.equal(l_pred, s_pred), name
@@ -167,8 +167,8 @@ def test_dense_tasks_on_ray_equal_the_local_engine_in_float64(case, tmp_path):
         for a, b in zip(l_logs, s_logs):
             for p in a.get("losses", {}):
                 assert b["losses"][p] == pytest.approx(a["losses"][p], rel=1e-9, abs=1e-300), (name, a["step"], p)
-            if "val_acc" in a:
-                assert a["val_acc"] == pytest.approx(b["val_acc"], rel=1e-12)
+            for key in {"val_miou", "val_cc"} & set(a):
+                assert a[key] == pytest.approx(b[key], rel=1e-12)
         same(l_res.role_matrix, s_res.role_matrix)
         assert sum(map(sum, l_res.role_matrix[-1])) > 0  # someone taught
         torch.testing.assert_close(l_pred, s_pred, rtol=1e-9, atol=1e-12)

@@ -148,7 +148,7 @@ def test_two_trial_sweep_runs_each_trial_as_a_swarm_in_its_placement_group(tmp_p
         trial = json.loads((out / "trials" / t["trial"] / "trial.json").read_text())
         # The swarm's actors were placed in the bundles the trial reserved, not in a group of their own.
         assert summary["engine"] == "ray" and summary["placement_group"] == trial["placement_group"] is not None
-        assert summary["participants"]["vit"]["acc_after"] > 0  # the gang trained in the trial's bundles
+        assert summary["participants"]["vit"]["accuracy_after"] > 0  # the gang trained in the trial's bundles
         # What Tune saw is the run's own validation selection metric.
         assert t["val_accuracy_mean"] == pytest.approx(summary["val_accuracy_mean"])
         config = (out / "trials" / t["trial"] / "config.yaml").read_text()
