@@ -1,4 +1,4 @@
-"""The strategy table of the README from a finished `kt-swarm sweep` over strategies and seeds.
+"""The strategy table of docs/strategies.md from a finished `kt-swarm sweep` over strategies and seeds.
 
     kt-swarm sweep configs/sweeps/strategies.yaml --out runs/strategies --engine local
     python benchmarks/strategy_table.py runs/strategies --out benchmarks/results/strategies
