@@ -268,7 +268,7 @@ class TransferConfig(Section):
     """The transfer arm (and the settings every arm shares: epochs, batches, optimizer, schedule)."""
 
     strategy: Literal["best", "better", "dml", "kd", "kl_dp", "none"] = Field("best", description="who teaches whom "
-                                                                             "(method.md section 6)")
+                                                                             "(docs/method.md: Six strategies)")
     scores: Literal["true_class", "max_confidence"] = Field("true_class", description="what a participant's score "
                                                             "on a sample is; unlabelled samples: max_confidence always")
     teacher: Str | None = Field(None, description="kd: the participant that teaches, frozen (ignored by other strategies)")
@@ -284,7 +284,7 @@ class TransferConfig(Section):
     temperature: Positive = Field(1.0, description="softmax temperature of the transfer terms")
     weight: NonNegative = Field(1.0, description="weight of the transfer terms beside the task loss")
     detach_teacher: Bool = Field(True, description="no gradient through the teacher's logits (chosen by measurement: "
-                                 "see README \"Results\")")
+                                 "docs/strategies.md)")
     optimizer: Literal["adam", "adamw"] = Field("adam", description="every participant's optimizer in every arm")
     schedule: Literal["constant", "cosine"] = Field("constant", description="learning rate over each arm's steps (every arm alike)")
     weight_decay: NonNegative = Field(1e-5, description="default weight decay of every participant")
@@ -292,6 +292,24 @@ class TransferConfig(Section):
     # Listed as autocast lists them: typing caches `Literal[...] | None` by equal (order-blind) Literals.
     exchange_dtype: Literal["bfloat16", "float16"] | None = Field(None, description="--engine ray: logits sent at "
                                                                   "this precision (default: the model's)")
+
+
+class ArmConfig(Section):
+    """A transfer arm beside `transfer`: the same start, batches, steps, optimizer, schedule and learning rates;
+    only how the loss transfers differs. The keys set here replace transfer's; the rest are transfer's."""
+
+    strategy: Literal["best", "better", "dml", "kd", "kl_dp", "none"] | None = Field(None, description="default: "
+                                                                                    "transfer.strategy")
+    scores: Literal["true_class", "max_confidence"] | None = Field(None, description="default: transfer.scores")
+    teacher: Str | None = Field(None, description="kd: the participant that teaches; default: transfer.teacher")
+    trusted_teachers: Bool | None = Field(None, description="default: transfer.trusted_teachers")
+    calibrate: Bool | None = Field(None, description="default: transfer.calibrate")
+    temperature: Positive | None = Field(None, description="default: transfer.temperature")
+    weight: NonNegative | None = Field(None, description="default: transfer.weight")
+    detach_teacher: Bool | None = Field(None, description="default: transfer.detach_teacher")
+
+
+ARM_NAMES_TAKEN = ("start", "transfer", "control", "self_training")  # the run's own arms (and its start)
 
 
 class ResourcesConfig(Section):
@@ -363,9 +381,12 @@ class Config(Section):
 
     participants: list[ParticipantConfig] = Field(min_length=1, description="the models of the swarm")
     task: Literal["classification", "segmentation", "saliency"] = Field("classification", description="tasks.py, "
-                                                                        "method.md section 8")
+                                                                        "docs/method.md: Other tasks")
     data: DataConfig = Field(default_factory=DataConfig, description="the dataset and its splits")
     transfer: TransferConfig = Field(default_factory=TransferConfig, description="the transfer arm")
+    transfer_arms: dict[Name, ArmConfig] = Field({}, description="more transfer arms, trained beside `transfer` from "
+                                                 "the same start on the same steps and reported beside it, by name: "
+                                                 "`paper: {trusted_teachers: false, weight: 1}`")
     zoo: ZooConfig = Field(default_factory=ZooConfig, description="the zoo step")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="what each actor reserves")
     placement: PlacementConfig = Field(default_factory=PlacementConfig, description="how actors are placed")
@@ -393,14 +414,32 @@ class Config(Section):
         for i, name in enumerate(names):
             if [n.lower() for n in names].count(name.lower()) > 1:  # case too: on some file systems Vit.pt is vit.pt
                 raise _bad(f"{_short(name)} is used twice", f"participants.{i}.name")
-        t = self.transfer
-        if t.strategy == "kd" and t.teacher is None:
-            raise _bad("strategy kd needs a teacher (the name of a participant)", "transfer.teacher")
-        if t.strategy == "kd" and len(names) < 2:
-            raise _bad("kd needs at least two participants (a teacher and a student)", "transfer.strategy")
-        if t.teacher is not None and t.teacher not in names:
-            raise _bad(f"{_short(t.teacher)} is not a participant (participants: {', '.join(names)})", "transfer.teacher")
+        for arm in self.transfer_arms:
+            if arm in ARM_NAMES_TAKEN:
+                raise _bad(f"{arm} names one of the run's own arms (or its start); choose another name",
+                           f"transfer_arms.{arm}")
+        for key, t in self._transfer_settings():
+            if t.strategy == "kd" and t.teacher is None:
+                raise _bad("strategy kd needs a teacher (the name of a participant)", f"{key}.teacher")
+            if t.strategy == "kd" and len(names) < 2:
+                raise _bad("kd needs at least two participants (a teacher and a student)", f"{key}.strategy")
+            if t.teacher is not None and t.teacher not in names:
+                raise _bad(f"{_short(t.teacher)} is not a participant (participants: {', '.join(names)})", f"{key}.teacher")
         return self
+
+    def arm_transfer(self, arm: str) -> TransferConfig:
+        """The transfer settings `arm` trains with: transfer's, with its transfer_arms entry's keys in their place."""
+        if arm not in self.transfer_arms:
+            return self.transfer
+        return self.transfer.model_copy(update=self.transfer_arms[arm].model_dump(exclude_none=True))
+
+    def for_arm(self, arm: str) -> Config:
+        """This config as `arm` trains under it (its transfer settings in `transfer`)."""
+        return self if arm not in self.transfer_arms else self.model_copy(update={"transfer": self.arm_transfer(arm)})
+
+    def _transfer_settings(self) -> list[tuple[str, TransferConfig]]:
+        """(key, settings) of every transfer arm: what the cross-field rules check."""
+        return [("transfer", self.transfer)] + [(f"transfer_arms.{a}", self.arm_transfer(a)) for a in self.transfer_arms]
 
     @model_validator(mode="after")
     def _deepspeed(self) -> Config:
@@ -434,7 +473,7 @@ class Config(Section):
             if self.dtype == "float64":
                 raise _bad(f"DeepSpeed participants ({_short(p.name)}) train in float32 at most (ZeRO reduces and keeps "
                            f"its master weights in float32)", "dtype")
-            if stage == 3 and t.strategy == "kl_dp":
+            if stage == 3 and any(arm.strategy == "kl_dp" for _, arm in self._transfer_settings()):
                 raise _bad("kl_dp's frozen start copy of a ZeRO-3 (partitioned) participant is not supported; use "
                            "stage 0-2", f"{key}.deepspeed.zero_optimization.stage")
         return self
@@ -450,9 +489,11 @@ class Config(Section):
         if t.unit not in UNITS[task]:
             raise _bad(f"task {task} partitions by {' or '.join(UNITS[task])}, got {t.unit}", "transfer.unit")
         if task != "classification":
-            for key, value, default in [("data.unlabelled_fraction", self.data.unlabelled_fraction, 0.0),
-                                        ("transfer.scores", t.scores, "true_class"),
-                                        ("transfer.calibrate", t.calibrate, False), ("self_training", self.self_training, False)]:
+            checks = [("data.unlabelled_fraction", self.data.unlabelled_fraction, 0.0),
+                      ("self_training", self.self_training, False)]
+            for arm, s in self._transfer_settings():
+                checks += [(f"{arm}.scores", s.scores, "true_class"), (f"{arm}.calibrate", s.calibrate, False)]
+            for key, value, default in checks:
                 if value != default:
                     raise _bad(f"not available for task {task} (classification only), got {value}", key)
         if self.autocast and self.dtype != "float32":
@@ -504,6 +545,8 @@ def user_error(e: ValidationError, model: type[BaseModel], what: str = "config k
         loc.append(ctx["key"])
     elif kind == "kt_swarm" and ctx["key"]:
         loc += ctx["key"].split(".")
+    elif loc and loc[-1] == "[key]" and kind == "kt_swarm":  # a mapping's key that is no name (transfer_arms)
+        loc = loc[:-1]
     elif loc and loc[-1] == "[key]":  # a mapping's key: {1: 2} where names are expected
         loc, kind = loc[:-2], "key_type"
     key = _short(".".join(map(str, loc)))

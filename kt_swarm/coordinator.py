@@ -85,14 +85,18 @@ def make_engine(name: str, cfg: Config, data: Dataset, address: str | None = Non
 
 
 def arms(cfg: Config) -> list[tuple[str, LossSpec, str]]:
-    """(name, loss, split) of every arm, in order: the transfer arm, then the baselines. The control arm
-    trains on the labelled part of the transfer split only; self-training sees the transfer arm's data."""
-    t = cfg.transfer
+    """(name, loss, split) of every arm, in order: the transfer arm, the other transfer arms (transfer_arms), then
+    the baselines. The control arm trains on the labelled part of the transfer split only; self-training sees the
+    transfer arm's data."""
     names = [p.name for p in cfg.participants]
-    transfer = LossSpec(strategy=t.strategy, scores=t.scores, temperature=t.temperature, weight=t.weight,
+
+    def loss(t) -> LossSpec:
+        return LossSpec(strategy=t.strategy, scores=t.scores, temperature=t.temperature, weight=t.weight,
                         detach_teacher=t.detach_teacher, teacher=names.index(t.teacher) if t.strategy == "kd" else None,
                         pseudo_threshold=t.pseudo_threshold, task=cfg.task, unit=t.unit)
-    return ([("transfer", transfer, "train")]
+
+    transfer = loss(cfg.transfer)
+    return ([("transfer", transfer, "train")] + [(arm, loss(cfg.arm_transfer(arm)), "train") for arm in cfg.transfer_arms]
             + ([("control", replace(transfer, strategy="none"), "labelled")] if cfg.control else [])
             + ([("self_training", replace(transfer, strategy="self_training"), "train")] if cfg.self_training else []))
 
@@ -130,7 +134,7 @@ def advance(engine: Engine, cfg: Config, data: Dataset, state: RunState, log, ck
         # Frozen copies of the arm's start (kl_dp): set again on every entry, as a restored or restarted
         # participant has lost its own; dropped for arms without them.
         engine.set_start_copies((st["model"] for st in ckpt.load_set("start")[1]) if loss.start_copies else None)
-        state.arms[arm] = asdict(train_arm(engine, cfg, data, state.current, loss, log, ckpt, save, split))
+        state.arms[arm] = asdict(train_arm(engine, cfg.for_arm(arm), data, state.current, loss, log, ckpt, save, split))
         state.current = None
         test(arm)
 

@@ -14,9 +14,9 @@ from matplotlib.figure import Figure
 
 from kt_swarm.errors import UserError
 from kt_swarm.rundir import atomic_write, read_records
-from kt_swarm.summary import kept_note, marked, metric_name, metric_value, pct, upgrade
+from kt_swarm.summary import kept_note, marked, metric_name, metric_value, pct, transfer_arm_names, upgrade, with_arms
 
-ARMS = {"transfer": "-", "control": "--", "self_training": ":"}
+STYLE_NAMES = {"-": "solid", "-.": "dash-dot", "--": "dashed", ":": "dotted"}  # each arm's training curves
 
 
 def load_run(run_dir: str | Path, summary: dict | None = None) -> tuple[dict, list[dict], str]:
@@ -93,24 +93,31 @@ def draw_examples(fig, summary: dict, examples: dict) -> None:
 
 def report_figure(summary: dict, records: list[dict], examples: dict | None = None) -> Figure:
     names = list(summary["participants"])
-    parts = summary["participants"]
     fig = Figure(figsize=(13, 9 + (2.2 * len(examples["images"]) if examples else 0)), layout="constrained")
     top = fig
     if examples:
         top, bottom = fig.subfigures(2, 1, height_ratios=[9, 2.2 * len(examples["images"])])
         draw_examples(bottom, summary, examples)
-    (bars, loss), (val, roles) = top.subplots(2, 2)
+    grid = top.add_gridspec(2, 2)
+    bars, loss, val = top.add_subplot(grid[0, 0]), top.add_subplot(grid[0, 1]), top.add_subplot(grid[1, 0])
+    transfer_arms = transfer_arm_names(summary)  # a role matrix each, side by side
+    cells = grid[1, 1].subgridspec(1, len(transfer_arms))
+    roles = [top.add_subplot(cells[0, j]) for j in range(len(transfer_arms))]
 
     m = summary["metric"]
-    arms = [("before", f"{m}_before"), (f"after transfer ({summary.get('strategy', 'best')})", f"{m}_after"),
+    parts = with_arms(summary)
+    strategies = {"transfer": summary.get("strategy", "best"),
+                  **{arm: a["strategy"] for arm, a in (summary.get("transfer_arms") or {}).items()}}
+    arms = [("before", "before"), *[(f"after {arm} ({strategies[arm]})", "after" if arm == "transfer" else arm)
+                                    for arm in transfer_arms],
             ("control (CE only)" if summary.get("task", "classification") == "classification" else "control (task loss only)",
-             f"{m}_control"), ("self-training", f"{m}_self_training")]
-    arms = [(label, key) for label, key in arms if any(parts[n].get(key) is not None for n in names)]
+             "control"), ("self-training", "self_training")]
+    arms = [(label, key) for label, key in arms if any(metric_value(parts[n], summary, key) is not None for n in names)]
     width = 0.8 / len(arms)
     for j, (label, key) in enumerate(arms):
         xs = [i + (j - (len(arms) - 1) / 2) * width for i in range(len(names))]
-        bars.bar(xs, [100 * parts[n][key] for n in names], width, label=label)
-    low = min(100 * parts[n][key] for n in names for _, key in arms)
+        bars.bar(xs, [100 * metric_value(parts[n], summary, key) for n in names], width, label=label)
+    low = min(100 * metric_value(parts[n], summary, key) for n in names for _, key in arms)
     bars.set_ylim(max(0, low - 5), None)  # the differences are the point, not the distance from zero
     bars.set_xticks(range(len(names)), names)
     metric = metric_name(summary)
@@ -119,7 +126,8 @@ def report_figure(summary: dict, records: list[dict], examples: dict | None = No
     bars.legend(fontsize=8)
 
     colours = {n: f"C{i}" for i, n in enumerate(names)}
-    for arm, style in ARMS.items():
+    styles = {"transfer": "-", **{arm: "-." for arm in transfer_arms[1:]}, "control": "--", "self_training": ":"}
+    for arm, style in styles.items():
         steps = [r for r in records if r.get("arm") == arm and "losses" in r]
         for n in names:
             if steps:
@@ -132,16 +140,24 @@ def report_figure(summary: dict, records: list[dict], examples: dict | None = No
                          color=colours[n], label=f"{n} ({arm})")
     loss.set_xlabel("step")
     loss.set_ylabel("training loss (own share)")
-    loss.set_title("training curves (solid: transfer, dashed: control, dotted: self-training)")
+    drawn = [arm for arm in styles if any(r.get("arm") == arm and "losses" in r for r in records)]
+    loss.set_title("training curves: " + ", ".join(f"{STYLE_NAMES[styles[arm]]} {arm.replace('_', '-')}" for arm in drawn))
     loss.legend(fontsize=7, ncol=2)
     val.set_xlabel("epochs trained")
     val.set_ylabel(f"validation {metric} (%)")
     val.set_title(f"validation {metric} (selection uses this split only)")
     val.xaxis.get_major_locator().set_params(integer=True)
     val.legend(fontsize=7, ncol=2)
-    draw_role_matrix(roles, summary["role_matrix"], names)
-    roles.set_title(f"role matrix, last epoch: {units(summary)} t taught s (weighted)")
+    for ax, arm in zip(roles, transfer_arms):
+        draw_role_matrix(ax, role_matrix(summary, arm), names)
+        ax.set_title(f"{arm} ({strategies[arm]}): role matrix, last epoch" if len(roles) > 1 else
+                     f"role matrix, last epoch: {units(summary)} t taught s (weighted)", fontsize=9 if len(roles) > 1 else None)
     return fig
+
+
+def role_matrix(summary: dict, arm: str) -> list[list[float]]:
+    """A transfer arm's role matrix at its last epoch."""
+    return summary["role_matrix"] if arm == "transfer" else summary["transfer_arms"][arm]["role_matrix"]
 
 
 def units(summary: dict) -> str:
@@ -163,14 +179,16 @@ def metrics_table(summary: dict) -> str:
 
 def summary_table(summary: dict) -> str:
     selftrain = summary.get("success_rate_vs_self_training") is not None
+    others = transfer_arm_names(summary)[1:]
     extra = " self-training | vs self-training |" if selftrain else ""
-    rows = ["| participant | before | after | control | delta | vs control |" + extra + " top-5 after | + flips | - flips "
-            "| complementary | taught | best epoch |", "|---|" + "---:|" * (13 if selftrain else 11)]
-    for name, p in summary["participants"].items():
+    rows = ["| participant | before | after |" + "".join(f" {arm} |" for arm in others) + " control | delta | vs control |"
+            + extra + " top-5 after | + flips | - flips | complementary | taught | best epoch |",
+            "|---|" + "---:|" * ((13 if selftrain else 11) + len(others))]
+    for name, p in with_arms(summary).items():
         cells = f" {marked(p, summary, 'self_training')} | {pct(p['delta_vs_self_training'], True)} |" if selftrain else ""
         rows.append(
             f"| {name} | {pct(metric_value(p, summary, 'before'))} | {marked(p, summary, 'transfer')} | "
-            f"{marked(p, summary, 'control')} | "
+            + "".join(f"{marked(p, summary, arm)} | " for arm in others) + f"{marked(p, summary, 'control')} | "
             f"{pct(p['delta'], True)} | {pct(p['delta_vs_control'], True)} |{cells} {pct(p.get('top5_after'))} | "
             f"{pct(p['positive_flips'])} | {pct(p['negative_flips'])} | {pct(p['complementary'])} | "
             f"{100 * p['teach_share']:.1f}% | {p['best_epoch']} |"
@@ -185,8 +203,12 @@ def report_markdown(summary: dict, config: str) -> str:
     seconds = summary.get("seconds", {})
     vs_control = summary.get("success_rate_vs_control")
     vs_self = summary.get("success_rate_vs_self_training")
-    matrix = ["| teacher \\ student | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    matrix += [f"| {t} | " + " | ".join(count(c) for c in row) + " |" for t, row in zip(names, summary["role_matrix"])]
+    matrix = []
+    for arm in transfer_arm_names(summary):  # each transfer arm's
+        if len(transfer_arm_names(summary)) > 1:
+            matrix += ["", f"**{arm}**", ""]
+        matrix += ["| teacher \\ student | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        matrix += [f"| {t} | " + " | ".join(count(c) for c in row) + " |" for t, row in zip(names, role_matrix(summary, arm))]
     shares = ["| epoch | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     epochs = len(next(iter(summary["participants"].values()))["teach_share_per_epoch"])
     shares += [f"| {e + 1} | " + " | ".join(f"{100 * summary['participants'][n]['teach_share_per_epoch'][e]:.1f}%" for n in names) + " |"
@@ -202,6 +224,8 @@ Test {metric} in % (the test split is never used for selection). Flips are again
 starting predictions: + wrong before and right after, - right before and wrong after, per {units(summary)[:-1]}
 (segmentation: labelled pixel; none for saliency maps). Complementary: test {units(summary)} another participant
 got right and this one wrong, before transfer. Best epoch: the transfer epoch selection kept on validation (0: the start).
+{"".join(f"{chr(10)}{arm}: another transfer arm from the same start on the same steps, with {', '.join(f'{k} {v}' for k, v in a['settings'].items()) or 'transfer settings'} ({a['strategy']})."
+         for arm, a in (summary.get("transfer_arms") or {}).items())}
 
 {summary_table(summary)}
 {f"{chr(10)}All of the task's metrics on test (KLD: lower is better){chr(10)}{chr(10)}{metrics_table(summary)}{chr(10)}"

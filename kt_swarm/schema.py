@@ -58,7 +58,9 @@ def _type(prop: dict, dotted: str, nested: list) -> str:
         text = "list" + (f" of {_type(prop['items'], dotted + '.N', nested)}" if prop.get("items") else "")
     elif kind == "object":
         values = prop.get("additionalProperties")
-        text = "mapping" + (f" of string to {_type(values, dotted + '.KEY', nested)}" if isinstance(values, dict) else "")
+        named = list(prop.get("patternProperties", {}).values())  # keys that are names (transfer_arms)
+        text = ("mapping" + (f" of string to {_type(values, dotted + '.KEY', nested)}" if isinstance(values, dict) else "")
+                + (f" of name to {_type(named[0], dotted + '.NAME', nested)}" if named else ""))
     else:
         text = kind
     bounds = [f"{sign} {prop[key]}" for key, sign in (("exclusiveMinimum", ">"), ("minimum", ">="),

@@ -54,6 +54,24 @@ def summarize(cfg: Config, data: Dataset, names: list[str], labels: torch.Tensor
                     f"{m}_{arm}": None, f"delta_vs_{arm}": None, f"top5_{arm}": None, f"{arm}_positive_flips": None,
                     f"{arm}_negative_flips": None, f"{arm}_best_epoch": None, f"{arm}_kept_start": None})
     t = cfg.transfer
+    extra = {}  # the other transfer arms (transfer_arms): per participant, and the arm's own keys
+    for arm in cfg.transfer_arms:
+        r, value = results[arm], scores[arm][m]
+        control = scores["control"][m] if "control" in scores else None
+        extra[arm] = {
+            "settings": cfg.transfer_arms[arm].model_dump(exclude_none=True),
+            "strategy": cfg.arm_transfer(arm).strategy,
+            "success_rate": success_rate([v - b for v, b in zip(value, before)]),
+            "success_rate_vs_control": None if control is None else success_rate([v - c for v, c in zip(value, control)]),
+            "role_matrix": r.role_matrix[-1],
+            "role_matrix_per_epoch": r.role_matrix,
+            "participants": {name: {
+                f"{m}_after": value[i], "delta": value[i] - before[i],
+                "delta_vs_control": None if control is None else value[i] - control[i],
+                "best_epoch": r.best_epoch[i], "kept_start": r.best_epoch[i] == 0, f"val_{m}": [v[i] for v in r.val],
+                "teach_share_per_epoch": [sh[i] for sh in r.teach_share], "final_train_loss": r.final_train_loss[i]}
+                for i, name in enumerate(names)},
+        }
     return {
         "engine": engine,
         "task": task,
@@ -98,6 +116,7 @@ def summarize(cfg: Config, data: Dataset, names: list[str], labels: torch.Tensor
         },
         "role_matrix": transfer.role_matrix[-1],
         "role_matrix_per_epoch": transfer.role_matrix,
+        "transfer_arms": extra,
         "data": {"source": data.source, "skipped_corrupt": data.skipped,
                  **{f"{k}_samples": len(v) for k, v in data.splits.items()}},
     }
@@ -128,22 +147,41 @@ def upgrade(summary: dict, records: list[dict] = ()) -> tuple[dict, list[dict]]:
 
 
 def metric_value(p: dict, summary: dict, arm: str) -> float | None:
-    """A participant's test headline metric: at its start (arm "before"), after transfer ("after"), or after a
-    baseline arm ("control", "self_training")."""
-    return p.get(f"{summary.get('metric', 'accuracy')}_{arm}")
+    """A participant's test headline metric: at its start (arm "before"), after transfer ("after"), after a
+    baseline arm ("control", "self_training") or after another transfer arm (by its name)."""
+    m = summary.get("metric", "accuracy")
+    if arm in p.get("transfer_arms", {}):
+        return p["transfer_arms"][arm][f"{m}_after"]
+    return p.get(f"{m}_{arm}")
 
 
 def kept(p: dict, arm: str) -> bool:
-    """Whether selection kept the participant's start weights in `arm` (transfer, control, self_training)."""
+    """Whether selection kept the participant's start weights in `arm` (transfer, control, self_training, or
+    another transfer arm)."""
+    if arm in p.get("transfer_arms", {}):
+        return bool(p["transfer_arms"][arm]["kept_start"])
     return bool(p.get(f"{ARM_PREFIX[arm]}kept_start"))
+
+
+def with_arms(summary: dict) -> dict:
+    """summary["participants"] with each participant's results in the other transfer arms under
+    `transfer_arms` (summary.json keeps them under the arm), so that a table reads them beside the rest."""
+    arms = summary.get("transfer_arms") or {}
+    return {name: {**p, "transfer_arms": {arm: a["participants"][name] for arm, a in arms.items()}}
+            for name, p in summary["participants"].items()}
+
+
+def transfer_arm_names(summary: dict) -> list[str]:
+    """Every transfer arm of the run: transfer first, then transfer_arms in their order."""
+    return ["transfer", *(summary.get("transfer_arms") or {})]
 
 
 def kept_note(summary: dict, width: int = 100) -> list[str]:
     """The footnote of a table whose values carry a *: where each arm kept a participant's start (none: no lines)."""
     import textwrap
 
-    where = [f"{name} ({arm.replace('_', '-')})" for name, p in summary["participants"].items()
-             for arm in ARM_PREFIX if kept(p, arm)]
+    arms = [*transfer_arm_names(summary), "control", "self_training"]
+    where = [f"{name} ({arm.replace('_', '-')})" for name, p in with_arms(summary).items() for arm in arms if kept(p, arm)]
     if not where:
         return []
     return textwrap.wrap(f"* kept its start weights (no epoch beat them on validation {metric_name(summary)}): "
@@ -164,7 +202,8 @@ def pct(x: float | None, signed: bool = False) -> str:
 def marked(p: dict, summary: dict, arm: str) -> str:
     """A participant's test metric after `arm` in %, with a * where the arm kept its start (KEPT_NOTE)."""
     column = "after" if arm == "transfer" else arm
-    return pct(metric_value(p, summary, column)) + ("*" if kept(p, arm) else "")
+    value = metric_value(p, summary, column)
+    return pct(value) + ("*" if value is not None and kept(p, arm) else "")
 
 
 ACROSS_ENGINES_RTOL = 1e-12  # float64 sums in another order (thread counts differ per process) move the last bits
@@ -179,8 +218,10 @@ def reproducible(summary: dict) -> dict:
     keys = [f"{m}_before", f"{m}_after", f"{m}_control", f"{m}_self_training", "final_train_loss", f"val_{m}",
             "best_epoch", "control_best_epoch", "self_training_best_epoch", "kept_start", "control_kept_start",
             "self_training_kept_start", "positive_flips", "negative_flips", "teach_share_per_epoch"]
+    arms = {arm: {"participants": a["participants"], "role_matrix_per_epoch": a["role_matrix_per_epoch"]}
+            for arm, a in (summary.get("transfer_arms") or {}).items()}
     return {"participants": {n: {k: p[k] for k in keys} for n, p in summary["participants"].items()},
-            "role_matrix_per_epoch": summary["role_matrix_per_epoch"]}
+            "role_matrix_per_epoch": summary["role_matrix_per_epoch"], "transfer_arms": arms}
 
 
 SUMMED = ("final_train_loss", "teach_share_per_epoch", "role_matrix_per_epoch")  # float sums over a run's steps
@@ -216,12 +257,14 @@ def format_table(summary: dict) -> str:
     """The readable end-of-run table (fits 100 columns); a * marks an arm that kept a participant's start."""
     summary, _ = upgrade(summary)
     selftrain = summary.get("success_rate_vs_self_training") is not None
-    rows = [f"{'participant':<16} {'before':>7} {'after':>7} {'control':>7} {'delta':>7} {'vs ctrl':>7} "
+    others = transfer_arm_names(summary)[1:]  # a column each, after transfer's
+    rows = [f"{'participant':<16} {'before':>7} {'after':>7} " + "".join(f"{arm[:7]:>7} " for arm in others)
+            + f"{'control':>7} {'delta':>7} {'vs ctrl':>7} "
             + (f"{'vs self':>7} " if selftrain else "") + f"{'+flips':>7} {'-flips':>7} {'taught':>7} {'loss':>7}"]
-    for name, p in summary["participants"].items():
+    for name, p in with_arms(summary).items():
         rows.append(
             f"{name[:16]:<16} {pct(metric_value(p, summary, 'before')):>7} {marked(p, summary, 'transfer'):>7} "
-            f"{marked(p, summary, 'control'):>7} "
+            + "".join(f"{marked(p, summary, arm):>7} " for arm in others) + f"{marked(p, summary, 'control'):>7} "
             f"{pct(p['delta'], True):>7} {pct(p['delta_vs_control'], True):>7} "
             + (f"{pct(p['delta_vs_self_training'], True):>7} " if selftrain else "")
             + f"{pct(p['positive_flips']):>7} {pct(p['negative_flips']):>7} "
@@ -235,4 +278,9 @@ def format_table(summary: dict) -> str:
         + f"; {summary['engine']}, {summary.get('strategy', 'best')}, {summary['steps']} steps, "
         f"{summary['gradient_mode']}, {summary['seconds']['total']:.0f} s"
     )
+    for arm in others:  # what each other transfer arm changed, and how it fared
+        a = summary["transfer_arms"][arm]
+        settings = ", ".join(f"{k} {v}" for k, v in a["settings"].items()) or "transfer's settings"
+        rows.append(f"{arm}: {settings}; success rate {100 * a['success_rate']:.0f}%"
+                    + ("" if a["success_rate_vs_control"] is None else f", {100 * a['success_rate_vs_control']:.0f}% above control"))
     return "\n".join(rows + kept_note(summary))

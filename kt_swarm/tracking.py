@@ -95,8 +95,8 @@ class Tracker:
         self.run.define_metric("step")
         for name in names:
             self.run.define_metric(f"{name}/*", step_metric="step")
-        self.run.define_metric("transfer/*", step_metric="step")
-        self.run.define_metric("control/*", step_metric="step")
+        for arm in ["transfer", *cfg.transfer_arms, "control", "self_training"]:
+            self.run.define_metric(f"{arm}/*", step_metric="step")
 
     def log(self, record: dict) -> None:
         """One metrics.jsonl record -> one wandb.log call, participants as prefixes."""
@@ -153,6 +153,14 @@ class Tracker:
                             data=[[t] + row for t, row in zip(self.names, summary["role_matrix"])])
         self.run.log({"results": table, "role_matrix_table": roles,
                       "role_matrix": self._heat_map(summary["role_matrix"], "transfer, last epoch")})
+        for arm, a in (summary.get("transfer_arms") or {}).items():  # the other transfer arms, each its own table
+            rows = [[name, p[f"{m}_after"], p["kept_start"], p["delta"], p["delta_vs_control"]]
+                    for name, p in a["participants"].items()]
+            self.run.log({f"{arm}/results": wandb.Table(columns=["participant", f"{m}_after", "kept_start", "delta",
+                                                                 "delta_vs_control"], data=rows),
+                          f"{arm}/role_matrix": self._heat_map(a["role_matrix"], f"{arm}, last epoch")})
+            for name, p in a["participants"].items():
+                self.run.summary[f"{name}/{arm}/{m}_after"] = p[f"{m}_after"]
         for name, p in summary["participants"].items():
             for key, value in p.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
