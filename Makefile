@@ -9,7 +9,7 @@ VENV ?= $(HOME)/.cache/kt_swarm/venv-$(ENV_KEY)
 BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup quickstart smoke real_models segmentation saliency test test-fast docs dataset
+.PHONY: setup quickstart smoke real_models segmentation saliency test test-fast docs schema dataset
 
 setup: $(VENV)/.ready dataset
 	@$(BIN)/pip install -q --no-deps -e . >/dev/null
@@ -58,6 +58,13 @@ test: setup
 # The fast tests alone (pure tensor, config, command-line parsing): about a minute
 test-fast: setup
 	$(BIN)/python -m pytest -q -m fast
+
+# The repository's copies of the config's JSON Schema and its reference page, after a change to config.py or sweep.py
+# (tests/test_config.py fails while they differ from the models)
+schema: setup
+	$(BIN)/kt-swarm schema > configs/schema.json
+	$(BIN)/kt-swarm schema --sweep > configs/sweep.schema.json
+	$(BIN)/kt-swarm schema --markdown > docs/config.md
 
 # The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or page fails the build. Offline.
 docs: setup

@@ -1,4 +1,4 @@
-"""What a run reports (docs: ../shared/docs/method.md sections 5 and 8): accuracy, top-k accuracy,
+"""What a run reports (docs/method.md: Honest evaluation, Other tasks): accuracy, top-k accuracy,
 prediction flips against the starting predictions (Roth et al.), complementary knowledge, success
 rate, teach share; mIoU and pixel accuracy for segmentation; KLD, CC, SIM and NSS for saliency.
 

@@ -1,4 +1,4 @@
-"""The loss of method.md sections 3, 6 and 7, whole (one process) and per participant (the swarm).
+"""The loss of docs/method.md (The loss, Six strategies, Unlabelled data), whole (one process) and per participant (the swarm).
 
     L = sum_m CE(z_m, y)                      (mean over the labelled samples; kl_dp has none)
       + weight * (1/B) * sum_i sum_j sum_{k != j} w[k->j](i) T^2 KL(p_k(i) || p_j(i))
@@ -164,7 +164,7 @@ def swarm_loss(
 
     logits: [N, B, C] (or N tensors [B, C]); target: [B], -1 for an unlabelled sample (no CE term,
     scored by max confidence). strategy: best | better | dml | kd | kl_dp | none | self_training
-    (method.md section 6); scores: true_class | max_confidence. Exact gradients by default (a live
+    (docs/method.md: Six strategies); scores: true_class | max_confidence. Exact gradients by default (a live
     teacher's distribution inside the KL receives gradient too, as in the published code);
     detach_teacher=True makes it a constant target. kd: `teacher` is the index of the frozen teacher
     (no CE, no gradient). kl_dp: `frozen_logits` [N, B, C] are the frozen starting copies' logits.

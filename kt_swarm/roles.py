@@ -1,4 +1,4 @@
-"""Who teaches whom: scores -> per-sample teaching weights (method.md sections 1, 2, 6 and 7).
+"""Who teaches whom: scores -> per-sample teaching weights (docs/method.md: Who teaches, Six strategies, Unlabelled data).
 
 Every strategy is one tensor W [N, N, B]: W[k, j, i] is how much participant k teaches participant
 j on sample i (>= 0; for each student and sample they sum to at most 1; the diagonal is 0).
@@ -106,7 +106,7 @@ def teaching_weights(
     kl_dp: j learns from its most confident peer k* (unique) where s_k* beats j's own frozen start,
     `start_scores` [N, B]; elsewhere j keeps to its start (the retention term, see objectives).
     none, self_training: nobody teaches. `trusted` [N, N] bool: trusted[k, j] = k may teach j; the
-    weights of the other pairs are set to 0 (trusted teachers, method.md section 6).
+    weights of the other pairs are set to 0 (trusted teachers, docs/method.md: Options for any strategy).
     """
     n, b = scores.shape
     dtype = scores.dtype if scores.is_floating_point() else torch.float64

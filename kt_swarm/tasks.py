@@ -1,4 +1,4 @@
-"""What changes per task (method.md section 8): the unit the partition works on, its score, the task loss
+"""What changes per task (docs/method.md: Other tasks): the unit the partition works on, its score, the task loss
 and the transfer divergence. The rule itself (roles.py, objectives.py) is the same for every task.
 
     classification   outputs [.., B, C], target [B] (-1: unlabelled)        unit: the sample
@@ -64,7 +64,7 @@ class Task:
         return saliency_loss(outputs, target).mean(dim=-1)
 
     def score(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """[N, B, ...] detached outputs -> [N, B] scores: minus each image's task loss (method.md section 8)."""
+        """[N, B, ...] detached outputs -> [N, B] scores: minus each image's task loss (docs/method.md: Other tasks)."""
         outputs = outputs.detach()
         if self.name == "segmentation":  # _pixel_ce is 0 at ignored pixels: sum, then divide by the labelled
             labelled = (target >= 0).sum(dim=(-2, -1)).clamp(min=1)
