@@ -17,7 +17,6 @@ import json
 import os
 import random
 import signal
-import statistics
 import sys
 import tempfile
 import threading
@@ -25,29 +24,26 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HELPERS = ROOT / "tests" / "helpers"
-sys.path[:0] = [str(ROOT), str(HELPERS), str(ROOT / "benchmarks")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 from kt_swarm.config import parse_config  # noqa: E402
 from kt_swarm.coordinator import run  # noqa: E402
 from kt_swarm.data import batches_in, load_dataset  # noqa: E402
 from kt_swarm.rundir import RunDir, read_records  # noqa: E402
 from kt_swarm.summary import differences  # noqa: E402
-from kt_swarm.swarm import start_private_ray  # noqa: E402
 from quickstart_arms import machine  # noqa: E402
+from support.configs import faulty, mlp_config  # noqa: E402
+from support.ray_nodes import start_private_ray_with_helpers  # noqa: E402
 
 WHERE = ("step", "checkpoint", "eval")
 
 
 def config(epochs: int, every_steps: int) -> dict:
-    return {
-        "participants": [{"name": f"mlp{i}", "model": "faulty_models:tiny_mlp", "lr": 3e-3, "model_args": {"hidden": h}}
-                         for i, h in enumerate((32, 16, 8))],
-        "data": {"max_per_split": 512, "augment": {"shift": 2, "hflip": True}},
-        "transfer": {"epochs": epochs, "batch_size": 32, "temperature": 2.0},
-        "checkpoint": {"every_steps": every_steps, "keep": 2},
-        "fault": {"max_restarts": 100},
-        "dtype": "float64", "control": True, "selection": "best_val",
-    }
+    """The tests' two float64 MLPs made three, longer: more data, epochs and checkpoints, restarts unlimited."""
+    return mlp_config(participants=[faulty(f"mlp{i}", hidden=h) for i, h in enumerate((32, 16, 8))],
+                      data={"max_per_split": 512, "augment": {"shift": 2, "hflip": True}},
+                      transfer={"epochs": epochs, "batch_size": 32, "temperature": 2.0},
+                      checkpoint={"every_steps": every_steps, "keep": 2},
+                      fault={"max_restarts": 100}, selection="best_val")
 
 
 class Chaos:
@@ -94,7 +90,7 @@ def main() -> None:
     args = ap.parse_args()
 
     os.environ.setdefault("WANDB_MODE", "disabled")
-    start_private_ray(runtime_env={"env_vars": {"PYTHONPATH": str(HELPERS)}})
+    start_private_ray_with_helpers()
     raw = config(args.epochs, args.checkpoint_every)
     cfg = parse_config(raw)
     tmp = Path(tempfile.mkdtemp(prefix="kt-chaos-"))

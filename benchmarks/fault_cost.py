@@ -2,7 +2,7 @@
 
     python benchmarks/fault_cost.py --repeats 3 --out benchmarks/results/fault_cost
 
-Head and worker are `ray start` nodes of this script's own (tests/ray_node.py: ports of their own, stopped
+Head and worker are `ray start` nodes of this script's own (tests/support/ray_nodes.py: ports of their own, stopped
 by pid, nothing else touched). Three tiny participants (tests/helpers/faulty_models.py) are SPREAD over both.
 Each repeat runs the job as a user would (`kt-swarm run --address`, the driver on the head's machine)
 uninterrupted; again with every process of the worker node SIGKILLed once the transfer arm has logged step
@@ -27,27 +27,24 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-HELPERS = ROOT / "tests" / "helpers"
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 from kt_swarm.summary import differences  # noqa: E402
 from quickstart_arms import machine  # noqa: E402
-from ray_node import ENV, start_node  # noqa: E402
-from run_log import wait_for_step  # noqa: E402
+from support import helpers_env  # noqa: E402
+from support.configs import faulty, mlp_config  # noqa: E402
+from support.launch import start_kt_swarm  # noqa: E402
+from support.ray_nodes import ENV, start_node  # noqa: E402
+from support.run_log import wait_for_step  # noqa: E402
 
 
 def config(epochs: int) -> dict:
-    return {
-        "participants": [{"name": "wide", "model": "faulty_models:tiny_mlp", "lr": 3e-3, "model_args": {"hidden": 24}},
-                         {"name": "narrow", "model": "faulty_models:tiny_mlp", "lr": 3e-3, "model_args": {"hidden": 8}},
-                         {"name": "slow", "model": "faulty_models:slow_mlp", "lr": 3e-3,
-                          "model_args": {"hidden": 12, "delay": 0.05}}],
-        "data": {"max_per_split": 512, "augment": {"shift": 2, "hflip": True}},
-        "transfer": {"epochs": epochs, "batch_size": 32, "temperature": 2.0},
-        "checkpoint": {"every_steps": 4, "keep": 2},
-        "placement": {"strategy": "SPREAD", "timeout_s": 180},
-        "resources": {"cpus_per_participant": 0.5},
-        "dtype": "float64", "control": True,
-    }
+    """The tests' two float64 MLPs and a slow third, SPREAD over the nodes, on more data for longer."""
+    raw = mlp_config(data={"max_per_split": 512, "augment": {"shift": 2, "hflip": True}},
+                     transfer={"epochs": epochs, "batch_size": 32, "temperature": 2.0},
+                     checkpoint={"every_steps": 4, "keep": 2},
+                     placement={"strategy": "SPREAD", "timeout_s": 180}, resources={"cpus_per_participant": 0.5})
+    raw["participants"].append(faulty("slow", "slow_mlp", hidden=12, delay=0.05))
+    return raw
 
 
 def job(cli: list[str], out: Path, gcs: str, fault=None, at: int = 0) -> float:
@@ -55,9 +52,7 @@ def job(cli: list[str], out: Path, gcs: str, fault=None, at: int = 0) -> float:
     given the driver's process), call it once the transfer arm logs step `at` in `out`. Returns the wall
     time (a killed driver's: until it is gone)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "kt_swarm", "run", *cli, "-q", "--address", gcs], cwd=ROOT,
-                            env={**ENV, "PYTHONPATH": str(HELPERS)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = start_kt_swarm("run", *cli, "-q", "--address", gcs, env=helpers_env(ENV), stdout=subprocess.DEVNULL)
     if fault is not None and wait_for_step(proc, out, at, timeout=1800) is not None:
         fault(proc)
     _, err = proc.communicate(timeout=1800)
@@ -75,7 +70,7 @@ def main() -> None:
     args = ap.parse_args()
 
     temp = Path(tempfile.mkdtemp(prefix="kt-faults-", dir="/tmp"))  # short: Ray's socket paths
-    helpers = {"PYTHONPATH": str(HELPERS)}
+    helpers = helpers_env(ENV)  # the test models, for actors on either node
     head = worker = None
     rows = []
     try:

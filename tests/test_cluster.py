@@ -4,7 +4,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import jsonschema
@@ -12,17 +11,17 @@ import pytest
 import ray.autoscaler
 import yaml
 
-from conftest import ROOT, mlp_config
 from kt_swarm.config import parse_config
 from kt_swarm.coordinator import run
 from kt_swarm.rundir import RunDir, read_records
 from kt_swarm.summary import differences
-from ray_node import ENV, RAY, start_node
-from run_log import wait_for_step
+from support import ROOT, helpers_env
+from support.configs import faulty, mlp_config
+from support.launch import start_kt_swarm
+from support.ray_nodes import ENV, RAY, start_node
+from support.run_log import wait_for_step
 
 CLUSTER = ROOT / "cluster"
-HELPERS = ROOT / "tests" / "helpers"
-sys.path.insert(0, str(HELPERS))  # the test models, for the local reference run
 
 
 @pytest.mark.parametrize("name", ["aws.yaml", "onprem.yaml"])
@@ -55,7 +54,7 @@ def two_node_cluster():
     A bystander Ray instance, started first as a user's other work would be, must outlive the teardown."""
     temp = Path(tempfile.mkdtemp(prefix="kt-ray-", dir="/tmp"))  # short: Ray's socket paths fit in 107 characters
     bystander = start_node(temp / "other", '{"other": 1}', num_cpus=1)
-    helpers = {"PYTHONPATH": str(HELPERS)}  # the test models, for actors on either node
+    helpers = helpers_env(ENV)  # the test models, for actors on either node
     its_own = set(bystander.alive())  # its GCS, raylet, dashboard, agents...
     head = worker = None
     try:
@@ -101,16 +100,14 @@ def test_a_lost_node_costs_a_restart_and_the_run_ends_as_if_nothing_happened(two
     summary of a run that was never interrupted (the local engine's, float64)."""
     raw = mlp_config(control=False, data={"max_per_split": 256}, transfer={"epochs": 2, "batch_size": 32},
                      placement={"strategy": "SPREAD", "timeout_s": 120}, resources={"cpus_per_participant": 0.5})
-    raw["participants"].append({"name": "slow", "model": "faulty_models:slow_mlp", "lr": 3e-3,
-                                "model_args": {"hidden": 12, "delay": 0.3}})
+    raw["participants"].append(faulty("slow", "slow_mlp", hidden=12, delay=0.3))
     with RunDir(tmp_path / "reference") as rd:
         reference = run(parse_config(raw), rd, "local")
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(raw))
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "kt_swarm", "run", str(config), "--out", str(out), "-q",
-                             "--address", two_node_cluster["head"].gcs], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**ENV, "PYTHONPATH": str(HELPERS)})
+    proc = start_kt_swarm("run", config, "--out", out, "-q", "--address", two_node_cluster["head"].gcs,
+                          env=helpers_env(ENV))
     records = wait_for_step(proc, out, 3)
     assert records is not None and proc.poll() is None, "the run ended before the node could be lost"
     placed = next((r for r in records if r.get("event") == "placed"), None)

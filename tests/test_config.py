@@ -1,6 +1,4 @@
 """Config validation and the CLI's answer to bad input: one line, exit code 2, nothing left in --out."""
-import contextlib
-import io
 import json
 import os
 import re
@@ -10,12 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, kt_swarm
-from kt_swarm.cli import main
 from kt_swarm.config import load_config, parse_config
 from kt_swarm.errors import UserError
 from kt_swarm.schema import COPIES, render
 from kt_swarm.sweep import load_sweep
+from support import ROOT, helpers_env
+from support.configs import mlp_config
+from support.launch import cli, kt_swarm, start_kt_swarm
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
@@ -218,22 +217,13 @@ def test_cli_unavailable_device(tmp_path):
 
 def test_sigterm_keeps_the_checkpoints_and_says_how_to_resume(tmp_path):
     """A preempted node sends SIGTERM: the run stops, keeps what it checkpointed, and says how to go on."""
-    import os
     import signal
-    import subprocess
-    import sys
     import time
-
-    import yaml
-
-    from conftest import mlp_config
 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(mlp_config(transfer={"epochs": 50, "batch_size": 32})))
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "kt_swarm", "run", str(config), "--out", str(out), "--engine", "local"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "tests" / "helpers")})
+    proc = start_kt_swarm("run", config, "--out", out, "--engine", "local", env=helpers_env())
     manifest = out / "checkpoints" / "manifest.json"
     deadline = time.time() + 120
     while not (manifest.exists() and "transfer-" in manifest.read_text()) and time.time() < deadline and proc.poll() is None:
@@ -280,10 +270,9 @@ def test_the_repository_copies_of_the_schema_are_current(path, options):
     command = f"kt-swarm schema {' '.join(options)}".rstrip() + f" > {path}"
     assert (ROOT / path).read_text() == render("--sweep" in options, "--markdown" in options), (
         f"{path} is out of date with the config models: regenerate it with `{command}`")
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        assert main(["schema", *options]) == 0, err.getvalue()
-    assert out.getvalue() == (ROOT / path).read_text()
+    code, out, err = cli(["schema", *options])
+    assert code == 0, err
+    assert out == (ROOT / path).read_text()
 
 
 @pytest.mark.fast

@@ -11,6 +11,7 @@ from PIL import Image
 from kt_swarm.config import AugmentConfig, DataConfig
 from kt_swarm.data import Preprocess, augment_images, batch_plan, load_dataset
 from kt_swarm.errors import UserError
+from support.datasets import write_folder
 
 AUG = AugmentConfig(shift=2, hflip=True)
 
@@ -90,19 +91,6 @@ def test_shift_moves_content_and_flip_mirrors(fmnist):
     assert (shifted[0, 0, :2] == 0).all()
     flipped = augment_images(img, BatchPlan(torch.tensor([0]), torch.zeros(1, 2, dtype=torch.long), torch.tensor([True])))
     assert torch.equal(flipped, img.flip(-1))
-
-
-def write_folder(root, fmnist, per_class=12, classes=3, val=False):
-    """A folder dataset of real 28x28 grayscale PNGs cut from Fashion-MNIST."""
-    ids = fmnist.splits["train"]
-    for split in ["train", "test"] + (["val"] if val else []):
-        for c in range(classes):
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True, exist_ok=True)
-            picks = ids[fmnist.labels[ids] == c][: per_class]
-            for k, i in enumerate(picks.tolist()):
-                Image.fromarray(fmnist.images[i, 0].numpy()).save(d / f"{k}.png")
-    return root
 
 
 @pytest.mark.fast

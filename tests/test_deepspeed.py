@@ -2,21 +2,18 @@
 participants are hosted by DeepSpeed engines (ZeRO stages 0-3, on the CPU with gloo) reaching what the same
 swarm reaches with plain participants."""
 import json
-import sys
 
 import pytest
 import ray
 
-from conftest import ROOT, killer, mlp_config
 from kt_swarm.config import parse_config
 from kt_swarm.coordinator import run
 from kt_swarm.errors import UserError
-from kt_swarm.rundir import RunDir
-from kt_swarm.swarm import start_private_ray
+from kt_swarm.rundir import RunDir, read_records
+from support.configs import faulty, mlp_config
+from support.hooks import Stop, killer, stop_at
 
 pytest.importorskip("deepspeed")  # the `deepspeed` extra; `make test` installs it
-HELPERS = ROOT / "tests" / "helpers"
-sys.path.insert(0, str(HELPERS))
 
 
 def hosted(stages: dict[str, int | tuple[int, int]], **overrides) -> dict:
@@ -66,16 +63,8 @@ def test_what_deepspeed_cannot_do_here_is_refused_before_anything_starts(tmp_pat
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
-@pytest.fixture(scope="module")
-def ray_instance():
-    start_private_ray(num_cpus=2, runtime_env={"env_vars": {"PYTHONPATH": str(HELPERS)}})
-    yield
-    ray.shutdown()
-
-
 def records(run_dir) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if "losses" in r or r.get("event") in ("eval", "test")]
+    return [r for r in read_records(run_dir) if "losses" in r or r.get("event") in ("eval", "test")]
 
 
 def same_run(reference, records_, rel: float) -> None:
@@ -86,18 +75,6 @@ def same_run(reference, records_, rel: float) -> None:
             assert b["losses"][p] == (pytest.approx(a["losses"][p], rel=rel) if rel else a["losses"][p]), (a, p)
         for key in ("val_accuracy", "test_accuracy", "role_matrix"):
             assert a.get(key) == b.get(key), key
-
-
-class Stop(Exception):
-    """Stands for the driver dying mid-run."""
-
-
-def stop_at(arm: str, epoch: int, step: int):
-    def on_record(record: dict) -> None:
-        if (record.get("arm"), record.get("epoch"), record.get("step")) == (arm, epoch, step) and "losses" in record:
-            raise Stop
-
-    return on_record
 
 
 def test_deepspeed_participants_reach_what_plain_ones_reach_through_a_lost_rank(ray_instance, tmp_path):
@@ -173,8 +150,7 @@ def test_a_gang_skips_nan_steps_with_everyone(ray_instance, tmp_path):
     summaries = {}  # the reference: the local engine, every participant plain in this process
     for name, hosted_by in (("plain", {}), ("gang", {"deepspeed": {"zero_optimization": {"stage": 1}}, "ranks": 2})):
         raw = hosted({})
-        raw["participants"][1] = {"name": "nanny", "model": "faulty_models:nan_mlp", "lr": 3e-3,
-                                  "model_args": {"nan_from": 2, "nan_calls": 2}, **hosted_by}
+        raw["participants"][1] = {**faulty("nanny", "nan_mlp", nan_from=2, nan_calls=2), **hosted_by}
         with RunDir(tmp_path / name) as rd:
             summaries[name] = run(parse_config(raw), rd, "ray" if hosted_by else "local")
     assert summaries["gang"]["faults"]["skipped_steps"] == summaries["plain"]["faults"]["skipped_steps"] == {"transfer": 2}

@@ -8,7 +8,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import dense_config, kt_swarm
 from kt_swarm.config import parse_config
 from kt_swarm.coordinator import run
 from kt_swarm.data import batch_plan, load_dataset
@@ -16,6 +15,8 @@ from kt_swarm.errors import UserError
 from kt_swarm.metrics import complementary, correct, flips, miou, task_metrics
 from kt_swarm.rundir import RunDir, read_records
 from kt_swarm.tasks import cc, kld, nss, saliency_metrics, sim
+from support.configs import dense_config
+from support.launch import kt_swarm
 
 
 # ----------------------------------------------------------------------------- config

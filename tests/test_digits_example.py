@@ -9,7 +9,8 @@ import tarfile
 
 import numpy as np
 
-from conftest import ROOT, load_script
+from support import ROOT
+from support.launch import load_script
 
 SCRIPT = ROOT / "examples" / "digits" / "prepare.py"
 

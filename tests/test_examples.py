@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from conftest import ROOT
+from support import ROOT
 
 
 def test_own_training_loop_example_runs():

@@ -1,12 +1,9 @@
 """`kt-swarm run --fork RUN_DIR --set ...`: a new run from another run's last checkpoint, with changed settings."""
 import json
-import os
-import sys
 
 import pytest
 import yaml
 
-from conftest import ROOT, kt_swarm, mlp_config
 from kt_swarm.checkpoint import Checkpoints, config_digest
 from kt_swarm.config import load_config, parse_config, to_dict
 from kt_swarm.coordinator import run
@@ -14,13 +11,10 @@ from kt_swarm.errors import UserError
 from kt_swarm.fork import prepare_fork
 from kt_swarm.rundir import RunDir
 from kt_swarm.summary import differences
-
-HELPERS = ROOT / "tests" / "helpers"
-sys.path.insert(0, str(HELPERS))
-
-
-class Stop(Exception):
-    pass
+from support import helpers_env
+from support.configs import mlp_config
+from support.hooks import Stop, stop_at
+from support.launch import kt_swarm
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +22,8 @@ def stopped(tmp_path_factory):
     """A float64 run stopped mid-transfer (after a step checkpoint), and the same run never stopped."""
     root = tmp_path_factory.mktemp("fork")
     cfg = parse_config(mlp_config())
-
-    def stop(record):
-        if record.get("arm") == "transfer" and record.get("epoch") == 1 and record.get("step") == 1 and "losses" in record:
-            raise Stop
-
     with pytest.raises(Stop), RunDir(root / "stopped") as rd:
-        run(cfg, rd, "local", on_record=stop)
+        run(cfg, rd, "local", on_record=stop_at("transfer", epoch=1, step=1))
     with RunDir(root / "full") as rd:
         full = run(cfg, rd, "local")
     return root, full
@@ -59,7 +48,7 @@ def test_a_forked_learning_rate_is_the_one_that_trains(stopped, tmp_path):
     root, full = stopped
     out = tmp_path / "fork"
     proc = kt_swarm("run", "--fork", root / "stopped", "--set", "participants.*.lr=1e-4", "--set", "transfer.epochs=3",
-                    "--out", out, "--engine", "local", "-q", env={**os.environ, "PYTHONPATH": str(HELPERS)})
+                    "--out", out, "--engine", "local", "-q", env=helpers_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     cfg = load_config(out / "config.yaml")
     assert [p.lr for p in cfg.participants] == [1e-4, 1e-4] and cfg.transfer.epochs == 3

@@ -20,9 +20,9 @@ import yaml
 from hypothesis import event, example, given, settings, strategies as st
 from pydantic import BaseModel
 
-from conftest import ROOT
 from kt_swarm.config import Config, load_config, parse_config, to_dict
 from kt_swarm.errors import UserError
+from support import ROOT
 
 pytestmark = pytest.mark.fast  # config parsing only: no Ray, no training (about 15 s)
 

@@ -1,32 +1,25 @@
 """Bad input hunted, not listed: random command lines (through --dry-run, so a valid one starts
 nothing) and mutated checkpoint files. The answer is exit code 0 or 2, and 2 comes with one line;
 a damaged checkpoint is refused in one line, never with a traceback."""
-import contextlib
 import hashlib
-import io
 import json
-import signal
-import sys
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, mlp_config
 from kt_swarm.checkpoint import Checkpoints, config_digest
-from kt_swarm.cli import main
 from kt_swarm.config import parse_config, to_dict
 from kt_swarm.coordinator import run
 from kt_swarm.errors import UserError
 from kt_swarm.rundir import RunDir
+from support import ROOT
+from support.configs import mlp_config
+from support.hooks import Stop, stop_after
+from support.launch import cli
 
-sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
-
-
-class Stop(Exception):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +29,9 @@ def places(tmp_path_factory):
     (root / "garbage.yaml").write_bytes(b"\x00\xff{[: -\n\t!!python/object:os.system")
     (root / "folder").mkdir()
     cfg = parse_config(mlp_config(transfer={"epochs": 1, "batch_size": 32}))
-    seen = []
-
-    def stop(record):
-        seen.append(record)
-        if len(seen) == 4:
-            raise Stop
-
     with pytest.raises(Stop):
         with RunDir(root / "stopped") as rd:
-            run(cfg, rd, "local", on_record=stop)
+            run(cfg, rd, "local", on_record=stop_after(4))
     return {"config": str(ROOT / "configs" / "smoke.yaml"), "garbage": str(root / "garbage.yaml"),
             "folder": str(root / "folder"), "missing": str(root / "missing"), "stopped": str(root / "stopped"),
             "fresh_out": str(root / "fresh-out")}
@@ -85,19 +71,7 @@ def overridden_configs(draw, places):
 
 
 def call(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.alarm(20)  # a hang fails the test instead of stalling it
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(argv)
-            except SystemExit as e:  # argparse's own errors
-                code = e.code
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGTERM, previous)
-    return code, out.getvalue(), err.getvalue()
+    return cli(argv, alarm=20)  # a hang fails the test instead of stalling it
 
 
 @pytest.mark.parametrize("lines", [command_lines, overridden_configs])

@@ -4,12 +4,12 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from conftest import ROOT
 from kt_swarm.config import ParticipantConfig, parse_config
 from kt_swarm.build import build_participant
 from kt_swarm.data import augment_images, batch_plan, load_dataset
 from kt_swarm.errors import UserError
 from kt_swarm.models import create_model, preprocess_for
+from support import ROOT
 
 
 def spec(**kw):

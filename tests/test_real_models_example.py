@@ -14,7 +14,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import ROOT, kt_swarm, load_script
+from support import ROOT
+from support.launch import kt_swarm, load_script
 
 SCRIPT = ROOT / "examples" / "real_models" / "prepare.py"
 

@@ -2,47 +2,29 @@
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 import yaml
 
-from conftest import ROOT, kt_swarm, mlp_config
-from run_log import logged
 from kt_swarm.checkpoint import Checkpoints, config_digest
 from kt_swarm.config import parse_config, to_dict
 from kt_swarm.coordinator import run
 from kt_swarm.errors import UserError
 from kt_swarm.rundir import RunDir, read_records
 from kt_swarm.summary import differences
-
-HELPERS = ROOT / "tests" / "helpers"
-sys.path.insert(0, str(HELPERS))
-
-
-class Stop(Exception):
-    """Stands for the driver dying: raised from inside the run, after a chosen metrics record."""
-
-
-def stopped_after(record_index: int):
-    seen = []
-
-    def on_record(record: dict) -> None:
-        seen.append(record)
-        if len(seen) == record_index:
-            raise Stop
-
-    return on_record
+from support import ROOT, helpers_env
+from support.configs import faulty, mlp_config
+from support.hooks import Stop, stop_after
+from support.launch import kt_swarm, start_kt_swarm
+from support.run_log import wait_for
 
 
 def stop_and_resume(cfg, out, index: int) -> dict:
     """Run on the local engine into `out`, stop after metrics record `index`, resume; the resumed summary."""
     with pytest.raises(Stop):
         with RunDir(out) as rd:
-            run(cfg, rd, "local", on_record=stopped_after(index))
+            run(cfg, rd, "local", on_record=stop_after(index))
     with RunDir(out, resume=True) as rd:
         return run(cfg, rd, "local")
 
@@ -122,12 +104,6 @@ def test_frozen_copies_survive_a_resume(strategy, tmp_path):
         assert not differences(resumed, full, across_engines=False), f"stopped after record {index}: {records[index - 1]}"
 
 
-def run_cli(*args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "kt_swarm", "run", *map(str, args)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(HELPERS)}, start_new_session=True, **kwargs)
-
-
 def test_driver_killed_mid_epoch_resumes_to_the_same_summary(tmp_path):
     """The real thing: the CLI on the Ray engine, SIGKILLed mid-epoch, then `--resume`; against the run that was
     never stopped (on the local engine, which computes the same numbers in float64)."""
@@ -138,20 +114,16 @@ def test_driver_killed_mid_epoch_resumes_to_the_same_summary(tmp_path):
         a = run(parse_config(raw), rd, "local")
 
     out = tmp_path / "killed"
-    proc = run_cli(config, "--out", out, "-q")
-    deadline = time.time() + 300
+    proc = start_kt_swarm("run", config, "--out", out, "-q", env=helpers_env(), new_session=True)
     # Kill it in the middle of the second epoch, after at least one step checkpoint (8 steps an epoch).
-    while time.time() < deadline and proc.poll() is None:
-        if any(r.get("epoch") == 1 and r.get("step", 0) >= 3 for r in logged(out)):
-            break
-        time.sleep(0.05)
+    wait_for(proc, out, lambda r: r.get("epoch") == 1 and r.get("step", 0) >= 3, timeout=300)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.kill()  # SIGKILL: no handler runs, nothing is cleaned up
     proc.wait()
     os.killpg(proc.pid, signal.SIGKILL)  # and its private Ray instance with it, as a lost node would
     assert not (out / "summary.json").exists() and (out / "checkpoints" / "manifest.json").exists()
 
-    resumed = run_cli("--resume", out, "-q")
+    resumed = start_kt_swarm("run", "--resume", out, "-q", env=helpers_env(), new_session=True)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     b = json.loads((out / "summary.json").read_text())
     assert not differences(b, a, across_engines=True)  # Ray against the local engine
@@ -160,8 +132,7 @@ def test_driver_killed_mid_epoch_resumes_to_the_same_summary(tmp_path):
 
 def test_nan_steps_are_skipped_by_everyone_and_counted(tmp_path):
     raw = mlp_config(control=False)
-    raw["participants"][1] = {"name": "nanny", "model": "faulty_models:nan_mlp", "lr": 3e-3,
-                              "model_args": {"nan_from": 2, "nan_calls": 2}}
+    raw["participants"][1] = faulty("nanny", "nan_mlp", nan_from=2, nan_calls=2)
     with RunDir(tmp_path / "run") as rd:
         summary = run(parse_config(raw), rd, "local")
     assert summary["faults"]["skipped_steps"] == {"transfer": 2}
@@ -173,12 +144,11 @@ def test_nan_steps_are_skipped_by_everyone_and_counted(tmp_path):
 
 def test_too_many_nan_steps_in_a_row_stop_the_run_naming_the_participant(tmp_path):
     raw = mlp_config(control=False, fault={"max_bad_steps": 3})
-    raw["participants"][1] = {"name": "nanny", "model": "faulty_models:nan_mlp", "lr": 3e-3,
-                              "model_args": {"nan_from": 2, "nan_calls": 100}}
+    raw["participants"][1] = faulty("nanny", "nan_mlp", nan_from=2, nan_calls=100)
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(raw))
     out = tmp_path / "run"
-    proc = kt_swarm("run", config, "--out", out, "--engine", "local", env={**os.environ, "PYTHONPATH": str(HELPERS)})
+    proc = kt_swarm("run", config, "--out", out, "--engine", "local", env=helpers_env())
     assert proc.returncode == 2, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("kt-swarm: error: participant 'nanny': NaN or Inf") and "3 steps in a row" in line
@@ -197,12 +167,12 @@ def stopped_run(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(Stop):
         with RunDir(out) as rd:
-            run(cfg, rd, "local", on_record=stopped_after(6))
+            run(cfg, rd, "local", on_record=stop_after(6))
     return cfg, out
 
 
 def resume_error(out) -> str:
-    proc = kt_swarm("run", "--resume", out, "--engine", "local", env={**os.environ, "PYTHONPATH": str(HELPERS)})
+    proc = kt_swarm("run", "--resume", out, "--engine", "local", env=helpers_env())
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kt-swarm: error: "), proc.stderr

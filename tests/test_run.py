@@ -7,14 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, kt_swarm
 from kt_swarm.config import DataConfig, load_config
 from kt_swarm.coordinator import make_engine
 from kt_swarm.data import batch_plan, load_dataset
 from kt_swarm.objectives import LossSpec, participant_loss
 from kt_swarm.rundir import read_records
 from kt_swarm.summary import upgrade
-from test_data import write_folder
+from support import ROOT
+from support.datasets import write_folder
+from support.launch import kt_swarm
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 

@@ -2,15 +2,14 @@
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import yaml
 
-from conftest import ROOT, kt_swarm, mlp_config
-
-HELPERS = ROOT / "tests" / "helpers"
+from support import helpers_env
+from support.configs import mlp_config
+from support.launch import kt_swarm, start_kt_swarm
+from support.run_log import wait_for
 
 
 def process_tree(root: int) -> dict[int, str]:
@@ -67,15 +66,9 @@ def test_the_private_ray_instance_listens_on_loopback_only(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(mlp_config(transfer={"epochs": 50, "batch_size": 32})))
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "kt_swarm", "run", str(config), "--out", str(out), "-q"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(HELPERS)})
+    proc = start_kt_swarm("run", config, "--out", out, "-q", env=helpers_env())
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline and proc.poll() is None:
-            if (out / "metrics.jsonl").exists() and '"losses"' in (out / "metrics.jsonl").read_text():
-                break
-            time.sleep(0.2)
+        wait_for(proc, out, lambda r: "losses" in r, timeout=180, poll=0.2)  # training has started
         assert proc.poll() is None, proc.communicate()[1]
         time.sleep(3)  # Ray's agents come up a few seconds after its core
         sockets = listening(process_tree(proc.pid))
@@ -96,7 +89,7 @@ def test_environment_secrets_never_reach_the_run_directory_or_the_output(tmp_pat
     config.write_text(yaml.safe_dump(mlp_config(transfer={"epochs": 1, "batch_size": 32},
                                                 tracking={"wandb": {"mode": "offline", "project": "kt-test"}})))
     out = tmp_path / "out"
-    env = {**os.environ, **SECRETS, "PYTHONPATH": str(HELPERS), "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
+    env = helpers_env(**SECRETS, WANDB_MODE="offline", WANDB_DIR=str(tmp_path))
     proc = kt_swarm("run", config, "--out", out, "--engine", "local", "-v", env=env)
     assert proc.returncode == 0, proc.stderr
     assert list(out.glob("wandb/offline-run-*")), "W&B did not log, so there was nothing to check"

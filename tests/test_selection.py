@@ -1,18 +1,16 @@
 """Selection never leaves a participant worse than its start, as far as validation can tell: the start is a
 candidate in every arm (selection: best_val), and only a strict improvement on validation leaves it."""
 import json
-import sys
 
 import pytest
 
-from conftest import ROOT, mlp_config
 from kt_swarm.config import parse_config
 from kt_swarm.coordinator import run
 from kt_swarm.fork import prepare_fork
 from kt_swarm.rundir import RunDir, read_records
 from kt_swarm.summary import differences, format_table
-
-sys.path.insert(0, str(ROOT / "tests" / "helpers"))
+from support.configs import faulty, mlp_config
+from support.hooks import Stop, stop_after
 
 
 def hurt_config(**overrides) -> dict:
@@ -20,26 +18,10 @@ def hurt_config(**overrides) -> dict:
     random weights at a sane rate, which training improves."""
     raw = mlp_config(**overrides)
     raw["participants"] = [
-        {"name": "steady", "model": "faulty_models:tiny_mlp", "lr": 3e-3, "model_args": {"hidden": 24}},
-        {"name": "reckless", "model": "faulty_models:tiny_mlp", "weights": "zoo", "lr": 5.0, "model_args": {"hidden": 16}}]
+        faulty("steady", hidden=24), faulty("reckless", lr=5.0, weights="zoo", hidden=16)]
     raw["data"] = {**raw["data"], "pretrain_fraction": 0.3}
     raw["zoo"] = {"epochs": 10, "batch_size": 32}
     return raw
-
-
-class Stop(Exception):
-    pass
-
-
-def stop_at(index: int):
-    seen = []
-
-    def on_record(record: dict) -> None:
-        seen.append(record)
-        if len(seen) == index:
-            raise Stop
-
-    return on_record
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +93,7 @@ def test_a_kept_start_survives_a_resume(hurt, tmp_path, where):
     run_dir = tmp_path / "run"
     with pytest.raises(Stop):
         with RunDir(run_dir) as rd:
-            run(cfg, rd, "local", on_record=stop_at(index))
+            run(cfg, rd, "local", on_record=stop_after(index))
     with RunDir(run_dir, resume=True) as rd:
         resumed = run(cfg, rd, "local")
     assert not differences(resumed, full, across_engines=False)
@@ -125,7 +107,7 @@ def test_a_fork_after_a_kept_start_ends_as_the_run_it_came_from(hurt, tmp_path):
     index = next(i for i, r in enumerate(read_records(out), 1) if r.get("arm") == "control" and r.get("epoch") == 1)
     with pytest.raises(Stop):
         with RunDir(tmp_path / "stopped") as rd:
-            run(cfg, rd, "local", on_record=stop_at(index))
+            run(cfg, rd, "local", on_record=stop_after(index))
     forked_cfg, rd = prepare_fork(tmp_path / "stopped", [], tmp_path / "fork")
     with rd:
         summary = run(forked_cfg, rd, "local")

@@ -1,7 +1,5 @@
 """The Ray swarm: one actor per participant, exact against the local engine, at scale, on failure."""
 import inspect
-import json
-import sys
 import time
 import typing
 
@@ -9,8 +7,7 @@ import pytest
 import ray
 import torch
 
-from conftest import ROOT, dense_config, killer, mlp_config
-from kt_swarm.config import Config, load_config, parse_config
+from kt_swarm.config import parse_config
 from kt_swarm.checkpoint import Checkpoints
 from kt_swarm.coordinator import fresh_arm, make_engine, run, save_start, train_arm
 from kt_swarm.data import load_dataset
@@ -18,46 +15,19 @@ from kt_swarm.engine import Engine, StepResult
 from kt_swarm.errors import ParticipantLost, UserError
 from kt_swarm.local import LocalEngine
 from kt_swarm.objectives import LossSpec
-from kt_swarm.rundir import RunDir
-from kt_swarm.swarm import RaySwarm, placement_shortfall, start_private_ray
+from kt_swarm.rundir import RunDir, read_records
+from kt_swarm.swarm import RaySwarm, placement_shortfall
 from kt_swarm.summary import differences
-
-HELPERS = ROOT / "tests" / "helpers"
-sys.path.insert(0, str(HELPERS))
-
-
-@pytest.fixture(scope="module")
-def ray_instance():
-    """One Ray instance for the module, on loopback; workers can import the helper models."""
-    start_private_ray(num_cpus=2, runtime_env={"env_vars": {"PYTHONPATH": str(HELPERS)}})
-    yield
-    ray.shutdown()
+from support.configs import dense_config, faulty, mlp_config, tiny_config
+from support.hooks import killer
 
 
 @pytest.fixture(autouse=True)
 def ray_unless_fast(request):
-    """Every test here but the fast ones (no Ray) runs on the module's Ray instance, started on first use."""
+    """Every test here but the fast ones (no Ray) runs on the module's Ray instance (conftest.py's ray_instance),
+    started on first use."""
     if request.node.get_closest_marker("fast") is None:
         request.getfixturevalue("ray_instance")
-
-
-def tiny_config(n: int, **overrides) -> Config:
-    raw = load_config(ROOT / "configs" / "smoke.yaml")
-    from kt_swarm.config import to_dict
-
-    raw = to_dict(raw)
-    fourth = {"name": "resnet_b", "model": "resnet10t", "weights": "none", "lr": 2e-3,
-              "model_args": {"channels": [8, 16, 32, 64], "stem_width": 8}}
-    raw["participants"] = (raw["participants"] + [fourth])[:n]
-    for p in raw["participants"]:
-        p["weights"] = "none"  # random init, seeded: no zoo needed to compare engines
-        p["lr"] = 2e-3
-    raw.update(dtype="float64", control=False)
-    raw["data"].update(max_per_split=192, augment={"shift": 2, "hflip": True})
-    raw["transfer"].update(epochs=2, batch_size=48, temperature=2.0)
-    for key, value in overrides.items():
-        raw[key] = value
-    return parse_config(raw)
 
 
 def checkpoints(engine, cfg, root) -> Checkpoints:
@@ -216,8 +186,7 @@ def test_a_result_lost_before_the_driver_reads_it_is_a_lost_participant():
 
 def test_sixteen_tiny_participants(tmp_path):
     raw = {
-        "participants": [{"name": f"mlp{i:02d}", "model": "faulty_models:tiny_mlp", "lr": 1e-3,
-                          "model_args": {"hidden": 8 + i}} for i in range(16)],
+        "participants": [faulty(f"mlp{i:02d}", lr=1e-3, hidden=8 + i) for i in range(16)],
         "data": {"max_per_split": 128},
         "transfer": {"batch_size": 32},
         "selection": "last",
@@ -238,8 +207,8 @@ def test_sixteen_tiny_participants(tmp_path):
 def test_a_failing_participant_stops_the_run_with_one_line(tmp_path):
     raw = {
         "participants": [
-            {"name": "steady", "model": "faulty_models:tiny_mlp", "lr": 1e-3},
-            {"name": "fragile", "model": "faulty_models:failing_mlp", "lr": 1e-3, "model_args": {"fail_after": 2}},
+            faulty("steady", lr=1e-3),
+            faulty("fragile", "failing_mlp", lr=1e-3, fail_after=2),
         ],
         "data": {"max_per_split": 256},
         "transfer": {"batch_size": 32},
@@ -351,7 +320,7 @@ def test_a_killed_actor_is_restarted_and_the_run_ends_as_if_nothing_happened(tmp
         killed = run(cfg, rd, "ray", on_record=killer(["narrow"], "control", step=2))
     assert not differences(killed, full, across_engines=False)
     assert killed["faults"]["restarts"] == {"wide": 0, "narrow": 1}
-    events = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    events = read_records(tmp_path / "killed")
     restarted = [e for e in events if e.get("event") == "restarted"]
     assert len(restarted) == 1 and restarted[0]["checkpoint"] == "control-0000002"
     placed = [e["participants"] for e in events if e.get("event") == "placed"]
@@ -374,8 +343,7 @@ def test_a_killed_actor_gets_its_start_copy_back(tmp_path):
 def test_a_participant_that_keeps_dying_stops_the_run_with_one_line(die_in, tmp_path):
     """In training (the checkpoints stay) or every time its model is built (before the run's first one)."""
     raw = mlp_config(control=False, fault={"max_restarts": 1})
-    raw["participants"][1] = {"name": "doomed", "model": "faulty_models:suicidal_mlp", "lr": 1e-3,
-                              "model_args": {"die_at": 2, "die_in": die_in}}
+    raw["participants"][1] = faulty("doomed", "suicidal_mlp", lr=1e-3, die_at=2, die_in=die_in)
     with pytest.raises(UserError) as e:
         with RunDir(tmp_path / "run") as rd:
             run(parse_config(raw), rd, "ray")
@@ -393,8 +361,8 @@ def test_actors_lost_before_the_run_are_restarted_and_counted(tmp_path):
         raw = mlp_config(control=False, transfer={"epochs": 1, "batch_size": 32, "temperature": 2.0})
         raw["data"]["pretrain_fraction"] = 0.4
         raw["zoo"] = {"epochs": 1, "batch_size": 16, "cache_dir": str(tmp_path / die_in / "cache")}
-        raw["participants"][1] = {"name": "doomed", "model": "faulty_models:suicidal_mlp", "weights": "zoo", "lr": 1e-3,
-                                  "model_args": {"die_in": die_in, "die_at": die_at, "marker": str(tmp_path / die_in / "died")}}
+        raw["participants"][1] = faulty("doomed", "suicidal_mlp", lr=1e-3, weights="zoo", die_in=die_in, die_at=die_at,
+                                        marker=str(tmp_path / die_in / "died"))
         return parse_config(raw)
 
     with RunDir(tmp_path / "full") as rd:
@@ -405,7 +373,7 @@ def test_actors_lost_before_the_run_are_restarted_and_counted(tmp_path):
         assert (tmp_path / die_in / "died").exists(), die_in
         assert not differences(killed, full, across_engines=False), die_in
         assert killed["faults"]["restarts"] == {"wide": 0, "doomed": 1}, die_in
-        events = [json.loads(line) for line in (tmp_path / die_in / "run" / "metrics.jsonl").read_text().splitlines()]
+        events = read_records(tmp_path / die_in / "run")
         restarted = [e["checkpoint"] for e in events if e.get("event") == "restarted"]
         assert restarted == ([None] if die_in == "state" else []), die_in  # the first two died before the run's log
 
@@ -413,8 +381,7 @@ def test_actors_lost_before_the_run_are_restarted_and_counted(tmp_path):
 def test_nan_steps_are_skipped_alike_by_actors_and_by_the_local_engine(tmp_path):
     """The actors apply an update only once every participant's step was finite: same result as local."""
     raw = mlp_config(control=False)
-    raw["participants"][0] = {"name": "nanny", "model": "faulty_models:nan_mlp", "lr": 3e-3,
-                              "model_args": {"nan_from": 2, "nan_calls": 2}}
+    raw["participants"][0] = faulty("nanny", "nan_mlp", nan_from=2, nan_calls=2)
     cfg = parse_config(raw)
     summaries = {}
     for engine in ("local", "ray"):
@@ -438,9 +405,7 @@ def test_two_actors_lost_at_once_are_both_restarted(tmp_path):
 @pytest.mark.parametrize("engine_name", ["local", "ray"])
 def test_a_skipped_step_changes_nothing_not_even_batchnorm_statistics(engine_name):
     raw = mlp_config()
-    raw["participants"] = [{"name": "bn", "model": "faulty_models:bn_mlp", "lr": 1e-3},
-                           {"name": "nanny", "model": "faulty_models:nan_mlp", "lr": 1e-3,
-                            "model_args": {"nan_from": 2, "nan_calls": 1}}]
+    raw["participants"] = [faulty("bn", "bn_mlp", lr=1e-3), faulty("nanny", "nan_mlp", lr=1e-3, nan_from=2, nan_calls=1)]
     cfg = parse_config(raw)
     engine = make_engine(engine_name, cfg, load_dataset(cfg.data))
     try:

@@ -6,10 +6,12 @@ import textwrap
 import pytest
 import yaml
 
-from conftest import ROOT, kt_swarm, mlp_config
 from kt_swarm.config import parse_config
 from kt_swarm.errors import UserError
 from kt_swarm.sweep import _examples, _overrides, load_sweep, search_space, sweep_metric
+from support import ROOT, helpers_env
+from support.configs import mlp_config
+from support.launch import kt_swarm
 
 
 def write(tmp_path, text):
@@ -174,7 +176,7 @@ def test_trials_asha_stops_say_so_in_their_directories_and_in_sweep_md(tmp_path)
     """)
     out = tmp_path / "out"
     proc = kt_swarm("sweep", path, "--out", out, "--engine", "local", timeout=600,
-                    env={**os.environ, "PYTHONPATH": str(ROOT / "tests" / "helpers")})
+                    env=helpers_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = json.loads((out / "sweep.json").read_text())["trials"]
     status = {t["trial"]: t["status"] for t in trials}

@@ -6,10 +6,13 @@ import wandb
 import yaml
 from wandb.sdk.wandb_run import Run
 
-from conftest import ROOT, kt_swarm
 from kt_swarm.config import parse_config, to_dict
 from kt_swarm.coordinator import run
 from kt_swarm.rundir import RunDir
+from support import ROOT
+from support.configs import mlp_config
+from support.hooks import Stop, stop_when
+from support.launch import kt_swarm
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
@@ -85,24 +88,11 @@ def test_without_an_api_key_the_cli_logs_offline_and_says_how_to_sync(tmp_path, 
 
 
 def test_a_resumed_run_goes_on_as_the_same_wandb_run(handed, monkeypatch, tmp_path):
-    import sys
-
-    from conftest import mlp_config
-
-    sys.path.insert(0, str(ROOT / "tests" / "helpers"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = parse_config(mlp_config(tracking={"wandb": {"project": "kt-test"}}))
-
-    class Stop(Exception):
-        pass
-
-    def stop(record):
-        if record.get("step") == 2:
-            raise Stop
-
     with pytest.raises(Stop):
         with RunDir(tmp_path / "run") as out:
-            run(cfg, out, "local", on_record=stop)
+            run(cfg, out, "local", on_record=stop_when(lambda record: record.get("step") == 2))
     with RunDir(tmp_path / "run", resume=True) as out:
         run(cfg, out, "local")
     first, second = handed["init"]

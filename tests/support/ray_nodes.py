@@ -1,10 +1,14 @@
-"""Ray nodes on loopback that a test starts and stops itself, touching no other Ray on the machine.
+"""Ray that a test or benchmark starts itself and ends itself, touching no other Ray on the machine.
 
-`ray stop` (with or without --force) ends every Ray process of the user, whoever started it. Here each
-node is a `ray start --block` in a session of its own, on ports of its own (Ray's fixed defaults, such
-as the dashboard agent's 52365, collide with any other instance); it is stopped through its own process
-tree: SIGTERM to the `ray start` process (which ends what it started), then SIGKILL by pid to any of
-its descendants still there.
+A private instance in this process (start_private_ray_with_helpers; conftest.py's module fixture
+`ray_instance` holds one per test module that asks for it): on loopback, its workers able to import the
+test models (PYTHONPATH=tests/helpers), ended by ray.shutdown().
+
+Nodes on loopback (start_node): `ray stop` (with or without --force) ends every Ray process of the user,
+whoever started it. Here each node is a `ray start --block` in a session of its own, on ports of its own
+(Ray's fixed defaults, such as the dashboard agent's 52365, collide with any other instance); it is stopped
+through its own process tree: SIGTERM to the `ray start` process (which ends what it started), then SIGKILL
+by pid to any of its descendants still there.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from . import HELPERS
 
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -33,6 +39,14 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def start_private_ray_with_helpers(**kwargs) -> None:
+    """kt_swarm's private Ray instance (loopback, no dashboard; kwargs: ray.init's, num_cpus say) whose workers
+    can import the test models."""
+    from kt_swarm.swarm import start_private_ray
+
+    start_private_ray(runtime_env={"env_vars": {"PYTHONPATH": str(HELPERS)}}, **kwargs)
 
 
 @dataclass
