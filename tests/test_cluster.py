@@ -24,6 +24,7 @@ from support.run_log import wait_for_step
 CLUSTER = ROOT / "cluster"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("name", ["aws.yaml", "onprem.yaml"])
 def test_launcher_configs_match_the_schema_shipped_in_ray(name):
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
@@ -35,6 +36,7 @@ def test_launcher_configs_match_the_schema_shipped_in_ray(name):
         jsonschema.validate({**config, "max_workerz": 2}, schema)
 
 
+@pytest.mark.fast
 def test_rayjob_and_runtime_env_are_well_formed():
     job = yaml.safe_load((CLUSTER / "rayjob.yaml").read_text())
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"

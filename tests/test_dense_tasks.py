@@ -50,6 +50,7 @@ def test_the_unit_defaults_to_the_task_s_first():
 # ----------------------------------------------------------------------------- data
 
 
+@pytest.mark.fast
 def test_scenes_give_masks_or_maps_and_augment_them_with_their_images():
     seg = load_dataset(parse_config(dense_config()).data, "segmentation")
     assert seg.images.shape == (208, 1, 32, 32) and seg.targets.shape == (208, 32, 32)
@@ -99,6 +100,7 @@ def write_folder(root, task="segmentation", n=(12, 4, 6), size=32, seed=0):
     return root
 
 
+@pytest.mark.fast
 def test_a_folder_dataset_in_the_documented_layout_loads(tmp_path):
     raw = dense_config(data={"kind": "segmentation_folder", "root": str(write_folder(tmp_path / "seg"))})
     data = load_dataset(parse_config(raw).data, "segmentation")
@@ -110,6 +112,7 @@ def test_a_folder_dataset_in_the_documented_layout_loads(tmp_path):
     assert set(maps.unique().tolist()) == {10.0, 210.0}
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("damage,message", [
     (lambda r: (r / "train/masks/003.png").unlink(), r"image '.*train/images/003.png' has no mask in '.*train/masks' \(1 unpaired\)"),
     (lambda r: Image.fromarray(np.zeros((16, 32), np.uint8)).save(r / "test/masks/001.png"),

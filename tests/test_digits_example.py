@@ -8,6 +8,7 @@ import sys
 import tarfile
 
 import numpy as np
+import pytest
 
 from support import ROOT
 from support.launch import load_script
@@ -30,6 +31,7 @@ def tarball(per_digit: int) -> tuple[bytes, dict[int, np.ndarray]]:
     return buf.getvalue(), truth
 
 
+@pytest.mark.fast
 def test_digits_come_back_as_the_pixels_that_were_stored():
     blob, truth = tarball(per_digit=2)
     got = load_script(SCRIPT).digits(blob)

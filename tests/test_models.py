@@ -16,6 +16,7 @@ def spec(**kw):
     return ParticipantConfig(**{"name": "p", "lr": 1e-3, **kw})
 
 
+@pytest.mark.fast
 def test_timm_name_built_for_the_data():
     model = create_model(spec(model="resnet10t", weights="none"), num_classes=10, in_chans=1, seed=0)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
@@ -25,6 +26,7 @@ def test_timm_name_built_for_the_data():
     assert prep.mean[0] == pytest.approx((0.485 + 0.456 + 0.406) / 3)
 
 
+@pytest.mark.fast
 def test_preprocessing_overrides():
     s = spec(model="resnet10t", weights="none", input_size=32, mean=[0.5], std=[0.2])
     prep = preprocess_for(create_model(s, num_classes=10, in_chans=1, seed=0), s, in_chans=1, image_size=28, dtype=torch.float64)
@@ -51,12 +53,14 @@ def test_autocast_forward_gives_float32_logits_and_trains(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, p.model.parameters()))
 
 
+@pytest.mark.fast
 def test_import_path_factory():
     s = spec(model="timm.models.mlp_mixer:MlpMixer", model_args=dict(img_size=28, patch_size=7, num_blocks=1, embed_dim=32))
     model = create_model(s, num_classes=5, in_chans=1, seed=0)
     assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 5)
 
 
+@pytest.mark.fast
 def test_seeded_initialisation_is_reproducible():
     s = spec(model="resnet10t", weights="none")
     a, b = (create_model(s, num_classes=10, in_chans=1, seed=3) for _ in range(2))
@@ -65,6 +69,7 @@ def test_seeded_initialisation_is_reproducible():
     assert not torch.equal(a.conv1[0].weight, c.conv1[0].weight)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_local_weight_file_through_timm_overlay(tmp_path, suffix):
     source = create_model(spec(model="resnet10t", weights="none"), num_classes=10, in_chans=1, seed=7)
@@ -76,6 +81,7 @@ def test_local_weight_file_through_timm_overlay(tmp_path, suffix):
         assert torch.equal(loaded.state_dict()[k], v), k
 
 
+@pytest.mark.fast
 def test_errors_name_the_participant_and_model(tmp_path):
     with pytest.raises(UserError, match="participant 'p': unknown model 'resnet_nope'"):
         create_model(spec(model="resnet_nope"), num_classes=10, in_chans=1, seed=0)

@@ -1,8 +1,11 @@
 """The segmentation and saliency test beds composed from Fashion-MNIST items (kt_swarm/scenes.py)."""
 import numpy as np
+import pytest
 
 from kt_swarm.data import FASHION_MNIST_FILES, _find_fashion_mnist, _read_idx
 from kt_swarm.scenes import FAINT, IGNORE, compose_scenes, silhouette
+
+pytestmark = pytest.mark.fast  # pure arrays: no Ray, no training
 
 
 def fashion_items(m=200):

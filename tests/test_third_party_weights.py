@@ -88,6 +88,7 @@ def test_efficientnet_lite_checkpoint_classifies_imagenet_samples(i, imagenet_sa
     assert top1 >= MIN_TOP1, f"top-1 {top1}/20 (measured 18/20)"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("i", [0, 1, 2])
 def test_order_agrees_with_a_mapping_by_name(i):
     """The same checkpoint through `weights_map: module:function` (names) and `order`: the same tensors."""
@@ -108,6 +109,7 @@ def foreign_file(tmp_path, state, name="foreign.pth"):
     return str(path)
 
 
+@pytest.mark.fast
 def test_order_fills_a_model_for_other_data_like_timm_does(tmp_path):
     """An ImageNet-shaped file into a 1-channel, 10-class model: convolution adapted, classifier replaced."""
     source = timm.create_model("resnet10t", num_classes=1000, in_chans=3).state_dict()
@@ -119,6 +121,7 @@ def test_order_fills_a_model_for_other_data_like_timm_does(tmp_path):
     assert state["fc.weight"].shape == (10, 512)
 
 
+@pytest.mark.fast
 def test_order_without_batchnorm_counters(tmp_path):
     source = timm.create_model("resnet10t", num_classes=10).state_dict()
     path = foreign_file(tmp_path, {k: v for k, v in source.items() if not k.endswith("num_batches_tracked")})
@@ -126,6 +129,7 @@ def test_order_without_batchnorm_counters(tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in source.items())
 
 
+@pytest.mark.fast
 def test_import_path_model_with_a_mapped_file(tmp_path):
     factory = "timm.models.resnet:resnet10t"
     source = create_model(participant(model=factory), num_classes=4, in_chans=1, seed=1).state_dict()
@@ -134,6 +138,7 @@ def test_import_path_model_with_a_mapped_file(tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in source.items())
 
 
+@pytest.mark.fast
 def test_a_safetensors_file_renamed_by_a_function(tmp_path):
     """.safetensors keeps no order (it sorts by name), so such a file needs a renaming function."""
     source = timm.create_model("resnet10t", num_classes=10).state_dict()
@@ -152,6 +157,7 @@ def one_line_error(spec, **kw):
     return message
 
 
+@pytest.mark.fast
 def test_a_mapping_that_does_not_fit_is_one_line_naming_the_tensor(tmp_path):
     source = timm.create_model("resnet10t").state_dict()
     keys = list(source)
@@ -169,6 +175,7 @@ def test_a_mapping_that_does_not_fit_is_one_line_naming_the_tensor(tmp_path):
         in one_line_error(participant(model="resnet10t", weights=shuffled, weights_map="order"))
 
 
+@pytest.mark.fast
 def test_a_renaming_function_that_misses_is_one_line(tmp_path):
     path = foreign_file(tmp_path, timm.create_model("resnet10t").state_dict())
     message = one_line_error(participant(model="resnet10t", weights=path, weights_map=f"{__name__}:keep_names"))
@@ -190,6 +197,7 @@ def fails(state, model):
     raise ValueError("boom")
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("entry, message", [
     ({"weights_map": "by-name"}, "expected order or pkg.module:function"),
     ({"weights_map": "order"}, "renames a weight file's tensors, but weights is unset"),
