@@ -64,6 +64,13 @@ cell() {
     # epochs. The digits have 4k transfer images, so only the passes change.
     digits_2ep)  [ -d data/digits ] || $PY examples/digits/prepare.py --out data/digits
                  arms digits_2ep --config configs/digits.yaml "${base[@]}" --set transfer.epochs=2 $(armlist "quickstart:$QUICKSTART") ;;
+    # Selection that also considers the arm's start (issue 23): cells again under it, to set beside the
+    # same cells selected among the trained epochs only (labels_1k: where most participants fell below their start).
+    digits_start) [ -d data/digits ] || $PY examples/digits/prepare.py --out data/digits
+                 arms digits_start --config configs/digits.yaml "${base[@]}" $(armlist "best chosen:$CHOSEN quickstart:$QUICKSTART") ;;
+    labels_1k_start) arms labels_1k_start "${base[@]}" --set data.transfer_samples=1000 $(armlist "$STRONG_WEAK") ;;
+    digits_2ep_start) [ -d data/digits ] || $PY examples/digits/prepare.py --out data/digits
+                 arms digits_2ep_start --config configs/digits.yaml "${base[@]}" --set transfer.epochs=2 $(armlist "quickstart:$QUICKSTART") ;;
     *) echo "unknown cell $1" >&2; exit 2 ;;
   esac
 }
