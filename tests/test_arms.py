@@ -1,18 +1,15 @@
 """transfer_arms: more transfer arms beside `transfer`, from the same start on the same steps, reported beside it
 (the quickstart shows the paper's partition, every participant teacher and student, beside its chosen setting)."""
-import sys
-
 import pytest
 
-from conftest import ROOT, mlp_config
+from support.configs import mlp_config
+from support.hooks import Stop, stop_at
 from kt_swarm.config import parse_config
 from kt_swarm.coordinator import run
 from kt_swarm.errors import UserError
 from kt_swarm.report import report_markdown
 from kt_swarm.rundir import RunDir, read_records
 from kt_swarm.summary import differences, format_table
-
-sys.path.insert(0, str(ROOT / "tests" / "helpers"))  # faulty_models: the tiny MLPs
 
 
 @pytest.mark.fast
@@ -78,3 +75,19 @@ def test_an_arm_with_transfers_settings_is_the_transfer_arm_again_and_another_di
     changed = {**summary, "transfer_arms": {**arms, "kd": {**arms["kd"], "role_matrix_per_epoch": [[[0.0, 1.0], [0.0, 0.0]]]}}}
     assert differences(summary, changed, across_engines=False) == [
         "transfer_arms.kd.role_matrix_per_epoch: 2 items != 1"]
+
+
+def test_a_run_stopped_in_another_transfer_arm_resumes_to_the_same_summary(tmp_path):
+    """Stopped mid-way through the extra arm (after a checkpoint of it), resumed: the run that never stopped."""
+    raw = mlp_config(transfer={"epochs": 2, "batch_size": 32, "temperature": 2.0},
+                     transfer_arms={"paper": {"weight": 0.5, "temperature": 1.0}})
+    cfg = parse_config(raw)
+    with RunDir(tmp_path / "full") as rd:
+        full = run(cfg, rd, "local")
+    with pytest.raises(Stop):
+        with RunDir(tmp_path / "stopped") as rd:
+            run(cfg, rd, "local", on_record=stop_at("paper", 1, 0))
+    with RunDir(tmp_path / "stopped", resume=True) as rd:
+        resumed = run(cfg, rd, "local")
+    assert resumed["faults"]["resumes"] == 1
+    assert not differences(resumed, full, across_engines=False)
