@@ -16,7 +16,7 @@ from kt_swarm.coordinator import run
 from kt_swarm.rundir import RunDir, read_records
 from kt_swarm.summary import differences
 from support import ROOT, helpers_env
-from support.configs import faulty, mlp_config
+from support.configs import faulty, mlp_config, write_config
 from support.launch import start_kt_swarm
 from support.ray_nodes import ENV, RAY, start_node
 from support.run_log import wait_for_step
@@ -105,8 +105,7 @@ def test_a_lost_node_costs_a_restart_and_the_run_ends_as_if_nothing_happened(two
     raw["participants"].append(faulty("slow", "slow_mlp", hidden=12, delay=0.3))
     with RunDir(tmp_path / "reference") as rd:
         reference = run(parse_config(raw), rd, "local")
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = write_config(tmp_path / "c.yaml", raw)
     out = tmp_path / "run"
     proc = start_kt_swarm("run", config, "--out", out, "-q", "--address", two_node_cluster["head"].gcs,
                           env=helpers_env(ENV))

@@ -13,7 +13,7 @@ from kt_swarm.errors import UserError
 from kt_swarm.schema import COPIES, render
 from kt_swarm.sweep import load_sweep
 from support import ROOT, helpers_env
-from support.configs import mlp_config
+from support.configs import mlp_config, write_config
 from support.launch import cli, kt_swarm, start_kt_swarm
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -220,8 +220,7 @@ def test_sigterm_keeps_the_checkpoints_and_says_how_to_resume(tmp_path):
     import signal
     import time
 
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(mlp_config(transfer={"epochs": 50, "batch_size": 32})))
+    config = write_config(tmp_path / "c.yaml", mlp_config(transfer={"epochs": 50, "batch_size": 32}))
     out = tmp_path / "out"
     proc = start_kt_swarm("run", config, "--out", out, "--engine", "local", env=helpers_env())
     manifest = out / "checkpoints" / "manifest.json"

@@ -15,6 +15,7 @@ import yaml
 from safetensors.torch import load_file
 
 from support import ROOT
+from support.configs import write_config
 from support.launch import kt_swarm, load_script
 
 SCRIPT = ROOT / "examples" / "real_models" / "prepare.py"
@@ -74,8 +75,7 @@ def test_the_example_config_runs_end_to_end(prepared, tmp_path):
     raw["data"]["root"] = str(prepared / "elpv")
     for i, p in enumerate(raw["participants"]):
         p["weights"] = str(prepared / "weights" / f"efficientnet-lite{i}.pth")
-    config = tmp_path / "real_models.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = write_config(tmp_path / "real_models.yaml", raw)
     cache = tmp_path / "cache"  # its own: the session's zoo cache holds the smoke zoo alone (test_run counts it)
     r = kt_swarm("run", config, "--engine", "local", "--out", tmp_path / "run", "-q", "--set", "data.max_per_split=64",
                  "--set", "zoo.epochs=1", "--set", "transfer.epochs=1", "--set", "participants.*.input_size=64", timeout=600,

@@ -5,7 +5,6 @@ import signal
 
 import pytest
 import torch
-import yaml
 
 from kt_swarm.checkpoint import Checkpoints, config_digest
 from kt_swarm.config import parse_config, to_dict
@@ -14,7 +13,7 @@ from kt_swarm.errors import UserError
 from kt_swarm.rundir import RunDir, read_records
 from kt_swarm.summary import differences
 from support import ROOT, helpers_env
-from support.configs import faulty, mlp_config
+from support.configs import faulty, mlp_config, write_config
 from support.hooks import Stop, stop_after
 from support.launch import kt_swarm, start_kt_swarm
 from support.run_log import wait_for
@@ -108,8 +107,7 @@ def test_driver_killed_mid_epoch_resumes_to_the_same_summary(tmp_path):
     """The real thing: the CLI on the Ray engine, SIGKILLed mid-epoch, then `--resume`; against the run that was
     never stopped (on the local engine, which computes the same numbers in float64)."""
     raw = mlp_config(transfer={"epochs": 2, "batch_size": 16, "temperature": 2.0}, data={"max_per_split": 128})
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = write_config(tmp_path / "c.yaml", raw)
     with RunDir(tmp_path / "full") as rd:
         a = run(parse_config(raw), rd, "local")
 
@@ -145,8 +143,7 @@ def test_nan_steps_are_skipped_by_everyone_and_counted(tmp_path):
 def test_too_many_nan_steps_in_a_row_stop_the_run_naming_the_participant(tmp_path):
     raw = mlp_config(control=False, fault={"max_bad_steps": 3})
     raw["participants"][1] = faulty("nanny", "nan_mlp", nan_from=2, nan_calls=100)
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = write_config(tmp_path / "c.yaml", raw)
     out = tmp_path / "run"
     proc = kt_swarm("run", config, "--out", out, "--engine", "local", env=helpers_env())
     assert proc.returncode == 2, proc.stderr

@@ -4,10 +4,8 @@ import signal
 import socket
 import time
 
-import yaml
-
 from support import helpers_env
-from support.configs import mlp_config
+from support.configs import mlp_config, write_config
 from support.launch import kt_swarm, start_kt_swarm
 from support.run_log import wait_for
 
@@ -63,8 +61,7 @@ def loopback(address: str) -> bool:
 
 
 def test_the_private_ray_instance_listens_on_loopback_only(tmp_path):
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(mlp_config(transfer={"epochs": 50, "batch_size": 32})))
+    config = write_config(tmp_path / "c.yaml", mlp_config(transfer={"epochs": 50, "batch_size": 32}))
     out = tmp_path / "out"
     proc = start_kt_swarm("run", config, "--out", out, "-q", env=helpers_env())
     try:
@@ -85,9 +82,8 @@ SECRETS = {"WANDB_API_KEY": "wk" + "0123456789abcdef" * 2 + "cafe", "HF_TOKEN": 
 
 
 def test_environment_secrets_never_reach_the_run_directory_or_the_output(tmp_path):
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(mlp_config(transfer={"epochs": 1, "batch_size": 32},
-                                                tracking={"wandb": {"mode": "offline", "project": "kt-test"}})))
+    config = write_config(tmp_path / "c.yaml", mlp_config(transfer={"epochs": 1, "batch_size": 32},
+                                                          tracking={"wandb": {"mode": "offline", "project": "kt-test"}}))
     out = tmp_path / "out"
     env = helpers_env(**SECRETS, WANDB_MODE="offline", WANDB_DIR=str(tmp_path))
     proc = kt_swarm("run", config, "--out", out, "--engine", "local", "-v", env=env)
@@ -102,8 +98,7 @@ def test_environment_secrets_never_reach_the_run_directory_or_the_output(tmp_pat
 
 
 def test_a_secret_in_the_config_is_refused_before_anything_is_written(tmp_path):
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(mlp_config()))
+    config = write_config(tmp_path / "c.yaml", mlp_config())
     out = tmp_path / "out"
     proc = kt_swarm("run", config, "--out", out, "--set", f"tracking.wandb.name=run-{SECRETS['HF_TOKEN']}",
                     env={**os.environ, **SECRETS})

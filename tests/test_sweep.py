@@ -10,7 +10,7 @@ from kt_swarm.config import parse_config
 from kt_swarm.errors import UserError
 from kt_swarm.sweep import _examples, _overrides, load_sweep, search_space, sweep_metric
 from support import ROOT, helpers_env
-from support.configs import mlp_config
+from support.configs import mlp_config, write_config
 from support.launch import kt_swarm
 
 
@@ -165,7 +165,7 @@ def test_trials_asha_stops_say_so_in_their_directories_and_in_sweep_md(tmp_path)
     or two. A stopped trial's directory keeps its checkpoints and says it was stopped (stopped.json, with
     the --resume line); sweep.md and sweep.json give every trial's status."""
     base = mlp_config(control=False, data={"max_per_split": 256}, transfer={"epochs": 3, "batch_size": 32})
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    write_config(tmp_path / "base.yaml", base)
     path = write(tmp_path, f"""
         config: {tmp_path / 'base.yaml'}
         method: asha

@@ -2,6 +2,10 @@
 for a 2-core CPU, in float64 where engines or runs are compared exactly."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
+
 from kt_swarm.config import Config, load_config, parse_config, to_dict
 
 from . import ROOT
@@ -66,3 +70,9 @@ def tiny_config(n: int, **overrides) -> Config:
     for key, value in overrides.items():
         raw[key] = value
     return parse_config(raw)
+
+
+def write_config(path: Path, raw: dict) -> Path:
+    """`raw` saved as the YAML file `kt-swarm run PATH` reads; returns `path`."""
+    path.write_text(yaml.safe_dump(raw))
+    return path
