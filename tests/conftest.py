@@ -17,9 +17,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from support import ROOT  # noqa: E402,F401  (tests/test_arms.py imports ROOT and mlp_config from here)
-from support.configs import mlp_config  # noqa: E402,F401
-
 
 @pytest.fixture(scope="session", autouse=True)
 def zoo_cache(tmp_path_factory):
