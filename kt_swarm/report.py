@@ -106,8 +106,7 @@ def report_figure(summary: dict, records: list[dict], examples: dict | None = No
 
     m = summary["metric"]
     parts = with_arms(summary)
-    strategies = {"transfer": summary.get("strategy", "best"),
-                  **{arm: a["strategy"] for arm, a in (summary.get("transfer_arms") or {}).items()}}
+    strategies = {arm: arm_label(summary, arm) for arm in transfer_arms}
     arms = [("before", "before"), *[(f"after {arm} ({strategies[arm]})", "after" if arm == "transfer" else arm)
                                     for arm in transfer_arms],
             ("control (CE only)" if summary.get("task", "classification") == "classification" else "control (task loss only)",
@@ -153,6 +152,14 @@ def report_figure(summary: dict, records: list[dict], examples: dict | None = No
         ax.set_title(f"{arm} ({strategies[arm]}): role matrix, last epoch" if len(roles) > 1 else
                      f"role matrix, last epoch: {units(summary)} t taught s (weighted)", fontsize=9 if len(roles) > 1 else None)
     return fig
+
+
+def arm_label(summary: dict, arm: str) -> str:
+    """A transfer arm's strategy, and whether only trusted teachers taught: `best`, `best, trusted`."""
+    extra = (summary.get("transfer_arms") or {}).get(arm)
+    strategy = summary.get("strategy", "best") if extra is None else extra["strategy"]
+    trusted = summary.get("trusted_teachers") if extra is None else extra["settings"].get("trusted_teachers", summary.get("trusted_teachers"))
+    return strategy + (", trusted" if trusted else "")
 
 
 def role_matrix(summary: dict, arm: str) -> list[list[float]]:

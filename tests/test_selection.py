@@ -1,6 +1,7 @@
 """Selection never leaves a participant worse than its start, as far as validation can tell: the start is a
 candidate in every arm (selection: best_val), and only a strict improvement on validation leaves it."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -13,21 +14,22 @@ from support.configs import faulty, mlp_config
 from support.hooks import Stop, stop_after
 
 
-def hurt_config(**overrides) -> dict:
+def hurt_config(cache: Path, **overrides) -> dict:
     """'reckless': a zoo-pretrained tiny MLP at a learning rate that can only wreck it; 'steady': one from
-    random weights at a sane rate, which training improves."""
+    random weights at a sane rate, which training improves. Its zoo is cached in `cache`, not the session's
+    (test_run counts what the session's cache holds)."""
     raw = mlp_config(**overrides)
     raw["participants"] = [
         faulty("steady", hidden=24), faulty("reckless", lr=5.0, weights="zoo", hidden=16)]
     raw["data"] = {**raw["data"], "pretrain_fraction": 0.3}
-    raw["zoo"] = {"epochs": 10, "batch_size": 32}
+    raw["zoo"] = {"epochs": 10, "batch_size": 32, "cache_dir": str(cache)}
     return raw
 
 
 @pytest.fixture(scope="module")
 def hurt(tmp_path_factory):
-    cfg = parse_config(hurt_config())
     out = tmp_path_factory.mktemp("hurt") / "run"
+    cfg = parse_config(hurt_config(out.parent / "zoo"))
     with RunDir(out) as rd:
         summary = run(cfg, rd, "local")
     return cfg, out, summary
@@ -121,7 +123,7 @@ def test_a_fork_after_a_kept_start_ends_as_the_run_it_came_from(hurt, tmp_path):
 
 def test_selection_last_keeps_the_last_epoch_even_when_it_hurt(tmp_path):
     with RunDir(tmp_path / "run") as rd:
-        summary = run(parse_config(hurt_config(selection="last", control=False)), rd, "local")
+        summary = run(parse_config(hurt_config(tmp_path / "zoo", selection="last", control=False)), rd, "local")
     p = summary["participants"]["reckless"]
     assert p["best_epoch"] == 2 and p["kept_start"] is False and summary["checkpoints"]["best"]["transfer"]["reckless"] is None
     assert p["val_accuracy_selected"] == p["val_accuracy"][-1] and p["accuracy_after"] < p["accuracy_before"]
