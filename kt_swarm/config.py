@@ -264,12 +264,16 @@ class ParticipantConfig(Section):
         return self
 
 
+Strategy = Literal["best", "better", "dml", "kd", "kl_dp", "none"]  # docs/method.md: Six strategies
+Scores = Literal["true_class", "max_confidence"]
+
+
 class TransferConfig(Section):
     """The transfer arm (and the settings every arm shares: epochs, batches, optimizer, schedule)."""
 
-    strategy: Literal["best", "better", "dml", "kd", "kl_dp", "none"] = Field("best", description="who teaches whom "
+    strategy: Strategy = Field("best", description="who teaches whom "
                                                                              "(docs/method.md: Six strategies)")
-    scores: Literal["true_class", "max_confidence"] = Field("true_class", description="what a participant's score "
+    scores: Scores = Field("true_class", description="what a participant's score "
                                                             "on a sample is; unlabelled samples: max_confidence always")
     teacher: Str | None = Field(None, description="kd: the participant that teaches, frozen (ignored by other strategies)")
     trusted_teachers: Bool = Field(False, description="k may teach j only if k's validation accuracy at the arm's start is >= j's")
@@ -298,9 +302,8 @@ class ArmConfig(Section):
     """A transfer arm beside `transfer`: the same start, batches, steps, optimizer, schedule and learning rates;
     only how the loss transfers differs. The keys set here replace transfer's; the rest are transfer's."""
 
-    strategy: Literal["best", "better", "dml", "kd", "kl_dp", "none"] | None = Field(None, description="default: "
-                                                                                    "transfer.strategy")
-    scores: Literal["true_class", "max_confidence"] | None = Field(None, description="default: transfer.scores")
+    strategy: Strategy | None = Field(None, description="default: transfer.strategy")
+    scores: Scores | None = Field(None, description="default: transfer.scores")
     teacher: Str | None = Field(None, description="kd: the participant that teaches; default: transfer.teacher")
     trusted_teachers: Bool | None = Field(None, description="default: transfer.trusted_teachers")
     calibrate: Bool | None = Field(None, description="default: transfer.calibrate")
