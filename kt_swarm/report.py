@@ -210,9 +210,9 @@ def report_markdown(summary: dict, config: str) -> str:
     seconds = summary.get("seconds", {})
     vs_control = summary.get("success_rate_vs_control")
     vs_self = summary.get("success_rate_vs_self_training")
-    matrix = []
-    for arm in transfer_arm_names(summary):  # each transfer arm's
-        if len(transfer_arm_names(summary)) > 1:
+    matrix, arms = [], transfer_arm_names(summary)
+    for arm in arms:  # each transfer arm's
+        if len(arms) > 1:
             matrix += ["", f"**{arm}**", ""]
         matrix += ["| teacher \\ student | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         matrix += [f"| {t} | " + " | ".join(count(c) for c in row) + " |" for t, row in zip(names, role_matrix(summary, arm))]
