@@ -12,7 +12,7 @@ from kt_swarm.data import Dataset
 from kt_swarm.deepspeed_host import ds_config
 from kt_swarm.errors import UserError
 from kt_swarm.models import create_model, preprocess_for, trains_first
-from kt_swarm.participant import Participant, resolve_device
+from kt_swarm.participant import Participant, resolve_device, seeded_rng
 
 
 def member_seed(cfg: Config, index: int) -> int:
@@ -34,7 +34,8 @@ def build_participant(cfg: Config, index: int, data: Dataset) -> Participant:
     prep = preprocess_for(model, spec, in_chans=in_chans, image_size=data.image_size, dtype=dtype)
     autocast = getattr(torch, cfg.autocast) if cfg.autocast else None
     hosted = ds_config(spec.deepspeed, cfg.transfer.batch_size, spec.ranks) if spec.deepspeed is not None else None
-    return Participant(spec.name, model, prep, device, autocast=autocast, deepspeed=hosted)
+    return Participant(spec.name, model, prep, device, autocast=autocast, deepspeed=hosted,
+                       rng=seeded_rng(member_seed(cfg, index), device))
 
 
 def pretrain_ids(cfg: Config, index: int, data: Dataset) -> torch.Tensor:

@@ -330,6 +330,10 @@ class PlacementConfig(Section):
 
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="Ray's placement strategy")
     timeout_s: Positive = Field(120.0, description="give up (one line, exit 2) when the cluster cannot place them")
+    participants_per_actor: Count = Field(1, description="single-rank participants one actor process hosts (each its "
+                                          "own model, optimizer, RNG stream and checkpoint state); >1 lets many small "
+                                          "participants share a process and a GPU, at the cost of running them one "
+                                          "after another there; its bundle reserves that many participants' resources")
 
 
 class WandbConfig(Section):
@@ -451,6 +455,9 @@ class Config(Section):
         t = self.transfer
         for i, p in enumerate(self.participants):
             key, ds = f"participants.{i}", p.deepspeed
+            if ds is not None and self.placement.participants_per_actor > 1:
+                raise _bad("a DeepSpeed participant has its actors to itself; placement.participants_per_actor > 1 "
+                           "hosts plain participants only", "placement.participants_per_actor")
             if ds is None:
                 if p.ranks > 1:
                     raise _bad(f"{p.ranks} ranks need {key}.deepspeed (a DeepSpeed config)", f"{key}.ranks")

@@ -29,6 +29,7 @@ class StepResult:
     losses: list[float]  # each participant's share of the global loss
     roles: torch.Tensor  # [N, N] float64: R[k][j] = sum of k's teaching weights toward j over the batch
     bad: list[int] = field(default_factory=list)  # participants blamed for a NaN/Inf; non-empty: nobody stepped
+    received: list[int] | None = None  # bytes each participant read from the exchange this step (the Ray swarm's)
 
 
 def blame(logits_ok: list[bool], loss_ok: list[bool], grads_ok: list[bool]) -> list[int]:

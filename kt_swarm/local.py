@@ -1,7 +1,8 @@
 """The single-process engine: every participant in one process, one after another.
 
-Each step: forward all, score, partition, the global loss, one backward, every
-optimizer steps (or none, when any loss or gradient is not finite). It is the reference the distributed swarm must match exactly.
+Each step: forward all, each scores its units, the partition, each participant's share (partition.py: the
+same functions the swarm runs, here on one shard, the whole batch), one backward, every optimizer steps
+(or none, when any loss or gradient is not finite). It is the reference the distributed swarm must match exactly.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from kt_swarm.config import AugmentConfig
 from kt_swarm.data import Dataset, arm_plan
 from kt_swarm.engine import StepResult, blame  # defined in engine.py; importable from here as before
 from kt_swarm.errors import ParticipantLost, UserError
-from kt_swarm.objectives import LossSpec, swarm_loss_terms
+from kt_swarm.objectives import LossSpec
+from kt_swarm.partition import in_one_process
 from kt_swarm.participant import Participant
 from kt_swarm.progress import progress
 
@@ -63,24 +65,22 @@ class LocalEngine:
         plan = arm_plan(self.data, split, seed=self.seed, epoch=epoch, step=step, batch_size=self.batch_size, augment=self.augment)
         buffers = [p.buffers() for p in self.participants]
         logits = [p.forward(self.data, plan, loss.learns(i)) for i, p in enumerate(self.participants)]
-        frozen = torch.stack([p.start_logits(self.data, plan) for p in self.participants]) if loss.start_copies else None
+        frozen = [p.start_logits(self.data, plan) for p in self.participants] if loss.start_copies else None
         target = self.data.target(plan.ids, plan).to(logits[0].device)
-        shares, roles = swarm_loss_terms(logits, target, frozen_logits=frozen, **loss.kwargs())
+        shares, part, told = in_one_process(logits, target, loss, frozen)
         for p in self.participants:
             p.optimizer.zero_grad(set_to_none=True)
-        total = shares.sum()
+        total = sum(shares)
         if total.requires_grad:  # a step where nobody learns anything (no labels, no teacher) has no graph
             total.backward()
-        logits_ok = [bool(torch.isfinite(z).all()) and (frozen is None or bool(torch.isfinite(frozen[i]).all()))
-                     for i, z in enumerate(logits)]
-        bad = blame(logits_ok, torch.isfinite(shares.detach()).tolist(),
+        bad = blame([s.finite for s in told], [bool(torch.isfinite(s)) for s in shares],
                     [p.gradients_finite() for p in self.participants])
         for i, (p, saved) in enumerate(zip(self.participants, buffers)):
             if bad:  # a NaN/Inf anywhere: nobody steps (and BatchNorm forgets the batch), so every
                 p.set_buffers(saved)  # participant stays where the others are
             elif loss.learns(i):
                 p.step(lr_scale)
-        return StepResult([float(s) for s in shares.detach()], roles.cpu(), bad)
+        return StepResult([float(s.detach()) for s in shares], part.roles, bad)
 
     def predict(self, split: str, batch_size: int, k: int = 1) -> torch.Tensor:
         """[N, n, k] top-k classes of every participant on a split, best first."""

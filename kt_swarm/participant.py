@@ -5,6 +5,7 @@ through these methods, so both run the same numbers.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -45,6 +46,16 @@ def lr_scale(schedule: str, step: int, total: int) -> float:
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * step / total))
     return 1.0
+
+
+def seeded_rng(seed: int, device: torch.device) -> dict:
+    """A fresh RNG stream's state (as rng_state gives it), seeded: a participant's own, whatever else its
+    process hosts."""
+    outer = rng_state(device)
+    torch.manual_seed(seed)  # seeds the CUDA generators too
+    state = rng_state(device)
+    set_rng_state(outer, device)
+    return state
 
 
 def rng_state(device: torch.device) -> dict:
@@ -90,6 +101,21 @@ class Participant:
     start_copy: nn.Module | None = None  # frozen copy of the weights at the start of the arm (kl_dp)
     deepspeed: dict | None = None  # the filled DeepSpeed config: hosted by a DeepSpeed engine (deepspeed_host.py)
     engine: object | None = None  # that engine, made with each arm's fresh optimizer
+    rng: dict | None = None  # its own RNG stream (dropout, drop-path), swapped in around its training forward, so
+    # that a participant draws the same numbers alone in a process, beside others in one, or in the local engine
+
+    @contextlib.contextmanager
+    def _own_rng(self):
+        if self.rng is None:
+            yield
+            return
+        outer = rng_state(self.device)
+        set_rng_state(self.rng, self.device)
+        try:
+            yield
+        finally:
+            self.rng = rng_state(self.device)
+            set_rng_state(outer, self.device)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None)
@@ -132,7 +158,7 @@ class Participant:
         if not learns:
             return self._frozen_logits(self.model, x, data.image_size)
         self.model.train()
-        with self._autocast():
+        with self._autocast(), self._own_rng():
             logits = self.model(x)
         # The losses (softmax, KL) are computed at the weights' precision, never in bf16/fp16.
         return at_size(logits.to(self.preprocess.dtype), data.image_size)
@@ -213,7 +239,7 @@ class Participant:
         """Everything a checkpoint needs to continue this participant exactly: weights, optimizer, RNG."""
         opt = ds.optimizer_state(self.engine) if self.engine is not None else (
             self.optimizer.state_dict() if self.optimizer is not None else None)
-        return {"model": self.weights(), "optimizer": copy_tensors(opt, "cpu"), "rng": rng_state(self.device)}
+        return {"model": self.weights(), "optimizer": copy_tensors(opt, "cpu"), "rng": copy_tensors(self.rng) if self.rng is not None else rng_state(self.device)}
 
     def load_state(self, state: dict) -> None:
         """Weights, and the optimizer's state and the RNG where `state` has them (a best model has neither)."""
@@ -226,7 +252,9 @@ class Participant:
                 ds.load_optimizer_state(self.engine, state["optimizer"])
             else:
                 self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("rng") is not None:
+        if state.get("rng") is not None and self.rng is not None:
+            self.rng = copy_tensors(state["rng"])
+        elif state.get("rng") is not None:
             set_rng_state(state["rng"], self.device)
 
     def buffers(self) -> list[torch.Tensor]:

@@ -223,14 +223,16 @@ def _trial_resources(cfg, cluster: dict, engine: str = "ray"):
     the participants would have had: Ray gives it as many threads as CPUs (not 1 for a 0.5-CPU trial)."""
     from ray import tune
 
-    n, res = sum(p.ranks for p in cfg.participants), cfg.resources  # an actor per rank
+    from kt_swarm.swarm.placement import actor_hosts
+
+    n, res, per = len(actor_hosts(cfg)), cfg.resources, cfg.placement.participants_per_actor
     gpu_total = cluster.get("GPU", 0)
     if engine == "local":
         cpus = res.cpus_per_participant * n if res.cpus_per_participant is not None else max(1.0, cluster.get("CPU", 1))
         return tune.PlacementGroupFactory([{"CPU": cpus, **({"GPU": 1} if gpu_total else {}), **res.custom}])
-    gpus = res.gpus_per_participant if res.gpus_per_participant is not None else (1.0 if gpu_total >= n else gpu_total / n)
-    cpus = res.cpus_per_participant if res.cpus_per_participant is not None else max(0.5, (cluster.get("CPU", 1) - 0.5) / n)
-    participant = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **res.custom}
+    gpus = res.gpus_per_participant * per if res.gpus_per_participant is not None else (1.0 if gpu_total >= n else gpu_total / n)
+    cpus = res.cpus_per_participant * per if res.cpus_per_participant is not None else max(0.5, (cluster.get("CPU", 1) - 0.5) / n)
+    participant = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **{k: v * per for k, v in res.custom.items()}}
     return tune.PlacementGroupFactory([{"CPU": 0.5}] + [dict(participant) for _ in range(n)],
                                       strategy=cfg.placement.strategy)
 

@@ -1,4 +1,4 @@
-"""The participant actor: one participant (or one rank of a gang) in a Ray actor process of its own.
+"""The participant actor: a Ray actor process hosting one participant, several small ones, or one rank of a gang.
 
 What runs in the actor's process is here; the step's exchange it takes part in is exchange.py's.
 """
@@ -17,8 +17,9 @@ from kt_swarm.deepspeed_host import init_group
 from kt_swarm.errors import ParticipantLost
 from kt_swarm.objectives import LossSpec
 from kt_swarm.participant import Participant, copy_tensors
+from kt_swarm.partition import Scored
 from kt_swarm.swarm import gang
-from kt_swarm.swarm.exchange import ActorExchange, Learned
+from kt_swarm.swarm.exchange import ActorExchange, Layout, Learned
 
 # Both the actors' processes and the driver import this module (the class Ray runs; RaySwarm places it).
 # Tensors read zero-copy from the object store are read-only numpy buffers underneath; torch warns
@@ -30,82 +31,105 @@ warnings.filterwarnings("ignore", message="Zero-copy tensor serialization is ena
 
 
 class ParticipantActor:
-    """Hosts one participant, or one rank of a participant on several (wrapped with ray.remote by RaySwarm)."""
+    """Hosts one participant, several single-rank ones (placement.participants_per_actor), or one rank of a
+    participant on several (wrapped with ray.remote by placement.place_actors). Each hosted participant
+    keeps its own model, optimizer, RNG stream and checkpoint state; the process is their unit of restart."""
 
-    def __init__(self, cfg: Config, index: int, rank: int = 0, ranks: int = 1):
+    def __init__(self, cfg: Config, indices: list[int], rank: int = 0, ranks: int = 1):
         # Nothing that can fail here: errors from setup() reach the driver as the task's own exception.
-        self.cfg, self.index, self.data = cfg, index, None
+        self.cfg, self.indices, self.data = cfg, list(indices), None
         self.rank, self.ranks = rank, ranks  # a gang's ranks each take their share of every batch, in order
-        self.p = None
+        self.hosted: dict[int, Participant] = {}
+        self.me, self.peers = -1, []  # its place among the swarm's actors, and every actor's handle
         self.exchange = ActorExchange()
 
     def rendezvous(self) -> tuple[str, int]:
         """Rank 0's address and a free port on its node, where its gang's process group meets."""
         return gang.rendezvous()
 
-    def setup(self, data: Dataset, address: str | None = None, port: int | None = None) -> int:
-        """Build the participant (and its process group: its gang's at address:port, or its own); returns the
-        number of classes it predicts. (The data is not a constructor argument: Ray warns about those in
-        the object store for restartable actors.)"""
-        self.data = data
-        self.p = build_participant(self.cfg, self.index, self.data)
-        if self.p.deepspeed is not None:
-            init_group(self.p.device, self.rank, self.ranks, address or "127.0.0.1", port)
-        return self.p.output_width(self.data.channels, self.data.image_size)
+    def setup(self, data: Dataset, me: int, peers: list, address: str | None = None, port: int | None = None) -> list[int]:
+        """Build the hosted participants (and a gang rank's process group: its gang's at address:port, or its
+        own); returns the number of classes each predicts. (The data and the peers are not constructor
+        arguments: Ray warns about those in the object store for restartable actors, and a restarted actor
+        is given them again here.)"""
+        self.data, self.me, self.peers = data, me, peers
+        self.exchange.forget()
+        hosted = {m: build_participant(self.cfg, m, data) for m in self.indices}
+        for p in hosted.values():
+            if p.deepspeed is not None:  # a gang's rank, or a DeepSpeed participant alone: never hosted with others
+                init_group(p.device, self.rank, self.ranks, address or "127.0.0.1", port)
+        self.hosted = hosted
+        return [p.output_width(data.channels, data.image_size) for p in hosted.values()]
 
-    @property
-    def participant(self) -> Participant:
-        if self.p is None:  # Ray restarted this actor's process after the coordinator set it up
-            name = self.cfg.participants[self.index].name
-            raise ParticipantLost(f"participant '{name}': its actor was restarted", self.index)
-        return self.p
+    def participant(self, index: int) -> Participant:
+        if not self.hosted:  # Ray restarted this actor's process after the coordinator set it up
+            name = self.cfg.participants[index].name
+            raise ParticipantLost(f"participant '{name}': its actor was restarted", index)
+        return self.hosted[index]
 
     def is_set_up(self) -> bool:
-        return self.p is not None
+        return bool(self.hosted)
 
     def node(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    def pretrain(self) -> None:
-        pretrain_if_zoo(self.cfg, self.index, self.participant, self.data)
-
     def pid(self) -> int:
         return os.getpid()
 
-    def state(self) -> dict:
-        return self.participant.state()
+    def pretrain(self, index: int) -> None:
+        pretrain_if_zoo(self.cfg, index, self.participant(index), self.data)
 
-    def weights(self) -> dict:
-        return self.participant.weights()
+    def state(self, index: int) -> dict:
+        return self.participant(index).state()
 
-    def load(self, state: dict) -> None:
+    def weights(self, index: int) -> dict:
+        return self.participant(index).weights()
+
+    def load(self, index: int, state: dict) -> None:
         # A copy: tensors arrive zero-copy (read-only shared memory), and the optimizer would adopt its
         # state tensors as they are, then update them in place.
-        self.participant.load_state(copy_tensors(state))
+        self.participant(index).load_state(copy_tensors(state))
         self.exchange.forget()
 
-    def reset_optimizer(self, optimizer: str, lr: float, weight_decay: float) -> None:
-        self.participant.reset_optimizer(optimizer, lr, weight_decay)
+    def reset_optimizer(self, index: int, optimizer: str, lr: float, weight_decay: float) -> None:
+        self.participant(index).reset_optimizer(optimizer, lr, weight_decay)
 
     def apply(self, update: bool) -> None:
         self.exchange.apply(self, update)
 
-    def set_start_copy(self, weights: dict | None) -> None:
-        self.participant.set_start_copy(None if weights is None else copy_tensors(weights))
+    def set_start_copy(self, index: int, weights: dict | None) -> None:
+        self.participant(index).set_start_copy(None if weights is None else copy_tensors(weights))
 
-    def forward(self, epoch: int, step: int, batch_size: int, update: bool | None = None, loss: LossSpec = LossSpec(),
-                split: str = "train") -> ray.ObjectRef:
-        return self.exchange.forward(self, epoch, step, batch_size, update, loss, split)
+    def forward(self, key: tuple, batch_size: int, update: bool | None, loss: LossSpec) -> list[Scored]:
+        for m in self.indices:
+            self.participant(m)  # a restarted actor says so before anything else
+        return self.exchange.forward(self, key, batch_size, update, loss)
 
-    def learn(self, refs: list[list[ray.ObjectRef]], loss: LossSpec, lr_scale: float = 1.0) -> Learned:
-        return self.exchange.learn(self, refs, loss, lr_scale)
+    def learn(self, layout: Layout, weights: torch.Tensor, keeps: dict, loss: LossSpec, lr_scale: float) -> list[Learned]:
+        return self.exchange.learn(self, layout, weights, keeps, loss, lr_scale)
+
+    @ray.method(concurrency_group="rows")
+    def rows(self, key: tuple, wanted: list[tuple[int, int, int]]) -> list[torch.Tensor]:
+        return self.exchange.rows(key, wanted)
+
+    @ray.method(concurrency_group="rows")
+    def outputs(self, key: tuple, index: int) -> tuple:
+        return self.exchange.outputs(key, index)
+
+    @ray.method(concurrency_group="mixes")
+    def mixes(self, key: tuple, which: list[int]) -> tuple:
+        return self.exchange.mixes(key, which)
 
     def _ids(self, split: str, first: int | None = None) -> torch.Tensor:
         """This rank's share of a split (its first samples), in order."""
         return self.data.splits[split][:first].tensor_split(self.ranks)[self.rank]
 
-    def predict(self, split: str, batch_size: int, k: int) -> torch.Tensor:
-        return self.participant.predict(self.data, self._ids(split), batch_size, k)
+    def predict(self, index: int, split: str, batch_size: int, k: int) -> torch.Tensor:
+        return self.participant(index).predict(self.data, self._ids(split), batch_size, k)
 
-    def logits(self, split: str, batch_size: int, first: int | None = None) -> torch.Tensor:
-        return self.participant.logits(self.data, self._ids(split, first), batch_size)
+    def logits(self, index: int, split: str, batch_size: int, first: int | None = None) -> torch.Tensor:
+        return self.participant(index).logits(self.data, self._ids(split, first), batch_size)
+
+
+# `rows` never waits (so an owner's pulls always return); `mixes` waits for its owner to publish.
+CONCURRENCY_GROUPS = {"rows": 2, "mixes": 2}

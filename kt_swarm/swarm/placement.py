@@ -12,7 +12,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from kt_swarm.config import Config
 from kt_swarm.errors import UserError
-from kt_swarm.swarm.actor import ParticipantActor
+from kt_swarm.swarm.actor import CONCURRENCY_GROUPS, ParticipantActor
 
 
 def placement_shortfall(bundle: dict, n: int, nodes: list[dict], strategy: str) -> str | None:
@@ -42,17 +42,17 @@ def trial_bundle(current: PlacementGroup, n: int) -> dict:
 
 
 def actor_bundle(cfg: Config, n: int) -> dict:
-    """Each of n actors' bundle (the config's resources, or the cluster's shared out), refused at once when
-    the alive nodes cannot hold n of them."""
-    res, cluster = cfg.resources, ray.cluster_resources()
-    gpus = res.gpus_per_participant
+    """Each of n actors' bundle (the config's resources per participant times the participants an actor hosts,
+    or the cluster's shared out), refused at once when the alive nodes cannot hold n of them."""
+    res, cluster, per = cfg.resources, ray.cluster_resources(), cfg.placement.participants_per_actor
+    gpus = res.gpus_per_participant * per if res.gpus_per_participant is not None else None
     if gpus is None:
         gpus = 1.0 if cluster.get("GPU", 0) >= n else cluster.get("GPU", 0) / n
-    cpus = res.cpus_per_participant
-    if cpus is None:  # share the CPUs out; fractions when there are fewer CPUs than participants
+    cpus = res.cpus_per_participant * per if res.cpus_per_participant is not None else None
+    if cpus is None:  # share the CPUs out; fractions when there are fewer CPUs than actors
         total = cluster.get("CPU", 1)
         cpus = float(total // n) if total >= n else total / n
-    bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **res.custom}
+    bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **{k: v * per for k, v in res.custom.items()}}
     for p in cfg.participants:
         if not gpus and ((p.deepspeed or {}).get("fp16") or {}).get("enabled"):
             raise UserError(f"participant '{p.name}': deepspeed fp16 needs a GPU, and its actor gets none "
@@ -73,22 +73,38 @@ def wait_placed(pg: PlacementGroup, cfg: Config, n: int, bundle: dict) -> None:
                         f"(placement.strategy {cfg.placement.strategy}) within {cfg.placement.timeout_s:g} s")
 
 
-def place_actors(pg: PlacementGroup, cfg: Config, bundle: dict, first_bundle: int, owner: list[int],
-                 gangs: list[list[int]]) -> list:
-    """One actor per rank (owner[a]: actor a's participant; gangs[m]: participant m's actors, in rank
-    order), actor a in bundle first_bundle + a of `pg`, reserving the whole bundle."""
-    remote = ray.remote(ParticipantActor)
+def actor_hosts(cfg: Config) -> list[list[int]]:
+    """Which participants each actor hosts, in order: a gang's ranks one actor each (hosts[a] = [m] for each
+    rank), single-rank participants placement.participants_per_actor to an actor, in config order."""
+    hosts, group = [], []
+    per = cfg.placement.participants_per_actor
+    for m, p in enumerate(cfg.participants):
+        if p.ranks > 1:
+            hosts += [[m]] * p.ranks
+            continue
+        group.append(m)
+        if len(group) == per:
+            hosts.append(group)
+            group = []
+    return hosts + ([group] if group else [])
+
+
+def place_actors(pg: PlacementGroup, cfg: Config, bundle: dict, first_bundle: int, hosts: list[list[int]]) -> list:
+    """One actor per entry of `hosts` (actor_hosts), actor a in bundle first_bundle + a of `pg`, reserving the
+    whole bundle; a gang's rank is its place among its participant's actors."""
+    remote = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(ParticipantActor)
     custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
     return [
         remote.options(
             num_cpus=bundle.get("CPU", 0), num_gpus=bundle.get("GPU", 0), resources=custom,
-            # Peers' logits are read without a copy (they are never written: see exchange.learn); this
+            # What peers send is read without a copy (it is never written: see exchange.py); this
             # halved the exchange of 128 x 32000 logits here (benchmarks/results/step_time.md).
             runtime_env={"env_vars": {"RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1"}},
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=first_bundle + a),
             # A dead actor process comes back (same bundle, __init__ again); the coordinator then
             # sets it up and restores every participant to the last consistent checkpoint.
             max_restarts=cfg.fault.max_restarts,
-        ).remote(cfg, m, rank=gangs[m].index(a), ranks=len(gangs[m]))
-        for a, m in enumerate(owner)
+        ).remote(cfg, ms, rank=hosts[:a].count(ms) if cfg.participants[ms[0]].ranks > 1 else 0,
+                 ranks=cfg.participants[ms[0]].ranks)
+        for a, ms in enumerate(hosts)
     ]

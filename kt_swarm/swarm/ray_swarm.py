@@ -1,8 +1,9 @@
-"""RaySwarm: the Engine (engine.py) over restartable Ray actors, one per participant or per rank of a gang.
+"""RaySwarm: the Engine (engine.py) over restartable Ray actors, each hosting one participant, several small
+ones (placement.participants_per_actor), or one rank of a gang.
 
-The driver's bookkeeping lives here: which actor hosts which participant (owner, gangs), calling a
-participant's every rank at once (_each), bringing participants up, and the verdict on the last step that
-the actors have not been told yet. The rest is named after what it does: placement.py, actor.py,
+The driver's bookkeeping lives here: which actor hosts which participant (hosts, gangs), calling a
+participant's every rank at once (_each) or every actor at once (_on_actors), bringing participants up, and
+the verdict on the last step that the actors have not been told yet. The rest is named after what it does: placement.py, actor.py,
 exchange.py (a step), gather.py (results and failures), recovery.py, gang.py, ray_start.py.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from kt_swarm.objectives import LossSpec
 from kt_swarm.swarm import exchange
 from kt_swarm.swarm.gang import gang_state, rank_state
 from kt_swarm.swarm.gather import gather
-from kt_swarm.swarm.placement import actor_bundle, place_actors, trial_bundle, wait_placed
+from kt_swarm.swarm.placement import actor_bundle, actor_hosts, place_actors, trial_bundle, wait_placed
 from kt_swarm.swarm.ray_start import init_ray
 from kt_swarm.swarm.recovery import count_restarts, restart_gang, restarted
 
@@ -42,9 +43,10 @@ class RaySwarm:
     def __init__(self, cfg: Config, data: Dataset, *, address: str | None = None, pretrain: bool = True):
         self.cfg, self.batch_size = cfg, cfg.transfer.batch_size
         self.names = [p.name for p in cfg.participants]
-        # One actor per rank: a participant on k ranks (a gang) has k actors, in rank order.
-        self.owner = [i for i, p in enumerate(cfg.participants) for _ in range(p.ranks)]  # actor -> participant
-        self.gangs = [[a for a, i in enumerate(self.owner) if i == m] for m in range(len(cfg.participants))]
+        # A participant on k ranks (a gang) has k actors, in rank order; small ones may share one.
+        self.hosts = actor_hosts(cfg)  # actor -> the participants it hosts
+        self.owner = [ms[0] for ms in self.hosts]  # actor -> the participant its failures are reported under
+        self.gangs = [[a for a, ms in enumerate(self.hosts) if m in ms] for m in range(len(cfg.participants))]
         self.actors, self.pg, self.owns_pg, self.data_ref = [], None, False, None
         self.placement_group = None
         self.update: bool | None = None  # the verdict on the last step, not yet sent to the actors
@@ -81,7 +83,7 @@ class RaySwarm:
             wait_placed(self.pg, cfg, n, bundle)
         self.placement_group = self.pg.id.hex()
         self.data_ref = ray.put(data)  # one copy in the object store, read by every actor (restarts too)
-        self.actors = place_actors(self.pg, cfg, bundle, first_bundle, self.owner, self.gangs)
+        self.actors = place_actors(self.pg, cfg, bundle, first_bundle, self.hosts)
 
     def _bring_up(self, which) -> None:
         """Set up these participants' actors, check their classes and, in a new run, pretrain (or load
@@ -89,32 +91,36 @@ class RaySwarm:
         which = list(which)
         check_classes({self.names[m]: w for m, w in zip(which, self._setup(which))}, self.num_classes)
         if self.pretrain:  # a gang's rank 0 trains (or loads) its zoo member; its other ranks then load it
-            self._gather([self.actors[self.gangs[m][0]].pretrain.remote() for m in which], desc="participants ready",
+            self._gather([self.actors[self.gangs[m][0]].pretrain.remote(m) for m in which], desc="participants ready",
                          actors=which)
-            rest = [a for m in which for a in self.gangs[m][1:]]
-            self._gather([self.actors[a].pretrain.remote() for a in rest], actors=[self.owner[a] for a in rest])
+            rest = [(m, a) for m in which for a in self.gangs[m][1:]]
+            self._gather([self.actors[a].pretrain.remote(m) for m, a in rest], actors=[m for m, _ in rest])
 
     def _setup(self, which) -> list[int]:
-        """Set up these participants' actors (a gang meets at its rank 0's address and a free port there);
-        returns each one's number of classes."""
+        """Set up the actors hosting these participants (a gang meets at its rank 0's address and a free port
+        there; every actor is given every actor's handle, for the exchange); returns each one's number of classes."""
         which = list(which)
         gangs = [m for m in which if len(self.gangs[m]) > 1]  # a rank 0 lost here is a lost participant too
         addresses = self._gather([self.actors[self.gangs[m][0]].rendezvous.remote() for m in gangs], actors=gangs)
         meet = {m: (None, None) for m in which} | dict(zip(gangs, addresses))
-        actors = [a for m in which for a in self.gangs[m]]
-        widths = self._gather([self.actors[a].setup.remote(self.data_ref, *meet[self.owner[a]]) for a in actors],
-                              actors=[self.owner[a] for a in actors])
-        return [widths[actors.index(self.gangs[m][0])] for m in which]
+        actors = sorted({a for m in which for a in self.gangs[m]})
+        widths = self._gather([self.actors[a].setup.remote(self.data_ref, a, self.actors, *meet[self.owner[a]])
+                               for a in actors], actors=[self.owner[a] for a in actors])
+        return [widths[actors.index(self.gangs[m][0])][self.hosts[self.gangs[m][0]].index(m)] for m in which]
 
     def _each(self, method: str, args_of=lambda m: (), which=None, desc: str | None = None) -> list[list]:
-        """Call `method` on every rank of these participants at once (collectives need the whole gang);
-        returns each participant's results, in rank order."""
+        """Call `method(m, *args_of(m))` on every rank of these participants m at once (collectives need the
+        whole gang); returns each participant's results, in rank order."""
         which = range(len(self.names)) if which is None else which
-        actors = [a for m in which for a in self.gangs[m]]
-        out = self._gather([getattr(self.actors[a], method).remote(*args_of(self.owner[a])) for a in actors],
-                           desc=desc, actors=[self.owner[a] for a in actors])
+        calls = [(m, a) for m in which for a in self.gangs[m]]
+        out = self._gather([getattr(self.actors[a], method).remote(m, *args_of(m)) for m, a in calls],
+                           desc=desc, actors=[m for m, _ in calls])
         results = iter(out)
         return [[next(results) for _ in self.gangs[m]] for m in which]
+
+    def _on_actors(self, method: str, args_of=lambda a: ()) -> list:
+        """Call `method(*args_of(a))` once on every actor a at once; returns each actor's result."""
+        return self._gather([getattr(actor, method).remote(*args_of(a)) for a, actor in enumerate(self.actors)])
 
     def _gather(self, refs: list, desc: str | None = None, actors: list[int] | None = None) -> list:
         """gather.gather: refs[k] is a call to an actor of participant actors[k] (by default: actor k's)."""
@@ -135,7 +141,7 @@ class RaySwarm:
         self.update = None
         deadline = time.monotonic() + self.cfg.placement.timeout_s
         fresh = {a: restarted(actor, self.owner[a], self.names, deadline) for a, actor in enumerate(self.actors)}
-        revived = count_restarts(fresh, self.owner, self.names, lost, restarts, self.cfg.fault.max_restarts)
+        revived = count_restarts(fresh, self.hosts, self.names, lost, restarts, self.cfg.fault.max_restarts)
         for m in revived:
             restart_gang(self.actors, self.gangs[m], fresh, m, self.names, deadline)
         if revived:
@@ -155,9 +161,9 @@ class RaySwarm:
         self.update = None  # a pending update is part of the state being replaced
         which = list(range(len(self.names))) if which is None else which
         per = dict(zip(which, states))
-        actors = [a for m in which for a in self.gangs[m]]
-        self._gather([self.actors[a].load.remote(rank_state(per[self.owner[a]], self.gangs[self.owner[a]].index(a)))
-                      for a in actors], actors=[self.owner[a] for a in actors])
+        calls = [(m, a) for m in which for a in self.gangs[m]]
+        self._gather([self.actors[a].load.remote(m, rank_state(per[m], self.gangs[m].index(a))) for m, a in calls],
+                     actors=[m for m, _ in calls])
 
     def reset_optimizers(self, optimizer: str, lrs: list[float], weight_decays: list[float]) -> None:
         self.update = None
@@ -168,7 +174,8 @@ class RaySwarm:
             self._each("set_start_copy", lambda _: (w,), which=[m])
 
     def train_step(self, epoch: int, step: int, loss: LossSpec, split: str = "train", lr_scale: float = 1.0) -> StepResult:
-        result = exchange.train_step(self._each, self.batch_size, self.update, epoch, step, loss, split, lr_scale)
+        result = exchange.train_step(self._on_actors, self.hosts, self.gangs, self.batch_size, self.update, epoch, step,
+                                     loss, split, lr_scale)
         self.update = not result.bad
         return result
 
@@ -181,10 +188,12 @@ class RaySwarm:
         return torch.stack([torch.cat(ranks) for ranks in self._each("logits", lambda m: (split, batch_size, first))])
 
     def nodes(self) -> list[str]:
-        return [ranks[0] for ranks in self._each("node")]
+        nodes = self._on_actors("node")
+        return [nodes[ranks[0]] for ranks in self.gangs]
 
     def pids(self) -> list[int]:
-        return [ranks[0] for ranks in self._each("pid")]
+        pids = self._on_actors("pid")
+        return [pids[ranks[0]] for ranks in self.gangs]
 
     def close(self) -> None:
         for a in self.actors:

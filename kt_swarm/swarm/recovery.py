@@ -36,12 +36,13 @@ def restarted(actor, index: int, names: list[str], deadline: float) -> bool | No
             raise one_line(names, index, e) from None
 
 
-def count_restarts(fresh: dict[int, bool | None], owner: list[int], names: list[str], lost: ParticipantLost,
+def count_restarts(fresh: dict[int, bool | None], hosts: list[list[int]], names: list[str], lost: ParticipantLost,
                    restarts: dict[str, int], max_restarts: int) -> list[int]:
-    """The participants to bring up again (an actor of theirs is fresh), each counted in `restarts`; one line
-    when one is dead for good or has died more than `max_restarts` times. `fresh`: restarted() per actor."""
-    dead = sorted({owner[a] for a, f in fresh.items() if f is None})
-    revived = sorted({owner[a] for a, f in fresh.items() if f} - set(dead))
+    """The participants to bring up again (an actor of theirs is fresh: every participant it hosts), each
+    counted in `restarts`; one line when one is dead for good or has died more than `max_restarts` times.
+    `fresh`: restarted() per actor; hosts[a]: actor a's participants."""
+    dead = sorted({m for a, f in fresh.items() if f is None for m in hosts[a]})
+    revived = sorted({m for a, f in fresh.items() if f for m in hosts[a]} - set(dead))
     for m in revived or [lost.index]:  # counted first: a death while bringing up counts again
         restarts[names[m]] = restarts.get(names[m], 0) + 1
     for m in dead + revived:
