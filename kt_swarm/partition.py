@@ -8,7 +8,9 @@ participants N:
              (U numbers; kl_dp: its frozen start's too).
 2. `plan`    on the coordinator: every participant's scores -> the teaching weights W [N, N, U]
              (roles.teaching_weights: every strategy, trust, calibration), kl_dp's retention and the role
-             matrix. Computed once, not once per participant.
+             matrix, once a step rather than once per participant. W is a function of the scores unit by
+             unit (`weights`), so the owner of a shard is sent the shard's scores [N, u] and recomputes
+             its columns of W, the same numbers, rather than receive N times as many.
 3. `mix`     on the owner of a shard of units: every participant's outputs on the shard and W's columns ->
              for each participant what its share of the loss needs there. As a student j it needs only
              q_j = sum_k w[k->j] p_k (its teachers' distributions, weighted) and the constant
@@ -116,11 +118,17 @@ class Plan:
     roles: torch.Tensor  # [N, N] float64: R[k][j] = sum_i W[k, j, i]; the diagonal: what each learned from itself
 
 
+def weights(scores: torch.Tensor, spec: LossSpec, start_scores: torch.Tensor | None = None) -> torch.Tensor:
+    """W [N, N, u] from the scores [N, u]: unit by unit, so a shard's columns come from the shard's scores
+    alone (an owner recomputes them from N x u numbers rather than receive N x N x u)."""
+    trusted = torch.tensor(spec.trusted, dtype=torch.bool) if spec.trusted is not None else None
+    return teaching_weights(scores, spec.strategy, teacher=spec.teacher, start_scores=start_scores, trusted=trusted)
+
+
 def plan(scores: torch.Tensor, spec: LossSpec, start_scores: torch.Tensor | None = None,
          own_terms: list[float] | None = None) -> Plan:
     """Every participant's scores [N, U] (kl_dp: its start's [N, U]) -> the step's Plan."""
-    trusted = torch.tensor(spec.trusted, dtype=torch.bool) if spec.trusted is not None else None
-    w = teaching_weights(scores, spec.strategy, teacher=spec.teacher, start_scores=start_scores, trusted=trusted)
+    w = weights(scores, spec, start_scores)
     keep = (1 - w.sum(dim=0)).clamp(min=0) if spec.start_copies else None
     roles = w.sum(dim=-1).to(torch.float64)
     if spec.weight != 0:
@@ -142,14 +150,14 @@ class Mix:
         return [t for t in (self.q, self.a, self.r, self.s) if t is not None]
 
 
-def mix(rows: torch.Tensor, weights: torch.Tensor, pos: torch.Tensor, spec: LossSpec) -> list[Mix]:
+def mix(rows: torch.Tensor, w: torch.Tensor, pos: torch.Tensor, spec: LossSpec) -> list[Mix]:
     """The shard owner's work: every participant's detached outputs on its u units, rows [N, u, P, K], and
     W's columns there [N, N, u] -> each participant's Mix on those units."""
     n = len(rows)
-    if spec.weight == 0 or not weights.any():
+    if spec.weight == 0 or not w.any():
         return [Mix() for _ in range(n)]
     rows = rows.to(torch.promote_types(rows.dtype, torch.float32))  # half-precision rows (exchange_dtype) mixed in float32
-    w, pos = weights.to(rows.dtype), pos.to(rows.dtype)
+    w, pos = w.to(rows.dtype), pos.to(rows.dtype)
     log_p = F.log_softmax(rows / spec.temperature, dim=-1)
     p = log_p.exp()
     neg_entropy = (pos * (p * log_p).sum(dim=-1)).sum(dim=-1)  # [N, u]

@@ -105,8 +105,8 @@ class ParticipantActor:
             self.participant(m)  # a restarted actor says so before anything else
         return self.exchange.forward(self, key, batch_size, update, loss)
 
-    def learn(self, layout: Layout, weights: torch.Tensor, keeps: dict, loss: LossSpec, lr_scale: float) -> list[Learned]:
-        return self.exchange.learn(self, layout, weights, keeps, loss, lr_scale)
+    def learn(self, layout: Layout, scores: tuple, keeps: dict, loss: LossSpec, lr_scale: float) -> list[Learned]:
+        return self.exchange.learn(self, layout, scores, keeps, loss, lr_scale)
 
     @ray.method(concurrency_group="rows")
     def rows(self, key: tuple, wanted: list[tuple[int, int, int]]) -> list[torch.Tensor]:

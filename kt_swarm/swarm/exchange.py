@@ -7,16 +7,17 @@ The driver makes two calls per actor a step and handles one reference per actor:
    it hosts (graph kept) and returns what the partition needs: its score on each unit (partition.scored,
    O(B) numbers). The driver, the coordinator, computes the partition once (partition.plan) and cuts
    the units into one contiguous shard per actor.
-2. learn(layout, W's columns of the actor's shard, ...): each actor, as the owner of its shard, pulls every
-   participant's outputs on the shard from the actors that hold them (`rows`), computes every
-   participant's Mix there (partition.mix) and publishes it; then, for each participant it hosts, pulls
+2. learn(layout, the scores of the actor's shard, ...): each actor, as the owner of its shard, recomputes
+   its columns of W from them (partition.weights), pulls every participant's outputs on the shard from
+   the actors that hold them (`rows`), computes every participant's Mix there (partition.mix) and
+   publishes it; then, for each participant it hosts, pulls
    the Mix of every shard from its owner (`mixes`), joins them and back-propagates the participant's
    share (partition.share). Its optimizer steps at the start of the next call (apply), once the driver
    knows every share and gradient was finite (else no participant steps).
 
 What a participant receives a step is its shard's rows of every participant (N x B/N x C values, for an
 actor hosting one) plus its Mix of the whole batch (B x C, twice in the exact gradient mode), the
-columns of W for its shard (N x B/N) and, in a gang, its own outputs from its sibling ranks: a constant
+scores of its shard (N x B/N) and, in a gang, its own outputs from its sibling ranks: a constant
 times B x C, whatever N. The pulls go actor to actor through the object store: `rows` and `mixes` run in
 concurrency groups of their own, so an actor answers them while its main thread is in learn(), and a
 `mixes` call waits for the owner to publish (which needs only `rows`, which never wait: no cycle).
@@ -38,7 +39,7 @@ from kt_swarm.config import Config
 from kt_swarm.data import Dataset, arm_plan
 from kt_swarm.engine import StepResult, blame
 from kt_swarm.objectives import LossSpec
-from kt_swarm.partition import Mix, Scored, as_units, join, mix, plan, positions, scored, share, task_of
+from kt_swarm.partition import Mix, Scored, as_units, join, mix, plan, positions, scored, share, task_of, weights
 from kt_swarm.participant import Participant
 
 WAIT_S = 600.0  # a `mixes` call waits this long for its owner's learn() before giving up
@@ -176,13 +177,13 @@ class ActorExchange:
         if key != self.key:
             raise ExchangeAborted(f"asked for step {key}, holds {self.key}")
 
-    def learn(self, host: Host, layout: Layout, weights: torch.Tensor, keeps: dict[int, torch.Tensor | None],
+    def learn(self, host: Host, layout: Layout, scores: tuple, keeps: dict[int, torch.Tensor | None],
               loss: LossSpec, lr_scale: float) -> list[Learned]:
         """Own a shard (mix it, publish it), then back-propagate each hosted participant's share; the
         optimizers step later (at lr_scale), in apply()."""
         self.lr_scale = lr_scale
         try:
-            owned = self._own_shard(host, layout, weights, loss)
+            owned = self._own_shard(host, layout, scores, loss)
         except BaseException as e:
             with self.cond:
                 self.published = (layout.key, f"{type(e).__name__}: {e}")
@@ -190,10 +191,11 @@ class ActorExchange:
             raise
         return [self._learn_one(host, layout, m, keeps[m], loss, owned / len(host.indices)) for m in host.indices]
 
-    def _own_shard(self, host: Host, layout: Layout, weights: torch.Tensor, loss: LossSpec) -> int:
-        """Pull every participant's rows of this actor's shard, mix them, publish; returns the bytes read."""
+    def _own_shard(self, host: Host, layout: Layout, scores: tuple, loss: LossSpec) -> int:
+        """Pull every participant's rows of this actor's shard, mix them by the shard's scores (and kl_dp's
+        start scores), publish; returns the bytes read."""
         lo, hi = layout.shards[host.me]
-        mixes, received = {}, nbytes(weights)
+        mixes, received = {}, nbytes(*scores)
         if hi > lo:
             asks = {}  # actor -> [(participant, lo, hi) in its own rows]
             for a, slots in enumerate(layout.slots):
@@ -213,7 +215,7 @@ class ActorExchange:
                     rows[m, start : start + len(piece)] = piece  # copied: the pieces are read-only
                     received += nbytes(piece)
             pos = positions(task_of(loss), self.target)[lo:hi]
-            mixes = dict(enumerate(mix(rows, weights, pos, loss)))
+            mixes = dict(enumerate(mix(rows, weights(*scores[:1], loss, *scores[1:]), pos, loss)))
             dtype = host.cfg.transfer.exchange_dtype
             if dtype:
                 for m in mixes.values():
@@ -278,8 +280,11 @@ def train_step(on_actors: Call, hosts: list[list[int]], gangs: list[list[int]], 
     slots = [[(m, first[m, a], told[a][i].units) for i, m in enumerate(ms)] for a, ms in enumerate(hosts)]
     layout = ray.put(Layout(key, shards, slots, units, len(gangs)))  # one object, read by every actor
     keep = part.keep
-    learned = on_actors("learn", lambda a: (layout, part.weights[:, :, slice(*shards[a])].contiguous(),
-                                            {m: None if keep is None else keep[m] for m in hosts[a]}, loss, lr_scale))
+    def of_shard(a: int) -> tuple:  # the shard's scores (and kl_dp's start scores): its owner recomputes W there
+        return tuple(t[:, slice(*shards[a])].contiguous() for t in (scores, start) if t is not None)
+
+    learned = on_actors("learn", lambda a: (layout, of_shard(a), {m: None if keep is None else keep[m] for m in hosts[a]},
+                                            loss, lr_scale))
     results = [[learned[a][hosts[a].index(m)] for a in gangs[m]] for m in range(len(gangs))]
     # Every rank computes its participant's whole share; its own rows' gradients are its part.
     bad = blame([all(s.finite for s in r) for r in ranks], [all(x.loss_ok for x in r) for r in results],

@@ -114,3 +114,9 @@ class SlowMLP(nn.Module):
 
 def slow_mlp(num_classes: int, in_chans: int, **kwargs) -> nn.Module:
     return SlowMLP(num_classes, in_chans, **kwargs)
+
+
+def dropout_mlp(num_classes: int, in_chans: int, img_size: int = 28, hidden: int = 16, p: float = 0.3) -> nn.Module:
+    """A tiny MLP with dropout: its training forward draws from the participant's RNG stream."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_chans * img_size * img_size, hidden), nn.ReLU(), nn.Dropout(p),
+                         nn.Linear(hidden, num_classes))
