@@ -294,8 +294,9 @@ class TransferConfig(Section):
     weight_decay: NonNegative = Field(1e-5, description="default weight decay of every participant")
     log_every: Count = Field(1, description="log every N steps")
     # Listed as autocast lists them: typing caches `Literal[...] | None` by equal (order-blind) Literals.
-    exchange_dtype: Literal["bfloat16", "float16"] | None = Field(None, description="--engine ray: logits sent at "
-                                                                  "this precision (default: the model's)")
+    exchange_dtype: Literal["bfloat16", "float16"] | None = Field(None, description="--engine ray: outputs and "
+                                                                  "mixes sent at this precision (default: the model's); "
+                                                                  "the partition stays full precision")
 
 
 class ArmConfig(Section):

@@ -10,8 +10,8 @@ The driver makes two calls per actor a step and handles one reference per actor:
 2. learn(layout, the scores of the actor's shard, ...): each actor, as the owner of its shard, recomputes
    its columns of W from them (partition.weights), pulls every participant's outputs on the shard from
    the actors that hold them (`rows`), computes every participant's Mix there (partition.mix) and
-   publishes it; then, for each participant it hosts, pulls
-   the Mix of every shard from its owner (`mixes`), joins them and back-propagates the participant's
+   publishes it; then pulls, for the participants it hosts, the Mix of
+   every shard from its owner (`mixes`, one call per owner), joins each one's and back-propagates its
    share (partition.share). Its optimizer steps at the start of the next call (apply), once the driver
    knows every share and gradient was finite (else no participant steps).
 
@@ -189,7 +189,12 @@ class ActorExchange:
                 self.published = (layout.key, f"{type(e).__name__}: {e}")
                 self.cond.notify_all()
             raise
-        return [self._learn_one(host, layout, m, keeps[m], loss, owned / len(host.indices)) for m in host.indices]
+        # Every hosted participant's Mix from every owner, one call per owner for all of them
+        owners = [a for a, (lo, hi) in enumerate(layout.shards) if hi > lo]
+        calls = [host.peers[a].mixes.remote(layout.key, host.indices) for a in owners if a != host.me]
+        got = ray.get(calls) + ([self.mixes(layout.key, host.indices)] if host.me in owners else [])
+        return [self._learn_one(host, layout, m, [(lo, mixes[m]) for lo, mixes in got], keeps[m], loss,
+                                owned / len(host.indices)) for m in host.indices]
 
     def _own_shard(self, host: Host, layout: Layout, scores: tuple, loss: LossSpec) -> int:
         """Pull every participant's rows of this actor's shard, mix them by the shard's scores (and kl_dp's
@@ -225,8 +230,8 @@ class ActorExchange:
             self.cond.notify_all()
         return received
 
-    def _learn_one(self, host: Host, layout: Layout, index: int, keep: torch.Tensor | None, loss: LossSpec,
-                   owned: float) -> Learned:
+    def _learn_one(self, host: Host, layout: Layout, index: int, pieces: list[tuple[int, Mix]], keep: torch.Tensor | None,
+                   loss: LossSpec, owned: float) -> Learned:
         pending, p = self.pending[index], host.participant(index)
         received = int(owned) + nbytes(keep)
         own, frozen = pending.own, pending.frozen
@@ -239,12 +244,6 @@ class ActorExchange:
             own = torch.cat([o for o, _ in parts])
             frozen = torch.cat([f for _, f in parts]) if frozen is not None else None
         target = self.target.to(own.device)
-        owners = [a for a, (lo, hi) in enumerate(layout.shards) if hi > lo]
-        calls = [host.peers[a].mixes.remote(layout.key, [index]) for a in owners if a != host.me]
-        pieces = [(lo, got[index]) for lo, got in ray.get(calls)]
-        if host.me in owners:
-            lo, got = self.mixes(layout.key, [index])
-            pieces.append((lo, got[index]))
         received += sum(nbytes(*m.tensors()) for _, m in pieces)
         mine = join(pieces, layout.units, as_units(task_of(loss), own.detach(), target))
         value = share(own, target, index, loss, mine, None if keep is None else keep.to(own.device), frozen)
