@@ -35,6 +35,9 @@ def load_run(run_dir: str | Path, summary: dict | None = None) -> tuple[dict, li
     return summary, records, config
 
 
+MANY = 16  # participants beyond which the report draws means and a larger role matrix
+
+
 def count(x: float) -> str:
     """A role-matrix cell: weighted sample counts, whole numbers for one-teacher strategies."""
     return f"{x:.0f}" if float(x).is_integer() or abs(x) >= 100 else f"{x:.1f}"
@@ -44,8 +47,9 @@ def draw_role_matrix(ax, matrix: list[list[float]], names: list[str]) -> None:
     """Heat map of R[t][s] = samples on which t taught s, weighted (rows teach, columns learn; the
     diagonal: what a participant learned from itself, kl_dp's start or self-training's pseudo-labels)."""
     image = ax.imshow(matrix, cmap="viridis")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
+    small = {"fontsize": max(4.0, 9 - len(names) / 8)} if len(names) > 8 else {}  # 64 names stay legible
+    ax.set_xticks(range(len(names)), names, rotation=45 if len(names) <= 16 else 90, ha="right" if len(names) <= 16 else "center", **small)
+    ax.set_yticks(range(len(names)), names, **small)
     ax.set_xlabel("student")
     ax.set_ylabel("teacher")
     peak = max(max(row) for row in matrix) or 1
@@ -93,15 +97,23 @@ def draw_examples(fig, summary: dict, examples: dict) -> None:
 
 def report_figure(summary: dict, records: list[dict], examples: dict | None = None) -> Figure:
     names = list(summary["participants"])
-    fig = Figure(figsize=(13, 9 + (2.2 * len(examples["images"]) if examples else 0)), layout="constrained")
+    many = len(names) > MANY  # a swarm too big for a legend entry per participant: a grid of its own
+    height = 9 + (8 if many else 0)
+    fig = Figure(figsize=(13 + (5 if many else 0), height + (2.2 * len(examples["images"]) if examples else 0)),
+                 layout="constrained")
     top = fig
     if examples:
-        top, bottom = fig.subfigures(2, 1, height_ratios=[9, 2.2 * len(examples["images"])])
+        top, bottom = fig.subfigures(2, 1, height_ratios=[height, 2.2 * len(examples["images"])])
         draw_examples(bottom, summary, examples)
-    grid = top.add_gridspec(2, 2)
-    bars, loss, val = top.add_subplot(grid[0, 0]), top.add_subplot(grid[0, 1]), top.add_subplot(grid[1, 0])
     transfer_arms = transfer_arm_names(summary)  # a role matrix each, side by side
-    cells = grid[1, 1].subgridspec(1, len(transfer_arms))
+    if many:  # the bars across the top, the curves under them, the role matrices large at the bottom
+        grid = top.add_gridspec(3, 2, height_ratios=[3, 3, 8])
+        bars, loss, val = top.add_subplot(grid[0, :]), top.add_subplot(grid[1, 0]), top.add_subplot(grid[1, 1])
+        cells = grid[2, :].subgridspec(1, len(transfer_arms))
+    else:
+        grid = top.add_gridspec(2, 2)
+        bars, loss, val = top.add_subplot(grid[0, 0]), top.add_subplot(grid[0, 1]), top.add_subplot(grid[1, 0])
+        cells = grid[1, 1].subgridspec(1, len(transfer_arms))
     roles = [top.add_subplot(cells[0, j]) for j in range(len(transfer_arms))]
 
     m = summary["metric"]
@@ -118,7 +130,7 @@ def report_figure(summary: dict, records: list[dict], examples: dict | None = No
         bars.bar(xs, [100 * metric_value(parts[n], summary, key) for n in names], width, label=label)
     low = min(100 * metric_value(parts[n], summary, key) for n in names for _, key in arms)
     bars.set_ylim(max(0, low - 5), None)  # the differences are the point, not the distance from zero
-    bars.set_xticks(range(len(names)), names)
+    bars.set_xticks(range(len(names)), names, **({"rotation": 90, "fontsize": 6} if many else {}))
     metric = metric_name(summary)
     bars.set_ylabel(f"test {metric} (%)")
     bars.set_title(f"test {metric}; success rate {100 * summary['success_rate']:.0f}%")
@@ -126,17 +138,22 @@ def report_figure(summary: dict, records: list[dict], examples: dict | None = No
 
     colours = {n: f"C{i}" for i, n in enumerate(names)}
     styles = {"transfer": "-", **{arm: "-." for arm in transfer_arms[1:]}, "control": "--", "self_training": ":"}
-    for arm, style in styles.items():
+    for k, (arm, style) in enumerate(styles.items()):
         steps = [r for r in records if r.get("arm") == arm and "losses" in r]
-        for n in names:
-            if steps:
-                loss.plot([r["global_step"] for r in steps], [r["losses"][n] for r in steps], style, color=colours[n],
-                          label=f"{n} ({arm})", linewidth=1)
         evals = [r for r in records if r.get("arm") == arm and r.get("event") == "eval"]
-        for n in names:
-            if evals:
-                val.plot([r["epoch"] + 1 for r in evals], [100 * r[f"val_{m}"][n] for r in evals], style, marker="o",
-                         color=colours[n], label=f"{n} ({arm})")
+        curves = [(loss, [r["global_step"] for r in steps], [[r["losses"][n] for r in steps] for n in names], {}),
+                  (val, [r["epoch"] + 1 for r in evals], [[100 * r[f"val_{m}"][n] for r in evals] for n in names],
+                   {"marker": "o"})]
+        for ax, xs, ys, extra in curves:
+            if not xs:
+                continue
+            if many:  # each participant faint, the arm's mean over them bold
+                for y in ys:
+                    ax.plot(xs, y, style, color=f"C{k}", linewidth=0.4, alpha=0.3)
+                ax.plot(xs, np.mean(ys, axis=0), style, color=f"C{k}", linewidth=2, label=f"{arm} (mean)", **extra)
+            else:
+                for n, y in zip(names, ys):
+                    ax.plot(xs, y, style, color=colours[n], label=f"{n} ({arm})", linewidth=1, **extra)
     loss.set_xlabel("step")
     loss.set_ylabel("training loss (own share)")
     drawn = [arm for arm in styles if any(r.get("arm") == arm and "losses" in r for r in records)]

@@ -391,6 +391,25 @@ def test_a_killed_actor_is_restarted_and_the_run_ends_as_if_nothing_happened(tmp
     assert placed[0]["narrow"]["pid"] != placed[1]["narrow"]["pid"] and placed[0]["wide"] == placed[1]["wide"]
 
 
+def test_a_participant_killed_mid_exchange_is_restarted_and_the_run_ends_as_if_nothing_happened(tmp_path):
+    """SIGKILL an actor inside learn(), after it owned its shard and while its peers pull its mixes, with two
+    participants to an actor: Ray restarts it, both of its participants come back, every participant goes
+    back to the last consistent checkpoint, and the summary is the uninterrupted run's (float64)."""
+    def config(marker):
+        doomed = faulty("doomed", "suicidal_mlp", lr=1e-3, die_at=5, die_in="backward", marker=str(marker))
+        return parse_config(mlp_config(participants=[faulty("a", hidden=24), faulty("b", hidden=8), doomed,
+                                                     faulty("c", hidden=12)], placement={"participants_per_actor": 2}))
+    spent = tmp_path / "spent"
+    spent.touch()  # the marker already there: it never dies
+    with RunDir(tmp_path / "full") as rd:
+        full = run(config(spent), rd, "ray")
+    with RunDir(tmp_path / "killed") as rd:
+        killed = run(config(tmp_path / "marker"), rd, "ray")
+    assert (tmp_path / "marker").exists()
+    assert killed["faults"]["restarts"] == {"a": 0, "b": 0, "doomed": 1, "c": 1}
+    assert not differences(killed, full, across_engines=False)
+
+
 def test_a_killed_actor_gets_its_start_copy_back(tmp_path):
     """kl_dp: the restarted actor builds its frozen start copy again; the run ends as if nothing happened."""
     cfg = parse_config(mlp_config(control=False, transfer={"epochs": 2, "batch_size": 32, "temperature": 2.0,

@@ -54,7 +54,8 @@ def nan_mlp(num_classes: int, in_chans: int, **kwargs) -> nn.Module:
 
 class SuicidalMLP(nn.Module):
     """SIGKILLs its own process in call `die_at` of `die_in`: "train" (a training forward, zoo pretraining
-    included), "state" (its state read: a new zoo member's cache file, then the run's start set) or "init"
+    included), "backward" (that forward's backward: in the swarm's learn(), once its actor has owned its
+    shard and while its peers pull what it mixed), "state" (its state read: a new zoo member's cache file, then the run's start set) or "init"
     (while it is built), in every process that hosts it; with `marker` (a file path), once in all (the
     file says it already has)."""
 
@@ -74,11 +75,14 @@ class SuicidalMLP(nn.Module):
         os.kill(os.getpid(), signal.SIGKILL)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.die_in == "train":
+        if self.training and self.die_in in ("train", "backward"):
             self.calls += 1
-            if self.calls == self.die_at:
+            if self.calls == self.die_at and self.die_in == "train":
                 self._die()
-        return self.net(x)
+        out = self.net(x)
+        if self.training and self.die_in == "backward" and self.calls == self.die_at:
+            out.register_hook(lambda grad: self._die())  # in learn(), after it owned its shard of the exchange
+        return out
 
     def state_dict(self, *args, **kwargs):
         if self.die_in == "state":
