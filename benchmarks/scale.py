@@ -4,7 +4,8 @@ before it (issue 24), in one run.
     python benchmarks/scale.py [--sizes 2 4 8 16 32 64] [--steps 8] [--warmup 2] [--old 64434b0] [--out benchmarks/results/scale]
 
 For each N, tiny participants (tests/helpers' tiny MLPs of different widths, float32, batch 128 of
-Fashion-MNIST: C = 10) train a few steps with `best` in the exact gradient mode, each configuration in a
+Fashion-MNIST: C = 10) train a few steps with `dml` in the exact gradient mode (every participant teaches
+and learns on every unit: the most any strategy sends; `best` sends less as N grows), each configuration in a
 fresh process with its own private Ray instance:
 
     sharded      this exchange, one actor per participant
@@ -61,7 +62,7 @@ def one(n: int, per_actor: int, steps: int, warmup: int) -> dict:
     engine = make_engine("ray", cfg, load_dataset(cfg.data))
     try:
         engine.reset_optimizers("adam", [1e-3] * n, [0.0] * n)
-        loss = LossSpec(detach_teacher=False)
+        loss = LossSpec(strategy="dml", detach_teacher=False)  # every participant teaches and learns on every unit
         wall, driver, received = [], [], []
         for step in range(warmup + steps):
             t, c = time.perf_counter(), time.process_time()
@@ -212,7 +213,7 @@ def main() -> None:
                                                     "steps": args.steps, "rows": rows_by}, indent=1))
     plot(rows_by, out.with_suffix(".png"))
     md = [f"# Step cost against N (benchmarks/scale.py)", "",
-          f"{cpu}, {os.cpu_count()} cores; tiny MLPs, batch {B}, C = {C}, float32, `best` with exact gradients; "
+          f"{cpu}, {os.cpu_count()} cores; tiny MLPs, batch {B}, C = {C}, float32, `dml` with exact gradients; "
           f"medians of {args.steps} steps after {args.warmup}. Bytes: what one participant reads from the exchange "
           "a step (mean over participants).", "",
           "| N | exchange | actors | step (s) | driver CPU (s) | bytes / participant | peak RSS / actor (MiB) | actors' PSS, all (MiB) | driver peak (MiB) |",

@@ -44,6 +44,13 @@ def test_bad_deepspeed_configs_are_one_line(change, message):
 
 
 @pytest.mark.fast
+def test_a_deepspeed_participant_is_not_packed_with_others():
+    raw = hosted({"wide": 0}, placement={"participants_per_actor": 2})
+    with pytest.raises(UserError, match=r"'placement.participants_per_actor': a DeepSpeed participant has its actors to itself"):
+        parse_config(raw)
+
+
+@pytest.mark.fast
 def test_what_deepspeed_cannot_do_here_is_refused_before_anything_starts(tmp_path):
     with pytest.raises(UserError, match="has no fp16 on the CPU"):
         parse_config({**hosted({"wide": 0}), "device": "cpu"} | {"participants": [
