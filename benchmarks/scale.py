@@ -11,6 +11,7 @@ fresh process with its own private Ray instance:
     sharded      this exchange, one actor per participant
     sharded/8    this exchange, the participants on 8 actors (placement.participants_per_actor = N/8; one
                  actor per participant below N = 8)
+    sharded/2    this exchange on 2 actors, one per core of this machine
     all-to-all   the exchange of the commit before it (--old, checked out into a temporary git worktree),
                  one actor per participant: every actor reads every participant's logits
 
@@ -105,9 +106,10 @@ def run_one(tree: Path, n: int, per_actor: int, args) -> dict:
            "--warmup", str(args.warmup)]
     # cwd: Ray puts the driver's working directory first on its workers' path
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout, cwd=tree)
-    if out.returncode:
+    result = [line for line in out.stdout.splitlines() if line.startswith("{")]  # Ray may log to stdout too
+    if out.returncode or not result:
         return {"n": n, "error": (out.stderr.strip().splitlines() or ["?"])[-1]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(result[-1])
 
 
 def worktree(commit: str) -> Path:
@@ -127,7 +129,7 @@ def project(rows: list[dict]) -> str:
     coef = np.polyfit(n, driver, 1)  # the driver: a fixed part and a part per actor call
     per_bytes = statistics.median(r["bytes_per_participant"] for r in ok) / (B * C * 4)  # in units of B x C fp32
     lines = ["", "## Projection: 256 and 1,024 participants (on paper, from the fitted costs)", "",
-             f"Fitted here: the driver's CPU time a step = {coef[1] * 1e3:.3f} ms x N + {coef[0] * 1e3:.1f} ms "
+             f"Fitted here: the driver's CPU time a step = {coef[0] * 1e3:.2f} ms x N {coef[1] * 1e3:+.1f} ms "
              f"(2 calls per actor and the partition); a participant reads {per_bytes:.2f} x B x C values a step, "
              "whatever N. For a cluster of 8 participants per node on 25 Gbit/s links, B = 128 and C = 1,000 "
              "(ImageNet) in float32:", "",
@@ -139,7 +141,7 @@ def project(rows: list[dict]) -> str:
         lines.append(f"| {big:,} | {big // 8} | {node_bytes / 2**20:.1f} MiB | {node_bytes * 8 / 25e9 * 1e3:.1f} ms "
                      f"| {2 * big:,} | {np.polyval(coef, big):.2f} s | {w_bytes / 2**20:,.0f} MiB |")
     lines += ["", "What breaks first is the driver, not the links: its CPU time grows linearly with N (2 calls per "
-              "actor a step, each a few hundred microseconds of Ray's submission path), and the partition it "
+              "actor a step, each about a millisecond of Ray's submission path here), and the partition it "
               "computes, W [N, N, B], grows with N^2 (at 1,024 participants 512 MiB a step in float32, for the "
               "role matrix). The links carry a constant per node. Past a few hundred participants the driver "
               "would have to hand the partition to the shard owners (each computes its W columns already; "
@@ -164,7 +166,7 @@ def plot(rows_by: dict[str, list[dict]], path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("participants N")
         ax.set_title(label)
-        if key == "bytes_per_participant":
+        if key != "actor_peak_mib":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0].legend()
@@ -189,10 +191,17 @@ def main() -> None:
     old = worktree(args.old)
     try:
         variants = {"sharded": (ROOT, lambda n: 1), "sharded/8": (ROOT, lambda n: max(1, n // 8)),
-                    "all-to-all": (old, lambda n: 1)}
+                    "sharded/2": (ROOT, lambda n: max(1, n // 2)), "all-to-all": (old, lambda n: 1)}
         rows_by = {name: [] for name in variants}
+        # Each configuration's result is kept as it comes (OUT.partial.json), and a rerun measures only what
+        # is not there yet: an interrupted run goes on (delete the file to measure everything again).
+        partial = Path(args.out).with_suffix(".partial.json")
+        done = json.loads(partial.read_text()) if partial.exists() else {}
         for n in args.sizes:
             for name, (tree, per) in variants.items():
+                if f"{name}/{n}" in done:
+                    rows_by[name].append(done[f"{name}/{n}"])
+                    continue
                 last = next((r for r in reversed(rows_by[name]) if "actors_pss_mib_total" in r), None)
                 actors = -(-n // per(n))
                 need = last and last["actors_pss_mib_total"] / last["actors"] * actors
@@ -201,6 +210,10 @@ def main() -> None:
                                                              f"(this machine has {free_mib() / 1024:.1f} GiB free)"})
                 else:
                     rows_by[name].append(run_one(tree, n, per(n), args))
+                if "error" not in rows_by[name][-1]:
+                    done[f"{name}/{n}"] = rows_by[name][-1]
+                    partial.parent.mkdir(parents=True, exist_ok=True)
+                    partial.write_text(json.dumps(done, indent=1))
                 print(name, rows_by[name][-1], flush=True)
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
