@@ -47,7 +47,7 @@ def draw_role_matrix(ax, matrix: list[list[float]], names: list[str]) -> None:
     """Heat map of R[t][s] = samples on which t taught s, weighted (rows teach, columns learn; the
     diagonal: what a participant learned from itself, kl_dp's start or self-training's pseudo-labels)."""
     image = ax.imshow(matrix, cmap="viridis")
-    small = {"fontsize": max(4.0, 9 - len(names) / 8)} if len(names) > 8 else {}  # 64 names stay legible
+    small = {"fontsize": max(5.5, 9 - len(names) / 8)} if len(names) > 8 else {}  # 64 names stay legible
     ax.set_xticks(range(len(names)), names, rotation=45 if len(names) <= 16 else 90, ha="right" if len(names) <= 16 else "center", **small)
     ax.set_yticks(range(len(names)), names, **small)
     ax.set_xlabel("student")
@@ -98,8 +98,8 @@ def draw_examples(fig, summary: dict, examples: dict) -> None:
 def report_figure(summary: dict, records: list[dict], examples: dict | None = None) -> Figure:
     names = list(summary["participants"])
     many = len(names) > MANY  # a swarm too big for a legend entry per participant: a grid of its own
-    height = 9 + (8 if many else 0)
-    fig = Figure(figsize=(13 + (5 if many else 0), height + (2.2 * len(examples["images"]) if examples else 0)),
+    height = 9 + (12 if many else 0)
+    fig = Figure(figsize=(13 + (3 if many else 0), height + (2.2 * len(examples["images"]) if examples else 0)),
                  layout="constrained")
     top = fig
     if examples:
@@ -107,7 +107,7 @@ def report_figure(summary: dict, records: list[dict], examples: dict | None = No
         draw_examples(bottom, summary, examples)
     transfer_arms = transfer_arm_names(summary)  # a role matrix each, side by side
     if many:  # the bars across the top, the curves under them, the role matrices large at the bottom
-        grid = top.add_gridspec(3, 2, height_ratios=[3, 3, 8])
+        grid = top.add_gridspec(3, 2, height_ratios=[3, 3, 12])
         bars, loss, val = top.add_subplot(grid[0, :]), top.add_subplot(grid[1, 0]), top.add_subplot(grid[1, 1])
         cells = grid[2, :].subgridspec(1, len(transfer_arms))
     else:
