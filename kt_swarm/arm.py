@@ -86,7 +86,7 @@ def train_arm(engine: Engine, cfg: Config, data: Dataset, st: ArmState, loss: Lo
     t0, seconds0 = time.perf_counter(), st.seconds
     arm, names = st.arm, [p.name for p in cfg.participants]
     steps = batches_in(data, "train", cfg.transfer.batch_size)
-    val_labels = data.target(data.splits["val"])
+    val_labels = data.truth(data.splits["val"])
     if st.val_start is None:
         st.val_start = engine.predict("val", cfg.eval_batch_size)
         if cfg.transfer.calibrate:  # temperature scaling on validation, once per arm (a resumed arm keeps it)
@@ -206,7 +206,10 @@ def measure(data: Dataset, preds: torch.Tensor, target: torch.Tensor) -> list[fl
 
 def units_per_image(cfg: Config, data: Dataset) -> float:
     """How many units an image holds on average (the role matrix counts units): 1, or a segmentation's
-    labelled pixels per training image (pixel units)."""
+    labelled pixels per training image (pixel units), or a block's tokens that have a next one (token units)."""
+    train = data.splits["train"]
+    if cfg.transfer.unit == "token":
+        return float((data.target(train) >= 0).sum()) / len(train)
     if cfg.transfer.unit != "pixel":
         return 1.0
-    return float((data.targets[data.splits["train"]] != data.ignore_index).sum()) / len(data.splits["train"])
+    return float((data.targets[train] != data.ignore_index).sum()) / len(train)

@@ -11,7 +11,8 @@ from kt_swarm.config import Config
 from kt_swarm.data import Dataset
 from kt_swarm.deepspeed_host import ds_config
 from kt_swarm.errors import UserError
-from kt_swarm.models import create_model, preprocess_for, trains_first
+from kt_swarm.lm import TokenInput, create_causal_lm
+from kt_swarm.models import create_model, default_weights, preprocess_for, trains_first
 from kt_swarm.participant import Participant, resolve_device, seeded_rng
 
 
@@ -25,17 +26,28 @@ def build_participant(cfg: Config, index: int, data: Dataset) -> Participant:
     spec = cfg.participants[index]
     dtype = getattr(torch, cfg.dtype)
     device = resolve_device(cfg.device)
+    if cfg.task == "language_model":
+        model = create_causal_lm(spec.model, spec.model_args, default_weights(spec), member_seed(cfg, index),
+                                 f"participant '{spec.name}'")
+        prep = TokenInput(dtype)
+    else:
+        model, prep = _vision_model(cfg, index, data, dtype)
+    model = model.to(device=device, dtype=dtype)
+    autocast = getattr(torch, cfg.autocast) if cfg.autocast else None
+    hosted = ds_config(spec.deepspeed, cfg.transfer.batch_size, spec.ranks) if spec.deepspeed is not None else None
+    return Participant(spec.name, model, prep, device, autocast=autocast, deepspeed=hosted,
+                       rng=seeded_rng(member_seed(cfg, index), device))
+
+
+def _vision_model(cfg: Config, index: int, data: Dataset, dtype: torch.dtype) -> tuple:
+    """A timm (or import-path) model for the data's channels and classes, and its preprocessing."""
+    spec = cfg.participants[index]
     in_chans = spec.in_chans or data.channels
     if data.channels not in (1, in_chans):
         raise UserError(f"participant '{spec.name}': in_chans {in_chans} for {data.channels}-channel images "
                         f"(only grayscale goes to 3 channels)")
     model = create_model(spec, num_classes=data.num_classes, in_chans=in_chans, seed=member_seed(cfg, index), task=cfg.task)
-    model = model.to(device=device, dtype=dtype)
-    prep = preprocess_for(model, spec, in_chans=in_chans, image_size=data.image_size, dtype=dtype)
-    autocast = getattr(torch, cfg.autocast) if cfg.autocast else None
-    hosted = ds_config(spec.deepspeed, cfg.transfer.batch_size, spec.ranks) if spec.deepspeed is not None else None
-    return Participant(spec.name, model, prep, device, autocast=autocast, deepspeed=hosted,
-                       rng=seeded_rng(member_seed(cfg, index), device))
+    return model, preprocess_for(model, spec, in_chans=in_chans, image_size=data.image_size, dtype=dtype)
 
 
 def pretrain_ids(cfg: Config, index: int, data: Dataset) -> torch.Tensor:

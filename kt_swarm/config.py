@@ -159,19 +159,36 @@ DATA_KINDS = {  # which data kinds each task reads
     "classification": ("fashion_mnist", "folder"),
     "segmentation": ("scenes", "segmentation_folder"),
     "saliency": ("scenes", "saliency_folder"),
+    "language_model": ("text",),
 }
-UNITS = {"classification": ("sample",), "segmentation": ("pixel", "image"), "saliency": ("sample",)}
+UNITS = {"classification": ("sample",), "segmentation": ("pixel", "image"), "saliency": ("sample",),
+         "language_model": ("token", "sequence")}
+
+
+class TextConfig(Section):
+    """data.kind text: plain text in named domains (text.py), tokenised once with the participants' tokenizer
+    and cut into blocks; split into train / val / test by document with the split seed."""
+
+    domains: dict[Name, Str] = Field({}, description="domain name -> a text file, or a folder of .txt / .rst files "
+                                     "(recursive); `package:name/sub/path` is a path inside an installed Python package")
+    block: Count = Field(128, description="tokens a block predicts (a block holds one more: each position's next)")
+    tokenizer: Str | None = Field(None, description="the tokenizer's source (a model directory or GGUF file); default: "
+                                  "the first participant's model")
+    test_fraction: Fraction = Field(0.1, description="documents of each domain held out for test (split seed)")
+    max_documents: Count | None = Field(None, description="cap on each domain's documents (tiny runs); the split "
+                                        "seed's order")
 
 
 class DataConfig(Section):
     """The dataset and its splits."""
 
-    kind: Literal["fashion_mnist", "folder", "scenes", "segmentation_folder", "saliency_folder"] = Field(
+    kind: Literal["fashion_mnist", "folder", "scenes", "segmentation_folder", "saliency_folder", "text"] = Field(
         "fashion_mnist", description="the dataset: classification reads fashion_mnist or folder, segmentation "
-        "scenes or segmentation_folder, saliency scenes or saliency_folder")
+        "scenes or segmentation_folder, saliency scenes or saliency_folder, language_model text")
     root: Str | None = Field(None, description="where the data is; fashion_mnist, scenes: searched in $KT_SWARM_DATA "
                              "and the Debian path when unset")
     scenes: ScenesConfig = Field(default_factory=ScenesConfig, description="kind scenes: how the scenes are composed")
+    text: TextConfig = Field(default_factory=TextConfig, description="kind text: the domains and their blocks")
     ignore_index: Int = Field(255, ge=0, le=255, description="segmentation masks: the label of pixels no loss or "
                               "metric counts (VOC's 255; masks are 8-bit)")
     val_fraction: Fraction = Field(0.1, description="carved from train (fixed split_seed) when the data has no val split")
@@ -229,7 +246,9 @@ class ParticipantConfig(Section):
     """One model of the swarm."""
 
     name: Name = Field(description="names its files, metrics and W&B keys: letters, digits, '_', '.' and '-', unique (case too)")
-    model: Str = Field(description="timm name (`resnet18`, `timm/resnet18`) or import path `pkg.module:factory`")
+    model: Str = Field(description="timm name (`resnet18`, `timm/resnet18`) or import path `pkg.module:factory`; "
+                       "language_model: a model directory, a .gguf file (`package:name/file.gguf` inside an installed "
+                       "package) or an import path")
     lr: Positive = Field(description="learning rate in every arm")
     weights: Str | None = Field(None, description="pretrained (hub) | zoo | none | path to a weight file; default per model kind")
     weights_map: Str | None = Field(None, description="a weight file's names differ: order | pkg.module:function (see "
@@ -245,6 +264,8 @@ class ParticipantConfig(Section):
     deepspeed: DeepSpeed = Field(None, description="a DeepSpeed config (a mapping, or a ds_config JSON path: read into "
                                  "its mapping), see deepspeed_host.py; the run sets its optimizer, scheduler and batch sizes")
     ranks: Int = Field(1, ge=1, description="actors (GPUs) hosting the participant; more than 1 needs deepspeed")
+    tokenizer: Str | None = Field(None, description="language_model: the tokenizer's source (a model directory or GGUF "
+                                  "file), which must equal the data's; default: the model's")
 
     @model_validator(mode="after")
     def _preprocessing_and_weights(self) -> ParticipantConfig:
@@ -277,8 +298,9 @@ class TransferConfig(Section):
                                                             "on a sample is; unlabelled samples: max_confidence always")
     teacher: Str | None = Field(None, description="kd: the participant that teaches, frozen (ignored by other strategies)")
     trusted_teachers: Bool = Field(False, description="k may teach j only if k's validation accuracy at the arm's start is >= j's")
-    unit: Literal["sample", "pixel", "image"] | None = Field(None, description="what the partition works on; "
-                                                             "default: pixel for segmentation, else sample")
+    unit: Literal["sample", "pixel", "image", "token", "sequence"] | None = Field(None, description="what the "
+                                                             "partition works on; default: pixel for segmentation, "
+                                                             "token for language_model, else sample")
     calibrate: Bool = Field(False, description="scores use each participant's temperature, fit on validation at the "
                             "arm's start (classification only)")
     pseudo_threshold: Probability = Field(0.95, description="the self-training arm: pseudo-label where the "
@@ -388,7 +410,7 @@ class Config(Section):
     model_config = ConfigDict(title="kt_swarm config")
 
     participants: list[ParticipantConfig] = Field(min_length=1, description="the models of the swarm")
-    task: Literal["classification", "segmentation", "saliency"] = Field("classification", description="tasks.py, "
+    task: Literal["classification", "segmentation", "saliency", "language_model"] = Field("classification", description="tasks.py, "
                                                                         "docs/method.md: Other tasks")
     data: DataConfig = Field(default_factory=DataConfig, description="the dataset and its splits")
     transfer: TransferConfig = Field(default_factory=TransferConfig, description="the transfer arm")
@@ -507,6 +529,16 @@ class Config(Section):
             for key, value, default in checks:
                 if value != default:
                     raise _bad(f"not available for task {task} (classification only), got {value}", key)
+        if self.data.kind == "text":
+            text = self.data.text
+            if not text.domains:
+                raise _bad("data.kind text needs at least one domain (name: file or folder)", "data.text.domains")
+            if text.tokenizer is None:  # the first participant's source: every participant must share it (checked at the start)
+                first = self.participants[0].model
+                if ":" in first and not first.startswith("package:"):
+                    raise _bad(f"the first participant's model is an import path ({_short(first)}): name the "
+                               f"tokenizer's source", "data.text.tokenizer")
+                text.tokenizer = first
         if self.autocast and self.dtype != "float32":
             raise _bad(f"needs dtype float32 (the master weights), got dtype {self.dtype}", "autocast")
         return self

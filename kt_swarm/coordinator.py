@@ -22,6 +22,7 @@ from kt_swarm.data import Dataset, batches_in, load_dataset
 from kt_swarm.engine import Engine
 from kt_swarm.errors import ParticipantLost, UserError
 from kt_swarm.local import LocalEngine
+from kt_swarm.lm import check_tokenizers, load_tokenizer
 from kt_swarm.metrics import task_metrics
 from kt_swarm.models import check_model_name, trains_first
 from kt_swarm.objectives import LossSpec
@@ -60,6 +61,15 @@ def write_examples(out: RunDir, data: Dataset, examples: dict[str, torch.Tensor]
     out.write_bytes("examples.npz", buffer.getvalue())
 
 
+def text_tokenizer(cfg: Config):
+    """Text data's tokenizer (None for images), once every participant is known to share it (lm.py)."""
+    if cfg.data.kind != "text":
+        return None
+    tokenizer = load_tokenizer(cfg.data.text.tokenizer, "data.text.tokenizer")
+    check_tokenizers({p.name: p.tokenizer or p.model for p in cfg.participants}, tokenizer)
+    return tokenizer
+
+
 def check_engine(name: str, cfg: Config) -> None:
     """What an engine cannot host, in one line before anything starts: a DeepSpeed participant needs a
     process of its own (one torch.distributed group per process), so only the Ray engine hosts it."""
@@ -77,7 +87,7 @@ def make_engine(name: str, cfg: Config, data: Dataset, address: str | None = Non
 
         return RaySwarm(cfg, data, address=address, pretrain=pretrain)
     participants = [build_participant(cfg, i, data) for i in range(len(cfg.participants))]
-    check_classes({p.name: p.output_width(data.channels, data.image_size) for p in participants}, data.num_classes)
+    check_classes({p.name: p.output_width(data) for p in participants}, data.num_classes)
     if pretrain:  # every model is checked (above) before the slow pretraining of any
         for i, p in enumerate(participants):
             pretrain_if_zoo(cfg, i, p, data)
@@ -104,17 +114,17 @@ def arms(cfg: Config) -> list[tuple[str, LossSpec, str]]:
 def advance(engine: Engine, cfg: Config, data: Dataset, state: RunState, log, ckpt: Checkpoints, metrics_bytes) -> None:
     """Carry the run from `state` to its end: the start test, then each arm and its test."""
     names = [p.name for p in cfg.participants]
-    test_labels = data.target(data.splits["test"])
+    test_labels = data.truth(data.splits["test"])
     k = 5 if data.task == "classification" and data.num_classes > 5 else 1  # top-5 only where it is not trivially 100%
 
     def test(arm: str) -> None:
         preds = engine.predict("test", cfg.eval_batch_size, k)
-        scores = task_metrics(preds, test_labels, data.task, data.num_classes)
+        scores = task_metrics(preds, test_labels, data.task, data.num_classes, data.classes)
         # test_<metric> for every metric of the task (the headline first: test_accuracy, test_miou, test_cc)
         log({"arm": arm, "event": "test",
              **{f"test_{m}" if m != "top5" else "test_top5_acc": dict(zip(names, v)) for m, v in scores.items()}})
         state.preds[arm] = preds
-        if data.task != "classification":
+        if data.task in ("segmentation", "saliency"):
             state.examples[arm] = pictures(engine.logits("test", cfg.eval_batch_size, EXAMPLES), data.task)
 
     def save(name: str) -> None:
@@ -198,11 +208,11 @@ def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None 
     if not out.resume:
         out.write_text("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     for spec in cfg.participants:
-        check_model_name(spec)
+        check_model_name(spec, cfg.task)
     names = [p.name for p in cfg.participants]
     # A damaged or foreign checkpoint is refused here, before anything starts.
     ckpt = Checkpoints(out.path / "checkpoints", config_digest(to_dict(cfg)), names, cfg.checkpoint.keep)
-    data = load_dataset(cfg.data, cfg.task)
+    data = load_dataset(cfg.data, cfg.task, text_tokenizer(cfg))
     if any(trains_first(p) for p in cfg.participants) and len(data.splits["pretrain"]) == 0:
         raise UserError("participants use weights: zoo (or zoo: true) but data.pretrain_fraction is 0 (no pretraining split)")
     for _, _, split in arms(cfg):  # every arm has full batches, before anything trains
@@ -225,7 +235,7 @@ def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None 
         finally:
             engine.close()
         results = {arm: ArmResult(**r) for arm, r in state.arms.items()}
-        summary = summarize(cfg, data, names, data.target(data.splits["test"]), state.preds, results, nodes, engine.name)
+        summary = summarize(cfg, data, names, data.truth(data.splits["test"]), state.preds, results, nodes, engine.name)
         summary["placement_group"] = engine.placement_group
         summary["forked_from"] = cfg.forked_from
         summary["faults"] = {"restarts": {name: state.restarts.get(name, 0) for name in names},

@@ -52,10 +52,13 @@ class Dataset:
     task: str = "classification"
     targets: torch.Tensor | None = None  # dense tasks: uint8 [n, H, W] masks (ignore_index) or density maps
     ignore_index: int = 255
+    tokens: torch.Tensor | None = None  # text (text.py): int64 [n, block + 1] token blocks, -1 padding; images empty
+    vocab: int = 0  # text: the tokenizer's vocabulary, the width of every participant's outputs
 
     @property
     def num_classes(self) -> int:
-        return len(self.classes)
+        """The width of a participant's outputs: classes, or (text) the vocabulary; `classes` then names the domains."""
+        return self.vocab or len(self.classes)
 
     @property
     def channels(self) -> int:
@@ -68,16 +71,30 @@ class Dataset:
     def fingerprint(self, ids: torch.Tensor) -> str:
         """Content hash of these samples (images and labels): a cache key for what was trained on them."""
         h = hashlib.sha256()
-        h.update(self.images[ids].numpy().tobytes())
+        h.update(self.images[ids].numpy().tobytes() if self.tokens is None else self.tokens[ids].numpy().tobytes())
         h.update(self.labels[ids].numpy().tobytes())
         if self.targets is not None:
             h.update(self.targets[ids].numpy().tobytes())
         return h.hexdigest()[:16]
 
+    def inputs(self, ids: torch.Tensor, plan: "BatchPlan | None" = None) -> torch.Tensor:
+        """What a participant's preprocessing is given for these ids: images (augmented as `plan` says), or
+        (text) each block's inputs, its tokens but the last, padding as token 0 (it follows the last real
+        token: causal attention keeps it from every scored position)."""
+        if self.tokens is not None:
+            return self.tokens[ids, :-1].clamp(min=0)
+        return augment_images(self.images[ids], plan) if plan is not None else self.images[ids]
+
+    def truth(self, ids: torch.Tensor) -> torch.Tensor:
+        """What the metrics compare predictions with (metrics.py): the target, or (text) each block's domain."""
+        return self.labels[ids] if self.tokens is not None else self.target(ids)
+
     def target(self, ids: torch.Tensor, plan: "BatchPlan | None" = None) -> torch.Tensor:
         """What the task loss and the metrics compare with, for these ids (augmented as `plan` says): class
         labels [B] (-1: hidden); segmentation masks int64 [B, H, W] (-1: ignored, as is the border a shift
-        brings in); density maps float32 [B, H, W]."""
+        brings in); density maps float32 [B, H, W]; text: each position's next token [B, T] (-1: none)."""
+        if self.tokens is not None:
+            return self.tokens[ids, 1:]
         if self.targets is None:
             return self.labels[ids]
         dense = self.targets[ids].unsqueeze(1)
@@ -315,7 +332,14 @@ def _to_uint8(picture, gray: bool, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(picture.resize(size) if picture.size != size else picture)
 
 
-def load_dataset(cfg: DataConfig, task: str = "classification") -> Dataset:
+def load_dataset(cfg: DataConfig, task: str = "classification", tokenizer=None) -> Dataset:
+    """The dataset with its splits carved (text: `tokenizer` cuts it, models.load_tokenizer)."""
+    if cfg.kind == "text":
+        from kt_swarm.text import load_text  # tokenizers and their files: only for text
+
+        t = load_text(cfg, tokenizer)
+        return _finish(cfg, torch.empty(0, 0, 0, 0, dtype=torch.uint8), t["labels"], t["domains"], t["splits"],
+                       t["source"], task, tokens=t["tokens"], vocab=len(tokenizer))
     if cfg.kind == "fashion_mnist":
         loaded = _load_fashion_mnist(cfg)
     elif cfg.kind == "folder":
@@ -339,6 +363,13 @@ def load_dataset(cfg: DataConfig, task: str = "classification") -> Dataset:
         splits["val"] = train[:n_val]
     splits["pretrain"] = train[n_val : n_val + n_pre]
     splits["train"] = train[n_val + n_pre :]
+    return _finish(cfg, images, labels, classes, splits, source, task, loaded.skipped, loaded.targets)
+
+
+def _finish(cfg: DataConfig, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
+            splits: dict[str, torch.Tensor], source: str, task: str, skipped: int = 0, targets: torch.Tensor | None = None,
+            tokens: torch.Tensor | None = None, vocab: int = 0) -> Dataset:
+    """The carved splits capped, checked and their hidden labels drawn: the Dataset."""
     if cfg.max_per_split:
         splits = {k: v[: cfg.max_per_split] for k, v in splits.items()}
     if cfg.transfer_samples:  # a smaller labelled set for transfer; the other splits stay whole
@@ -347,7 +378,7 @@ def load_dataset(cfg: DataConfig, task: str = "classification") -> Dataset:
         if len(splits[name]) == 0:
             raise UserError(f"dataset '{source}': the {name} split is empty (check data.val_fraction / pretrain_fraction)")
     labels = hide_labels(labels, splits, cfg.unlabelled_fraction, cfg.split_seed)
-    return Dataset(images, labels, classes, splits, loaded.skipped, source, task, loaded.targets, cfg.ignore_index)
+    return Dataset(images, labels, classes, splits, skipped, source, task, targets, cfg.ignore_index, tokens, vocab)
 
 
 def hide_labels(labels: torch.Tensor, splits: dict[str, torch.Tensor], fraction: float, seed: int) -> torch.Tensor:

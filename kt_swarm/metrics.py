@@ -1,6 +1,7 @@
 """What a run reports (docs/method.md: Honest evaluation, Other tasks): accuracy, top-k accuracy,
 prediction flips against the starting predictions (Roth et al.), complementary knowledge, success
-rate, teach share; mIoU and pixel accuracy for segmentation; KLD, CC, SIM and NSS for saliency.
+rate, teach share; mIoU and pixel accuracy for segmentation; KLD, CC, SIM and NSS for saliency; a language
+model's log-likelihood, perplexity and next-token accuracy, overall and per domain.
 
 Predictions are what Participant.predict keeps: [N, n] top-1 classes or [N, n, k] top-k classes, best
 first; segmentation: [N, n, H, W] classes per pixel (targets -1 where ignored); saliency: [N, n, 4] each
@@ -13,7 +14,7 @@ import torch
 
 from kt_swarm.tasks import SALIENCY_METRICS
 
-HEADLINE = {"classification": "accuracy", "segmentation": "miou", "saliency": "cc"}
+HEADLINE = {"classification": "accuracy", "segmentation": "miou", "saliency": "cc", "language_model": "log_likelihood"}
 
 
 def _top1(preds: torch.Tensor) -> torch.Tensor:
@@ -32,8 +33,8 @@ def topk_accuracy(preds: torch.Tensor, labels: torch.Tensor) -> list[float]:
 
 def correct(preds: torch.Tensor, target: torch.Tensor, task: str = "classification") -> torch.Tensor | None:
     """[N, units] bool: each participant right or wrong on every sample, or every labelled pixel (segmentation);
-    None for saliency."""
-    if task == "saliency":
+    None for saliency and language models (a token's rightness is not kept)."""
+    if task in ("saliency", "language_model"):
         return None
     if task == "segmentation":
         labelled = target >= 0
@@ -55,9 +56,29 @@ def miou(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> list[fl
     return out
 
 
+def language_model_metrics(preds: torch.Tensor, domain: torch.Tensor, domains: list[str]) -> dict[str, list[float]]:
+    """[N, n, 3] each block's summed CE, tokens and tokens right, and each block's domain -> per participant the
+    mean log-likelihood of a next token (nats; higher is better, the headline), perplexity (exp of minus it) and
+    next-token accuracy, over all tokens and per domain (`perplexity/<domain>`, ...)."""
+    def of(p: torch.Tensor) -> dict[str, list[float]]:
+        ce, count, right = p.sum(dim=1).unbind(-1)
+        ll = -ce / count.clamp(min=1)
+        return {"log_likelihood": ll.tolist(), "perplexity": ll.neg().exp().tolist(),
+                "token_accuracy": (right / count.clamp(min=1)).tolist()}
+
+    out = of(preds)
+    for d, name in enumerate(domains):
+        if len(domains) > 1 and bool((domain == d).any()):
+            out.update({f"{k}/{name}": v for k, v in of(preds[:, domain == d]).items() if k != "log_likelihood"})
+    return out
+
+
 def task_metrics(preds: torch.Tensor, target: torch.Tensor, task: str = "classification",
-                 num_classes: int = 0) -> dict[str, list[float]]:
-    """Every metric of the task, per participant, the headline first."""
+                 num_classes: int = 0, domains: list[str] | None = None) -> dict[str, list[float]]:
+    """Every metric of the task, per participant, the headline first (language models: `target` is each
+    block's domain, named by `domains`)."""
+    if task == "language_model":
+        return language_model_metrics(preds, target, domains or [])
     if task == "segmentation":
         return {"miou": miou(preds, target, num_classes), "pixel_accuracy": correct(preds, target, task).double().mean(dim=1).tolist()}
     if task == "saliency":
@@ -70,7 +91,7 @@ def headline(preds: torch.Tensor, target: torch.Tensor, task: str = "classificat
     """The task's headline metric per participant (HEADLINE), higher is better."""
     if task == "classification":
         return accuracy(preds, target)
-    return task_metrics(preds, target, task, num_classes)[HEADLINE[task]]
+    return task_metrics(preds, target, task, num_classes, [])[HEADLINE[task]]
 
 
 def flips(start: torch.Tensor, end: torch.Tensor, target: torch.Tensor,

@@ -25,10 +25,14 @@ from kt_swarm.errors import UserError, first_line, one_line
 from kt_swarm.weights_map import map_state, resolve
 
 
-def check_model_name(spec: ParticipantConfig) -> None:
+def check_model_name(spec: ParticipantConfig, task: str = "classification") -> None:
     """Fail fast on a model that cannot exist, before any data is loaded."""
+    if task == "language_model":  # a directory, a GGUF file or an import path (lm.py); its files are read later
+        if is_import_path(spec.model):
+            import_factory(spec.model, spec.name)
+        return
     if ":" in spec.model:
-        _import_factory(spec.model, spec.name)
+        import_factory(spec.model, spec.name)
     elif not _timm().is_model(spec.model.removeprefix("timm/")):
         raise UserError(f"participant '{spec.name}': unknown model '{spec.model}' (not a timm model name or pkg.module:factory)")
     if spec.weights_map:
@@ -44,10 +48,15 @@ def _timm():
 
 
 def default_weights(spec: ParticipantConfig) -> str:
-    """`pretrained` for timm names (what a timm user expects), `none` for import paths."""
+    """`pretrained` for timm names and model files (what a timm or transformers user expects), `none` for
+    import paths."""
     if spec.weights:
         return spec.weights
-    return "none" if ":" in spec.model else "pretrained"
+    return "none" if is_import_path(spec.model) else "pretrained"
+
+
+def is_import_path(model: str) -> bool:
+    return ":" in model and not model.startswith("package:")
 
 
 def trains_first(spec: ParticipantConfig) -> bool:
@@ -56,7 +65,7 @@ def trains_first(spec: ParticipantConfig) -> bool:
     return spec.zoo or default_weights(spec) == "zoo"
 
 
-def _import_factory(path: str, who: str):
+def import_factory(path: str, who: str):
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -78,7 +87,7 @@ def create_model(spec: ParticipantConfig, *, num_classes: int, in_chans: int, se
         raise UserError(f"participant '{spec.name}': weights_map is for classification models (task {task} builds "
                         f"a timm backbone; load a renamed file through a pkg.module:factory instead)")
     if ":" in spec.model:
-        factory = _import_factory(spec.model, spec.name)
+        factory = import_factory(spec.model, spec.name)
         try:
             model = factory(**{"num_classes": num_classes, "in_chans": in_chans, **spec.model_args})
         except Exception as e:  # the factory is the user's code: report, don't crash

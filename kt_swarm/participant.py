@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kt_swarm import deepspeed_host as ds
-from kt_swarm.data import BatchPlan, Dataset, Preprocess, augment_images
+from kt_swarm.data import BatchPlan, Dataset, Preprocess
 from kt_swarm.errors import UserError, first_line
-from kt_swarm.tasks import SALIENCY_METRICS, saliency_metrics
+from kt_swarm.lm import context_length
+from kt_swarm.tasks import SALIENCY_METRICS, saliency_metrics, token_counts
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,8 +83,9 @@ def copy_tensors(obj, device: str | torch.device | None = None):
 
 def at_size(outputs: torch.Tensor, size: int) -> torch.Tensor:
     """Dense outputs ([B, C, h, w] or one map [B, h, w]) resized to the data's size, so every participant
-    answers for the same pixels whatever its own input size; logits [B, C] as they are."""
-    if outputs.dim() < 3 or outputs.shape[-1] == size:
+    answers for the same pixels whatever its own input size; logits [B, C] (and a language model's [B, T, V]:
+    text has no size, 0) as they are."""
+    if outputs.dim() < 3 or not size or outputs.shape[-1] == size:
         return outputs
     grid = outputs if outputs.dim() == 4 else outputs.unsqueeze(1)
     grid = F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)
@@ -154,7 +156,7 @@ class Participant:
         """Training-mode outputs of the planned batch (logits [B, C], or dense ones at the data's size), graph
         kept for the backward; a participant that does not learn (a frozen teacher) forwards in eval mode
         without a graph."""
-        x = self.preprocess(augment_images(data.images[plan.ids], plan), self.device)
+        x = self.preprocess(data.inputs(plan.ids, plan), self.device)
         if not learns:
             return self._frozen_logits(self.model, x, data.image_size)
         self.model.train()
@@ -165,7 +167,7 @@ class Participant:
 
     def start_logits(self, data: Dataset, plan: BatchPlan) -> torch.Tensor:
         """The frozen starting copy's outputs of the planned batch (eval mode, no graph)."""
-        x = self.preprocess(augment_images(data.images[plan.ids], plan), self.device)
+        x = self.preprocess(data.inputs(plan.ids, plan), self.device)
         return self._frozen_logits(self.start_copy, x, data.image_size)
 
     @torch.no_grad()
@@ -191,23 +193,28 @@ class Participant:
         for i in range(0, len(ids), batch_size):
             batch = ids[i : i + batch_size]
             with self._autocast():
-                z = self.model(self.preprocess(data.images[batch], self.device))
+                z = self.model(self.preprocess(data.inputs(batch), self.device))
             out.append(keep(at_size(z.to(self.preprocess.dtype), data.image_size), batch).cpu())
         return out
 
     def predict(self, data: Dataset, ids: torch.Tensor, batch_size: int, k: int = 1) -> torch.Tensor:
         """What the task's metrics need (metrics.py), in eval mode, on the CPU: the top-k classes [n, k], best
         first; segmentation: each pixel's class, uint8 [n, H, W]; saliency: each image's KLD, CC, SIM and NSS
-        [n, 4] (a map per image would be large to keep for every arm)."""
+        [n, 4] (a map per image would be large to keep for every arm); language_model: each block's summed
+        next-token CE, tokens scored and tokens right [n, 3]."""
         def keep(z: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+            if data.task == "language_model":
+                return token_counts(z, data.target(batch).to(z.device))
             if data.task == "segmentation":
                 return z.argmax(dim=1).to(torch.uint8)
             if data.task == "saliency":
                 return saliency_metrics(z, data.target(batch).to(z.device))
             return z.topk(k, dim=-1).indices
 
-        width = {"segmentation": (data.image_size, data.image_size), "saliency": (len(SALIENCY_METRICS),)}.get(data.task, (k,))
-        empty = torch.empty(0, *width, dtype={"segmentation": torch.uint8, "saliency": torch.float64}.get(data.task, torch.long))
+        width = {"segmentation": (data.image_size, data.image_size), "saliency": (len(SALIENCY_METRICS),),
+                 "language_model": (3,)}.get(data.task, (k,))
+        empty = torch.empty(0, *width, dtype={"segmentation": torch.uint8, "saliency": torch.float64,
+                                              "language_model": torch.float64}.get(data.task, torch.long))
         out = self._evaluate(data, ids, batch_size, keep)
         return torch.cat(out) if out else empty
 
@@ -217,10 +224,20 @@ class Participant:
         return torch.cat(self._evaluate(data, ids, batch_size, lambda z, batch: z))
 
     @torch.no_grad()
-    def output_width(self, channels: int, image_size: int) -> int:
-        """Number of classes the model predicts (1 for a saliency map), from a real forward pass on a blank batch."""
-        probe = torch.zeros(2, channels, image_size, image_size, dtype=torch.uint8)
+    def output_width(self, data: Dataset) -> int:
+        """Number of classes the model predicts (1 for a saliency map; a language model's vocabulary), from a
+        real forward pass on a blank batch (text: two blocks, whose length the model's context must hold)."""
         self.model.eval()
+        if data.tokens is not None:
+            block, context = data.tokens.shape[1] - 1, context_length(self.model)
+            if context is not None and block > context:
+                raise UserError(f"participant '{self.name}': data.text.block {block} is longer than the model's "
+                                f"context ({context} positions)")
+            try:
+                return self.model(self.preprocess(data.inputs(data.splits["train"][:2]), self.device)).shape[-1]
+            except Exception as e:  # a model that is no causal LM, and the like
+                raise UserError(f"participant '{self.name}': the model fails on token blocks: {first_line(e)}") from None
+        probe = torch.zeros(2, data.channels, data.image_size, data.image_size, dtype=torch.uint8)
         try:
             out = self.model(self.preprocess(probe, self.device))
         except Exception as e:  # wrong input size for the architecture, and the like

@@ -25,7 +25,8 @@ The local engine runs the four in one process on one shard (the whole batch); th
 
 Outputs travel in a unit layout [U, P, K]: K the classes a distribution is over, P positions in a unit
 averaged with weights `pos` [U, P] (tasks.Task.divergence): a sample or a labelled pixel is [1, C]; a
-segmentation image [H*W, C] over its labelled pixels; a saliency map [1, H*W] (a distribution over pixels).
+segmentation image [H*W, C] over its labelled pixels; a saliency map [1, H*W] (a distribution over pixels);
+a token [1, V]; a sequence [T, V] over its tokens that have a next token.
 """
 from __future__ import annotations
 
@@ -49,21 +50,23 @@ def as_units(task: Task, outputs: torch.Tensor, target: torch.Tensor) -> torch.T
         return task.units(outputs, target)[0].unsqueeze(-2)
     if task.name == "segmentation":  # image units: [.., B, H*W, C]
         return outputs.movedim(-3, -1).flatten(-3, -2)
+    if task.name == "language_model":  # sequence units: [.., B, T, V] already
+        return outputs
     return outputs.flatten(-2).unsqueeze(-2)  # saliency: a map is one distribution over its pixels
 
 
 def positions(task: Task, target: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """pos [U, P]: how the positions of each unit are averaged (a segmentation image: over its labelled
-    pixels; any other unit has one position)."""
-    if task.name == "segmentation" and task.unit == "image":
-        labelled = (target >= 0).flatten(-2).to(dtype)
+    pixels; a sequence: over its tokens that have a next token; any other unit has one position)."""
+    if task.unit in ("image", "sequence"):
+        labelled = (target >= 0).flatten(1).to(dtype)
         return labelled / labelled.sum(dim=-1, keepdim=True).clamp(min=1)
     return torch.ones(unit_count(task, target), 1, dtype=dtype, device=target.device)
 
 
 def unit_count(task: Task, target: torch.Tensor) -> int:
     """The number of units in a batch with this target."""
-    return int((target >= 0).sum()) if task.unit == "pixel" else len(target)
+    return int((target >= 0).sum()) if task.unit in ("pixel", "token") else len(target)
 
 
 def divergence(teacher: torch.Tensor, student: torch.Tensor, pos: torch.Tensor, temperature: float) -> torch.Tensor:

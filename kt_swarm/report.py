@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 
 from kt_swarm.errors import UserError
 from kt_swarm.rundir import atomic_write, read_records
-from kt_swarm.summary import kept_note, marked, metric_name, metric_value, pct, transfer_arm_names, upgrade, with_arms
+from kt_swarm.summary import (kept_note, marked, metric_name, metric_value, pct, scale, shown, transfer_arm_names, upgrade,
+                              with_arms)
 
 STYLE_NAMES = {"-": "solid", "-.": "dash-dot", "--": "dashed", ":": "dotted"}  # each arm's training curves
 
@@ -124,15 +125,18 @@ def report_figure(summary: dict, records: list[dict], examples: dict | None = No
             ("control (CE only)" if summary.get("task", "classification") == "classification" else "control (task loss only)",
              "control"), ("self-training", "self_training")]
     arms = [(label, key) for label, key in arms if any(metric_value(parts[n], summary, key) is not None for n in names)]
-    width = 0.8 / len(arms)
+    width, unit = 0.8 / len(arms), scale(summary)
     for j, (label, key) in enumerate(arms):
         xs = [i + (j - (len(arms) - 1) / 2) * width for i in range(len(names))]
-        bars.bar(xs, [100 * metric_value(parts[n], summary, key) for n in names], width, label=label)
-    low = min(100 * metric_value(parts[n], summary, key) for n in names for _, key in arms)
-    bars.set_ylim(max(0, low - 5), None)  # the differences are the point, not the distance from zero
+        bars.bar(xs, [unit * metric_value(parts[n], summary, key) for n in names], width, label=label)
+    low = min(unit * metric_value(parts[n], summary, key) for n in names for _, key in arms)
+    if unit == 100:
+        bars.set_ylim(max(0, low - 5), None)  # the differences are the point, not the distance from zero
+    else:  # a log-likelihood: negative, bars hang from the top
+        bars.set_ylim(low - 0.5, None)
     bars.set_xticks(range(len(names)), names, **({"rotation": 90, "fontsize": 6} if many else {}))
     metric = metric_name(summary)
-    bars.set_ylabel(f"test {metric} (%)")
+    bars.set_ylabel(f"test {metric}" + (" (%)" if unit == 100 else " (nats a token)"))
     bars.set_title(f"test {metric}; success rate {100 * summary['success_rate']:.0f}%")
     bars.legend(fontsize=8)
 
@@ -142,7 +146,7 @@ def report_figure(summary: dict, records: list[dict], examples: dict | None = No
         steps = [r for r in records if r.get("arm") == arm and "losses" in r]
         evals = [r for r in records if r.get("arm") == arm and r.get("event") == "eval"]
         curves = [(loss, [r["global_step"] for r in steps], [[r["losses"][n] for r in steps] for n in names], {}),
-                  (val, [r["epoch"] + 1 for r in evals], [[100 * r[f"val_{m}"][n] for r in evals] for n in names],
+                  (val, [r["epoch"] + 1 for r in evals], [[scale(summary) * r[f"val_{m}"][n] for r in evals] for n in names],
                    {"marker": "o"})]
         for ax, xs, ys, extra in curves:
             if not xs:
@@ -209,11 +213,11 @@ def summary_table(summary: dict) -> str:
             + extra + " top-5 after | + flips | - flips | complementary | taught | best epoch |",
             "|---|" + "---:|" * ((13 if selftrain else 11) + len(others))]
     for name, p in with_arms(summary).items():
-        cells = f" {marked(p, summary, 'self_training')} | {pct(p['delta_vs_self_training'], True)} |" if selftrain else ""
+        cells = f" {marked(p, summary, 'self_training')} | {shown(summary, p['delta_vs_self_training'], True)} |" if selftrain else ""
         rows.append(
-            f"| {name} | {pct(metric_value(p, summary, 'before'))} | {marked(p, summary, 'transfer')} | "
+            f"| {name} | {shown(summary, metric_value(p, summary, 'before'))} | {marked(p, summary, 'transfer')} | "
             + "".join(f"{marked(p, summary, arm)} | " for arm in others) + f"{marked(p, summary, 'control')} | "
-            f"{pct(p['delta'], True)} | {pct(p['delta_vs_control'], True)} |{cells} {pct(p.get('top5_after'))} | "
+            f"{shown(summary, p['delta'], True)} | {shown(summary, p['delta_vs_control'], True)} |{cells} {pct(p.get('top5_after'))} | "
             f"{pct(p['positive_flips'])} | {pct(p['negative_flips'])} | {pct(p['complementary'])} | "
             f"{100 * p['teach_share']:.1f}% | {p['best_epoch']} |"
         )
@@ -322,9 +326,9 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
             "|---|---|" + "---:|" * 8]
     for label, s in runs:
         for n, p in s["participants"].items():
-            rows.append(f"| {label} | {n} | {pct(metric_value(p, s, 'before'))} | {marked(p, s, 'transfer')} | "
+            rows.append(f"| {label} | {n} | {shown(s, metric_value(p, s, 'before'))} | {marked(p, s, 'transfer')} | "
                         f"{marked(p, s, 'control')} | "
-                        f"{pct(p['delta'], True)} | {pct(p['delta_vs_control'], True)} | {pct(p['positive_flips'])} | "
+                        f"{shown(s, p['delta'], True)} | {shown(s, p['delta_vs_control'], True)} | {pct(p['positive_flips'])} | "
                         f"{pct(p['negative_flips'])} | {100 * p['teach_share']:.1f}% |")
     totals = ["| run | metric | engine | strategy | seed | steps | gradients | success rate | above control | seconds |",
               "|---|---|---|---|---:|---:|---|---:|---:|---:|"]

@@ -27,7 +27,7 @@ def summarize(cfg: Config, data: Dataset, names: list[str], labels: torch.Tensor
     start, end, transfer = preds["start"], preds["transfer"], results["transfer"]
     task, m = data.task, HEADLINE[data.task]
     n = len(names)
-    scores = {arm: task_metrics(p, labels, task, data.num_classes) for arm, p in preds.items()}
+    scores = {arm: task_metrics(p, labels, task, data.num_classes, data.classes) for arm, p in preds.items()}
     before, after = scores["start"][m], scores["transfer"][m]
     gained, lost = flips(start, end, labels, task)
     comp = complementary(start, labels, task)
@@ -187,7 +187,8 @@ def kept_note(summary: dict, width: int = 100) -> list[str]:
     return textwrap.wrap(f"* kept its start weights (no epoch beat them on validation {metric_name(summary)}): "
                          + ", ".join(where), width)
 
-METRIC_NAMES = {"accuracy": "accuracy", "miou": "mIoU", "cc": "CC"}
+METRIC_NAMES = {"accuracy": "accuracy", "miou": "mIoU", "cc": "CC", "log_likelihood": "log-likelihood"}
+AS_IS = {"log_likelihood"}  # headline metrics that are no fraction: shown as they are (nats a token), not in %
 
 
 def metric_name(summary: dict) -> str:
@@ -199,11 +200,21 @@ def pct(x: float | None, signed: bool = False) -> str:
     return "-" if x is None else f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
 
 
+def scale(summary: dict) -> float:
+    """What the headline metric is multiplied by where it is shown: 100 (in %, points), or 1 (AS_IS)."""
+    return 1.0 if summary.get("metric") in AS_IS else 100.0
+
+
+def shown(summary: dict, x: float | None, signed: bool = False) -> str:
+    """The headline metric, or a difference of it, as the tables show it (pct, or as it is)."""
+    return "-" if x is None else pct(x * scale(summary) / 100, signed)
+
+
 def marked(p: dict, summary: dict, arm: str) -> str:
-    """A participant's test metric after `arm` in %, with a * where the arm kept its start (KEPT_NOTE)."""
+    """A participant's test metric after `arm` (shown), with a * where the arm kept its start (KEPT_NOTE)."""
     column = "after" if arm == "transfer" else arm
     value = metric_value(p, summary, column)
-    return pct(value) + ("*" if value is not None and kept(p, arm) else "")
+    return shown(summary, value) + ("*" if value is not None and kept(p, arm) else "")
 
 
 ACROSS_ENGINES_RTOL = 1e-12  # float64 sums in another order (thread counts differ per process) move the last bits
@@ -263,16 +274,16 @@ def format_table(summary: dict) -> str:
             + (f"{'vs self':>7} " if selftrain else "") + f"{'+flips':>7} {'-flips':>7} {'taught':>7} {'loss':>7}"]
     for name, p in with_arms(summary).items():
         rows.append(
-            f"{name[:16]:<16} {pct(metric_value(p, summary, 'before')):>7} {marked(p, summary, 'transfer'):>7} "
+            f"{name[:16]:<16} {shown(summary, metric_value(p, summary, 'before')):>7} {marked(p, summary, 'transfer'):>7} "
             + "".join(f"{marked(p, summary, arm):>7} " for arm in others) + f"{marked(p, summary, 'control'):>7} "
-            f"{pct(p['delta'], True):>7} {pct(p['delta_vs_control'], True):>7} "
-            + (f"{pct(p['delta_vs_self_training'], True):>7} " if selftrain else "")
+            f"{shown(summary, p['delta'], True):>7} {shown(summary, p['delta_vs_control'], True):>7} "
+            + (f"{shown(summary, p['delta_vs_self_training'], True):>7} " if selftrain else "")
             + f"{pct(p['positive_flips']):>7} {pct(p['negative_flips']):>7} "
             f"{100 * p['teach_share']:6.1f}% {p['final_train_loss']:7.3f}"
         )
     vs_control, vs_self = summary["success_rate_vs_control"], summary.get("success_rate_vs_self_training")
     rows.append(
-        f"test{'' if summary.get('metric', 'accuracy') == 'accuracy' else ' ' + metric_name(summary)} % (flips vs start); success rate {100 * summary['success_rate']:.0f}%"
+        f"test{'' if summary.get('metric', 'accuracy') == 'accuracy' else ' ' + metric_name(summary)}{' %' if scale(summary) == 100 else ''} (flips vs start); success rate {100 * summary['success_rate']:.0f}%"
         + ("" if vs_control is None else f", {100 * vs_control:.0f}% above control")
         + ("" if vs_self is None else f", {100 * vs_self:.0f}% above self-training")
         + f"; {summary['engine']}, {summary.get('strategy', 'best')}, {summary['steps']} steps, "

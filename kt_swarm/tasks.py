@@ -5,11 +5,14 @@ and the transfer divergence. The rule itself (roles.py, objectives.py) is the sa
     segmentation     outputs [.., B, C, H, W], target [B, H, W] (-1: ignore) unit: pixel | image
     saliency         outputs [.., B, H, W] (a map's logits over pixels),
                      target [B, H, W] (a density map, >= 0)                   unit: the sample
+    language_model   outputs [.., B, T, V] (next-token logits),
+                     target [B, T] (the next token; -1: none, padding)          unit: token | sequence
 
-A pixel of a segmentation is a classification sample: `units` cuts the batch into its labelled pixels and
-the classification functions do the rest (CE and transfer averaged over those pixels). Every other unit is
-a sample: `score` [N, B], `divergence` per sample, the transfer term averaged over the batch. Pure tensor
-functions: no I/O, no Ray.
+A pixel of a segmentation, or a token of a text, is a classification sample: `units` cuts the batch into
+its labelled pixels (tokens) and the classification functions do the rest (CE and transfer averaged over
+them). Every other unit is a sample (an image, a sequence): `score` [N, B], `divergence` per sample, the
+transfer term averaged over the batch. A sequence unit has one teacher for the whole sequence, the
+participant with the lowest mean CE on it (FuseLLM's MinCE). Pure tensor functions: no I/O, no Ray.
 """
 from __future__ import annotations
 
@@ -38,22 +41,27 @@ class Task:
     @property
     def per_sample(self) -> bool:
         """True where the classification functions apply to the units as they are (classification, and
-        a segmentation's pixels once `units` has cut them out)."""
-        return self.name == "classification" or self.unit == "pixel"
+        a segmentation's pixels or a text's tokens once `units` has cut them out)."""
+        return self.name == "classification" or self.unit in ("pixel", "token")
 
     def units(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixel units: [.., B, C, H, W] and [B, H, W] -> [.., P, C] and [P], the P labelled pixels in order
-        (gradients flow back through the selection). Any other unit: unchanged."""
-        if self.unit != "pixel":
-            return outputs, target
+        (gradients flow back through the selection); token units: [.., B, T, V] and [B, T] -> [.., P, V] and
+        [P], the P tokens that have a next token. Any other unit: unchanged."""
         labelled = target >= 0
-        return outputs.movedim(-3, -1)[..., labelled, :], target[labelled]
+        if self.unit == "pixel":
+            return outputs.movedim(-3, -1)[..., labelled, :], target[labelled]
+        if self.unit == "token":
+            return outputs[..., labelled, :], target[labelled]
+        return outputs, target
 
     def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The task loss of each participant, [.., B, ...] -> [..]: CE over the labelled samples or pixels,
         or the saliency loss averaged over the batch."""
         if self.name == "classification":
             return labelled_ce(outputs, target)
+        if self.name == "language_model":  # CE over the batch's tokens that have a next token, whatever the unit
+            return labelled_ce(outputs.flatten(-3, -2), target.flatten())
         if self.name == "segmentation":  # CE over the labelled pixels of the batch
             labelled = target >= 0
             count = int(labelled.sum())
@@ -69,13 +77,19 @@ class Task:
         if self.name == "segmentation":  # _pixel_ce is 0 at ignored pixels: sum, then divide by the labelled
             labelled = (target >= 0).sum(dim=(-2, -1)).clamp(min=1)
             return -_pixel_ce(outputs, target).sum(dim=(-2, -1)) / labelled
+        if self.name == "language_model":  # minus each sequence's mean CE over its tokens (MinCE's choice)
+            return -_token_ce(outputs, target).sum(dim=-1) / (target >= 0).sum(dim=-1).clamp(min=1)
         return -saliency_loss(outputs, target)
 
     def divergence(self, teacher: torch.Tensor, student: torch.Tensor, temperature: float,
                    target: torch.Tensor) -> torch.Tensor:
         """Per-sample T^2 KL(teacher || student), broadcast over leading dims: [.., B, ...] -> [.., B].
         Segmentation images: the per-pixel KL averaged over the image's labelled pixels. Saliency: the
-        maps as distributions over pixels."""
+        maps as distributions over pixels. Sequences: the per-token KL averaged over the sequence's tokens."""
+        if self.name == "language_model":
+            kl = kl_to_student(teacher, student, temperature)  # [.., B, T]
+            labelled = (target >= 0).to(kl.dtype)
+            return (kl * labelled).sum(dim=-1) / labelled.sum(dim=-1).clamp(min=1)
         if self.name == "segmentation":
             kl = kl_to_student(teacher.movedim(-3, -1), student.movedim(-3, -1), temperature)  # [.., B, H, W]
             labelled = (target >= 0).to(kl.dtype)
@@ -106,6 +120,22 @@ def _pixel_ce(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     log_p = F.log_softmax(outputs, dim=-3)
     index = target.clamp(min=0).unsqueeze(-3).expand(*log_p.shape[:-3], 1, *target.shape[-2:])
     return -log_p.gather(-3, index).squeeze(-3) * (target >= 0).to(log_p.dtype)
+
+
+def _token_ce(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[.., B, T, V] -> [.., B, T] per-token CE; 0 where there is no next token (target < 0)."""
+    log_p = F.log_softmax(outputs, dim=-1)
+    index = target.clamp(min=0).unsqueeze(-1).expand(*log_p.shape[:-1], 1)
+    return -log_p.gather(-1, index).squeeze(-1) * (target >= 0).to(log_p.dtype)
+
+
+def token_counts(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Next-token logits [B, T, V] and targets [B, T] -> each sequence's summed CE, tokens scored and tokens
+    predicted right (arg-max), [B, 3] float64: what perplexity and next-token accuracy need, per sequence."""
+    labelled = target >= 0
+    ce = _token_ce(outputs.double(), target).sum(dim=-1)
+    right = ((outputs.argmax(dim=-1) == target) & labelled).sum(dim=-1)
+    return torch.stack([ce, labelled.sum(dim=-1).double(), right.double()], dim=-1)
 
 
 def saliency_loss(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

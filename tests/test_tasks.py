@@ -1,12 +1,14 @@
-"""The method on other tasks (method.md section 8): segmentation by pixel and by image, saliency-like maps.
+"""The method on other tasks (method.md section 8): segmentation by pixel and by image, saliency-like maps,
+language models by token and by sequence.
 Each loss is checked against the rule written out loop by loop, and every participant's share and gradient
 rule is checked as for classification (float64, N = 2..4, both gradient modes, planted ties)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from kt_swarm.objectives import participant_grad, participant_loss, swarm_loss, swarm_loss_terms
-from kt_swarm.tasks import Task, cc, kld
+from kt_swarm.objectives import LossSpec, participant_grad, participant_loss, swarm_loss, swarm_loss_terms
+from kt_swarm.partition import in_one_process
+from kt_swarm.tasks import Task, cc, kld, token_counts
 
 pytestmark = pytest.mark.fast  # pure tensor functions: no Ray, no training
 
@@ -32,6 +34,21 @@ def saliency(n, seed=0, ties=True):
     if ties:
         z[:, 2] = z[0, 2]
     return z, gt
+
+
+T, V = 5, 7  # a language model's positions and vocabulary
+
+
+def language(n, seed=0, ties=True):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, B, T, V, generator=g, dtype=torch.float64) * 2
+    y = torch.randint(0, V, (B, T), generator=g)
+    y[0, 3:] = -1  # a padded block: its last positions have no next token
+    y[2, 4] = -1
+    if ties:  # a token, and a whole sequence, where all tie
+        z[:, 1, 2] = z[0, 1, 2]
+        z[:, 2] = z[0, 2]
+    return z, y
 
 
 def kl(t, s, temperature):
@@ -72,6 +89,25 @@ def reference(task, z, y, temperature, weight, detach):
                 if j != t:
                     loss = loss + weight * sum(kl(zt[i, :, h, w], z[j, i, :, h, w], temperature) for h, w in own) / len(own) / B
         return loss
+    if task.name == "language_model":  # a token is a sample; a sequence is an image of tokens
+        tokens = [(i, t) for i in range(B) for t in range(T) if y[i, t] >= 0]
+        loss = sum(sum(F.cross_entropy(z[m, i, t], y[i, t], reduction="sum") for i, t in tokens) / len(tokens) for m in range(n))
+        if task.unit == "token":
+            for i, t in tokens:
+                best = best_of([float(z[m, i, t].detach().softmax(-1)[y[i, t]]) for m in range(n)])
+                if best is not None:
+                    zt = z[best, i, t].detach() if detach else z[best, i, t]
+                    loss = loss + sum(weight * kl(zt, z[j, i, t], temperature) / len(tokens) for j in range(n) if j != best)
+            return loss
+        for i in range(B):
+            own = [t for (k, t) in tokens if k == i]
+            scores = [-float(sum(F.cross_entropy(z[m, i, t].detach(), y[i, t]) for t in own) / len(own)) for m in range(n)]
+            best = best_of(scores)  # MinCE: the lowest mean CE over the sequence teaches all of it
+            if best is not None:
+                zt = z[best].detach() if detach else z[best]
+                loss = loss + sum(weight * sum(kl(zt[i, t], z[j, i, t], temperature) for t in own) / len(own) / B
+                                  for j in range(n) if j != best)
+        return loss
     maps = z.flatten(-2).softmax(-1)
     gt = y.flatten(-2) / y.flatten(-2).sum(-1, keepdim=True)
     per = [[kld(gt[i], maps[m, i]) - cc(maps[m, i], gt[i]) for i in range(B)] for m in range(n)]
@@ -85,11 +121,12 @@ def reference(task, z, y, temperature, weight, detach):
     return loss
 
 
-TASKS = [Task("segmentation", "pixel"), Task("segmentation", "image"), Task("saliency")]
+TASKS = [Task("segmentation", "pixel"), Task("segmentation", "image"), Task("saliency"),
+         Task("language_model", "token"), Task("language_model", "sequence")]
 
 
 def batch(task, n, seed=0, ties=True):
-    return segmentation(n, seed, ties) if task.name == "segmentation" else saliency(n, seed, ties)
+    return {"segmentation": segmentation, "saliency": saliency, "language_model": language}[task.name](n, seed, ties)
 
 
 @pytest.mark.parametrize("task", TASKS, ids=lambda t: f"{t.name}-{t.unit}")
@@ -170,3 +207,39 @@ def test_saliency_measures_are_the_usual_ones():
     p, q = a / a.sum(), b / b.sum()
     torch.testing.assert_close(kld(a, b), (p * torch.log(1e-7 + p / (q + 1e-7))).sum())
     assert kld(a, a) < 1e-6 and abs(float(cc(a, 3 * a + 1)) - 1) < 1e-12
+
+
+@pytest.mark.parametrize("task", TASKS, ids=lambda t: f"{t.name}-{t.unit}")
+@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize("strategy", ["best", "better", "dml", "kl_dp"])
+def test_the_partition_cut_for_the_exchange_is_the_same_loss(task, detach, strategy):
+    """partition.py's four steps in one process (the local engine; the swarm runs them sharded) give each
+    participant the share and gradient of swarm_loss, and the same role matrix."""
+    n = 3
+    z, y = batch(task, n, seed=40)
+    frozen = (z + 0.3 * torch.randn_like(z)) if strategy == "kl_dp" else None
+    kwargs = dict(task=task.name, unit=task.unit, strategy=strategy, temperature=1.5, weight=1.3, detach_teacher=detach)
+    zg = z.clone().requires_grad_()
+    shares, roles = swarm_loss_terms(zg, y, frozen_logits=frozen, **kwargs)
+    (want,) = torch.autograd.grad(shares.sum(), zg)
+    outputs = [z[m].clone().requires_grad_() for m in range(n)]
+    got, plan, _ = in_one_process(outputs, y, LossSpec(**kwargs), None if frozen is None else list(frozen))
+    torch.testing.assert_close(torch.stack([g.detach() for g in got]), shares.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(plan.roles, roles)
+    for m in range(n):
+        (grad,) = torch.autograd.grad(got[m], outputs[m])
+        torch.testing.assert_close(grad, want[m], rtol=1e-10, atol=1e-12)
+
+
+def test_a_language_model_counts_only_tokens_with_a_next_one():
+    """Perplexity's and accuracy's counts skip padding and positions without a next token."""
+    z, y = language(1, ties=False)
+    counts = token_counts(z[0], y)
+    torch.testing.assert_close(counts[:, 1], (y >= 0).sum(dim=1).double())
+    ce = F.cross_entropy(z[0][y >= 0], y[y >= 0], reduction="sum")
+    torch.testing.assert_close(counts[:, 0].sum(), ce)
+    moved = z.clone()
+    moved[0, 0, 3:] = 100.0  # what a model says where there is no next token changes nothing
+    torch.testing.assert_close(token_counts(moved[0], y), counts)
+    torch.testing.assert_close(swarm_loss(moved.expand(2, -1, -1, -1), y, task="language_model", unit="token"),
+                               swarm_loss(z.expand(2, -1, -1, -1), y, task="language_model", unit="token"))

@@ -59,7 +59,7 @@ class ParticipantActor:
             if p.deepspeed is not None:  # a gang's rank, or a DeepSpeed participant alone: never hosted with others
                 init_group(p.device, self.rank, self.ranks, address or "127.0.0.1", port)
         self.hosted = hosted
-        return [p.output_width(data.channels, data.image_size) for p in hosted.values()]
+        return [p.output_width(data) for p in hosted.values()]
 
     def participant(self, index: int) -> Participant:
         if not self.hosted:  # Ray restarted this actor's process after the coordinator set it up

@@ -1,0 +1,135 @@
+"""Language models teach each other token by token (task language_model): text split by document and cut into
+blocks, Hugging Face causal LMs with the real SmolLM2 tokenizer (tiny random weights), both engines exact in
+float64 for every strategy by token and by sequence, and bad input in one line."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from kt_swarm.config import parse_config
+from kt_swarm.coordinator import text_tokenizer
+from kt_swarm.data import load_dataset
+from kt_swarm.objectives import LossSpec
+from support.launch import kt_swarm
+from support.tiny_lm import corpus, lm_config, tiny_lm
+from test_swarm import same, trace
+
+
+@pytest.fixture(scope="module")
+def lm_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm")
+    return tiny_lm(root / "model"), corpus(root / "text")
+
+
+def load(raw):
+    cfg = parse_config(raw)
+    return cfg, load_dataset(cfg.data, cfg.task, text_tokenizer(cfg))
+
+
+def test_text_is_split_by_document_and_cut_into_blocks(lm_files, tmp_path):
+    model, domains = lm_files
+    cfg, data = load(lm_config(model, domains))
+    tokenizer = text_tokenizer(cfg)
+    block = cfg.data.text.block
+    assert data.tokens.shape[1] == block + 1 and data.num_classes == len(tokenizer) == 49152
+    assert data.classes == ["animals", "code"]
+    for split in ("train", "val", "test"):  # every domain in every split
+        assert set(data.labels[data.splits[split]].tolist()) == {0, 1}, split
+    # A document's text is in one split only: decode each split's blocks and look for each document.
+    texts = {s: tokenizer.decode(data.tokens[data.splits[s]].clamp(min=0).flatten()) for s in ("train", "val", "test")}
+    for folder in domains.values():
+        from pathlib import Path
+
+        for doc in sorted(Path(folder).iterdir()):
+            first = doc.read_text().splitlines()[0]
+            found = [s for s, t in texts.items() if first in t]
+            assert found, doc  # every document somewhere (the lines repeat across documents, so no "only one")
+    # Consecutive blocks overlap by one token, so every token after the first is a target exactly once;
+    # padding (-1) is never a target's neighbour that counts.
+    target, inputs = data.target(data.splits["train"]), data.inputs(data.splits["train"])
+    assert target.shape == inputs.shape == (len(data.splits["train"]), block)
+    assert (inputs >= 0).all() and ((target >= 0) | (target == -1)).all()
+    padded = (data.tokens == -1).any(dim=1)
+    assert padded.sum() <= 2 * 4  # at most one partial block per domain and split
+    # Cached: a second load reads the same blocks.
+    _, again = load(lm_config(model, domains))
+    assert torch.equal(again.tokens, data.tokens)
+
+
+def lm_arms(unit: str) -> dict:
+    def spec(**kw):
+        return LossSpec(task="language_model", unit=unit, temperature=2.0, **kw)
+
+    return {"best-detached": (spec(strategy="best"), "train"), "best-exact": (spec(strategy="best", detach_teacher=False), "train"),
+            "better": (spec(strategy="better"), "train"), "dml-exact": (spec(strategy="dml", detach_teacher=False), "train"),
+            "kd": (spec(strategy="kd", teacher=1), "train"), "kl_dp": (spec(strategy="kl_dp"), "train"),
+            "trusted": (spec(strategy="best", trusted=((True, False, True), (True, True, True), (False, False, True))), "train"),
+            "none": (spec(strategy="none"), "labelled")}
+
+
+@pytest.mark.parametrize("unit", ["token", "sequence"])
+def test_both_engines_agree_in_float64_for_every_strategy(unit, lm_files, tmp_path, ray_instance):
+    model, domains = lm_files
+    raw = lm_config(model, domains)
+    raw["data"]["max_per_split"] = 12
+    raw["transfer"]["unit"] = unit
+    cfg, data = load(raw)
+    arms = lm_arms(unit)
+    local, _ = trace("local", cfg, data, tmp_path / "local", arms)
+    swarm, _ = trace("ray", cfg, data, tmp_path / "ray", arms)
+    for name in arms:
+        (l_logs, l_res, l_pred), (s_logs, s_res, s_pred) = local[name], swarm[name]
+        steps = [(a, b) for a, b in zip(l_logs, s_logs) if "losses" in a]
+        assert len(l_logs) == len(s_logs) and steps
+        for a, b in steps:
+            for p in a["losses"]:
+                assert b["losses"][p] == pytest.approx(a["losses"][p], rel=1e-9), (name, a["step"], p)
+        same(l_res.role_matrix, s_res.role_matrix)
+        torch.testing.assert_close(l_pred, s_pred, rtol=1e-9, atol=1e-9)
+    # The strategies differ: not every arm ended where the first did.
+    assert len({round(float(local[name][2][:, :, 0].sum()), 6) for name in arms}) > len(arms) // 2
+
+
+def run_cli(raw: dict, tmp_path, *args):
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return kt_swarm("run", path, "--engine", "local", "--out", tmp_path / "run", *args)
+
+
+def test_a_run_writes_perplexity_per_domain_and_the_report(lm_files, tmp_path):
+    model, domains = lm_files
+    raw = lm_config(model, domains, n=2)
+    raw["data"]["max_per_split"] = 12
+    done = run_cli(raw, tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["metric"] == "log_likelihood" and summary["task"] == "language_model"
+    metrics = summary["participants"]["lm0"]["metrics"]["transfer"]
+    assert {"perplexity", "token_accuracy", "perplexity/animals", "perplexity/code"} <= set(metrics)
+    assert metrics["perplexity"] == pytest.approx(2.718281828459045 ** -metrics["log_likelihood"])
+    assert (tmp_path / "run" / "report.md").is_file() and (tmp_path / "run" / "report.png").is_file()
+
+
+def test_bad_text_input_is_one_line_and_writes_nothing(lm_files, tmp_path):
+    model, domains = lm_files
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {
+        "empty domain": (lambda r: r["data"]["text"]["domains"].update(blank=str(empty)), "no text in"),
+        "block over the context": (lambda r: r["data"]["text"].update(block=100), "longer than the model's context"),
+    }
+    other = tiny_lm(tmp_path / "other")  # the same tokenizer with one more special token: another tokenizer
+    tok = json.loads((other / "tokenizer_config.json").read_text())
+    tok["extra_special_tokens"] = ["<|domain|>"]
+    (other / "tokenizer_config.json").write_text(json.dumps(tok))
+    cases["another tokenizer"] = (lambda r: r["participants"][1].update(model=str(other)), "tokenizer")
+    for name, (change, words) in cases.items():
+        raw = lm_config(model, domains, n=2)
+        change(raw)
+        out = tmp_path / name.replace(" ", "_")
+        out.mkdir()
+        done = run_cli(raw, out)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and words in lines[0], (name, done.stderr)
+        assert not (out / "run").exists(), name
