@@ -315,6 +315,9 @@ class TransferConfig(Section):
     schedule: Literal["constant", "cosine"] = Field("constant", description="learning rate over each arm's steps (every arm alike)")
     weight_decay: NonNegative = Field(1e-5, description="default weight decay of every participant")
     log_every: Count = Field(1, description="log every N steps")
+    top_k: Count | None = Field(None, description="the exchange sends each participant's k most probable classes "
+                                "(tokens) per unit and one bucket for the rest, not its whole distribution; the "
+                                "partition stays exact (docs/method.md); needs detach_teacher")
     # Listed as autocast lists them: typing caches `Literal[...] | None` by equal (order-blind) Literals.
     exchange_dtype: Literal["bfloat16", "float16"] | None = Field(None, description="--engine ray: outputs and "
                                                                   "mixes sent at this precision (default: the model's); "
@@ -529,6 +532,11 @@ class Config(Section):
             for key, value, default in checks:
                 if value != default:
                     raise _bad(f"not available for task {task} (classification only), got {value}", key)
+        if t.top_k:
+            for arm, settings in self._transfer_settings():
+                if not settings.detach_teacher:
+                    raise _bad("top_k sends each teacher's top k, through which no gradient can flow to the teacher: "
+                               "set detach_teacher true", f"{arm}.detach_teacher")
         if self.data.kind == "text":
             text = self.data.text
             if not text.domains:

@@ -103,7 +103,7 @@ def arms(cfg: Config) -> list[tuple[str, LossSpec, str]]:
     def loss(t) -> LossSpec:
         return LossSpec(strategy=t.strategy, scores=t.scores, temperature=t.temperature, weight=t.weight,
                         detach_teacher=t.detach_teacher, teacher=names.index(t.teacher) if t.strategy == "kd" else None,
-                        pseudo_threshold=t.pseudo_threshold, task=cfg.task, unit=t.unit)
+                        pseudo_threshold=t.pseudo_threshold, task=cfg.task, unit=t.unit, top_k=cfg.transfer.top_k)
 
     transfer = loss(cfg.transfer)
     return ([("transfer", transfer, "train")] + [(arm, loss(cfg.arm_transfer(arm)), "train") for arm in cfg.transfer_arms]
@@ -215,6 +215,10 @@ def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None 
     data = load_dataset(cfg.data, cfg.task, text_tokenizer(cfg))
     if any(trains_first(p) for p in cfg.participants) and len(data.splits["pretrain"]) == 0:
         raise UserError("participants use weights: zoo (or zoo: true) but data.pretrain_fraction is 0 (no pretraining split)")
+    width = data.image_size**2 if cfg.task == "saliency" else data.num_classes  # what a unit's distribution is over
+    if cfg.transfer.top_k and cfg.transfer.top_k > width:
+        raise UserError(f"transfer.top_k {cfg.transfer.top_k} is more than the {width} "
+                        f"{'tokens of the vocabulary' if data.tokens is not None else 'classes'} a distribution is over")
     for _, _, split in arms(cfg):  # every arm has full batches, before anything trains
         batches_in(data, split, cfg.transfer.batch_size)
     tracker = Tracker(cfg, out.path, names)

@@ -36,8 +36,9 @@ class LossSpec:
     pseudo_threshold: float = 0.95  # self_training
     trusted: tuple[tuple[bool, ...], ...] | None = None  # trusted[k][j]: k may teach j
     score_temperatures: tuple[float, ...] | None = None  # calibrated scores: participant m's softmax(z / T_m)
-    task: str = "classification"  # tasks.py: classification | segmentation | saliency
-    unit: str = "sample"  # segmentation: pixel | image
+    task: str = "classification"  # tasks.py: classification | segmentation | saliency | language_model
+    unit: str = "sample"  # segmentation: pixel | image; language_model: token | sequence
+    top_k: int | None = None  # the exchange sends each participant's top-k (partition.py); None: dense
 
     def kwargs(self) -> dict:
         return asdict(self)
@@ -91,6 +92,8 @@ def _self_roles(w: torch.Tensor, own_terms: torch.Tensor | None) -> torch.Tensor
 def _spec(kwargs: dict, frozen_logits: torch.Tensor | None) -> LossSpec:
     """swarm_loss's keyword arguments as a LossSpec (its default gradient mode is exact)."""
     temps = kwargs.get("score_temperatures")
+    if kwargs.get("top_k"):
+        raise ValueError("top_k belongs to the exchange (partition.py); swarm_loss is the dense formula")
     spec = LossSpec(**{"detach_teacher": False, **kwargs, "trusted": _as_tuple(kwargs.get("trusted")),
                        "score_temperatures": tuple(float(t) for t in temps) if temps is not None else None})
     if spec.start_copies and frozen_logits is None:

@@ -23,6 +23,11 @@ participants N:
 The local engine runs the four in one process on one shard (the whole batch); the Ray swarm
 (swarm/exchange.py) runs `mix` on every actor for its shard of the units. Pure tensor functions: no Ray.
 
+With `top_k` (LossSpec.top_k, transfer.top_k) a participant still scores itself on its whole distribution (the
+partition is exact) but sends only its k most probable classes (tokens) per position with their indices
+(`sendable`); `mix` merges a student's teachers and cuts them to k plus one bucket for the rest, and `share`
+computes the KL over those buckets: what crosses is O(k), not O(K) (a language model's K is its vocabulary).
+
 Outputs travel in a unit layout [U, P, K]: K the classes a distribution is over, P positions in a unit
 averaged with weights `pos` [U, P] (tasks.Task.divergence): a sample or a labelled pixel is [1, C]; a
 segmentation image [H*W, C] over its labelled pixels; a saliency map [1, H*W] (a distribution over pixels);
@@ -67,6 +72,28 @@ def positions(task: Task, target: torch.Tensor, dtype: torch.dtype = torch.float
 def unit_count(task: Task, target: torch.Tensor) -> int:
     """The number of units in a batch with this target."""
     return int((target >= 0).sum()) if task.unit in ("pixel", "token") else len(target)
+
+
+Rows = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+"""What a participant sends of its outputs: its rows [.., U, P, K], or (LossSpec.top_k) its top-k
+log-probabilities at the transfer temperature with their indices, ([.., U, P, k], int32 [.., U, P, k])."""
+
+
+def sendable(task: Task, outputs: torch.Tensor, target: torch.Tensor, spec: LossSpec) -> Rows:
+    """Detached outputs -> what the participant sends (Rows): dense, or its top-k (docs/architecture.md: The exchange)."""
+    rows = as_units(task, outputs, target)
+    if not spec.top_k:
+        return rows
+    log_p = F.log_softmax(rows / spec.temperature, dim=-1)
+    values, indices = log_p.topk(min(spec.top_k, log_p.shape[-1]), dim=-1)
+    return values, indices.to(torch.int32)
+
+
+def stack_rows(rows: list[Rows]) -> Rows:
+    """Participants' Rows stacked: [N, U, P, K], or the top-k pair stacked each."""
+    if isinstance(rows[0], tuple):
+        return tuple(torch.stack(parts) for parts in zip(*rows))
+    return torch.stack(rows)
 
 
 def divergence(teacher: torch.Tensor, student: torch.Tensor, pos: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -144,21 +171,25 @@ def plan(scores: torch.Tensor, spec: LossSpec, start_scores: torch.Tensor | None
 class Mix:
     """What participant j's share needs from the peers on some units (None: nothing there)."""
 
-    q: torch.Tensor | None = None  # [u, P, K] as a student: sum_k w[k->j] p_k
+    q: torch.Tensor | None = None  # [u, P, K] as a student: sum_k w[k->j] p_k (top-k: its k largest, [u, P, k])
     a: torch.Tensor | None = None  # [u] sum_k w[k->j] sum_p pos sum p_k log p_k
     r: torch.Tensor | None = None  # [u, P, K] as a live teacher (exact mode): sum_j w[j's row] log p_j
     s: torch.Tensor | None = None  # [u] sum_j w[k->j]
+    qi: torch.Tensor | None = None  # top-k: q's indices, int32 [u, P, k]
+    rest: torch.Tensor | None = None  # top-k: the mass of sum_k w[k->j] p_k outside them, [u, P]
 
     def tensors(self) -> list[torch.Tensor]:
-        return [t for t in (self.q, self.a, self.r, self.s) if t is not None]
+        return [t for t in (self.q, self.a, self.r, self.s, self.qi, self.rest) if t is not None]
 
 
-def mix(rows: torch.Tensor, w: torch.Tensor, pos: torch.Tensor, spec: LossSpec) -> list[Mix]:
+def mix(rows: Rows, w: torch.Tensor, pos: torch.Tensor, spec: LossSpec) -> list[Mix]:
     """The shard owner's work: every participant's detached outputs on its u units, rows [N, u, P, K], and
     W's columns there [N, N, u] -> each participant's Mix on those units."""
-    n = len(rows)
+    n = len(rows[0]) if isinstance(rows, tuple) else len(rows)
     if spec.weight == 0 or not w.any():
         return [Mix() for _ in range(n)]
+    if isinstance(rows, tuple):
+        return _mix_top_k(*rows, w, pos)
     rows = rows.to(torch.promote_types(rows.dtype, torch.float32))  # half-precision rows (exchange_dtype) mixed in float32
     w, pos = w.to(rows.dtype), pos.to(rows.dtype)
     log_p = F.log_softmax(rows / spec.temperature, dim=-1)
@@ -179,19 +210,60 @@ def mix(rows: torch.Tensor, w: torch.Tensor, pos: torch.Tensor, spec: LossSpec) 
     return out
 
 
+def _mix_top_k(log_p: torch.Tensor, index: torch.Tensor, w: torch.Tensor, pos: torch.Tensor) -> list[Mix]:
+    """mix() of top-k rows (log-probabilities at the temperature [N, u, P, k] and their indices): each teacher's
+    distribution is its top k plus one bucket for the rest of its mass; a student's teachers, weighted, are
+    merged and cut to the k most probable tokens plus one bucket (`rest`). With one teacher per unit this is
+    each teacher's top-k KL exactly; with k the whole vocabulary, the dense mix."""
+    log_p = log_p.to(torch.promote_types(log_p.dtype, torch.float32))
+    w, pos = w.to(log_p.dtype), pos.to(log_p.dtype)
+    p = log_p.exp()
+    mass = (1 - p.sum(dim=-1)).clamp(min=0)  # [N, u, P] each one's mass outside its top k: one bucket
+    neg_entropy = (pos * ((p * log_p).sum(dim=-1) + torch.xlogy(mass, mass))).sum(dim=-1)  # [N, u]
+    out = []
+    for j in range(len(log_p)):
+        m = Mix()
+        col = w[:, j]  # [k, u]: j's teachers
+        teachers = col.any(dim=1).nonzero().flatten()
+        if len(teachers):
+            m.q, m.qi = merge_top_k(col[teachers, :, None, None] * p[teachers], index[teachers], log_p.shape[-1])
+            m.rest = (col.sum(dim=0)[:, None] - m.q.sum(dim=-1)).clamp(min=0)
+            m.a = (col * neg_entropy).sum(dim=0)
+        out.append(m)
+    return out
+
+
+def merge_top_k(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[t, .., k] weighted probabilities of t sources at their indices -> their sum per index, cut to the k
+    largest ([.., k] values, int32 indices). Deterministic: a stable sort, then sums in that order."""
+    if len(values) == 1:
+        return values[0], indices[0]
+    v = values.movedim(0, -2).flatten(-2)  # [.., t*k]
+    i = indices.movedim(0, -2).flatten(-2).long()
+    i_sorted, order = i.sort(dim=-1, stable=True)
+    v_sorted = v.gather(-1, order)
+    starts = torch.ones_like(i_sorted, dtype=torch.bool)
+    starts[..., 1:] = i_sorted[..., 1:] != i_sorted[..., :-1]
+    run = starts.cumsum(dim=-1) - 1  # each entry's run of equal indices
+    summed = torch.zeros_like(v_sorted).scatter_add_(-1, run, v_sorted)  # run r's sum in slot r; unused slots 0
+    which = torch.zeros_like(i_sorted).scatter_(-1, run, i_sorted)
+    top, where = summed.topk(k, dim=-1)  # at least k runs (a source's k indices are distinct)
+    return top, which.gather(-1, where).to(torch.int32)
+
+
 def join(pieces: list[tuple[int, Mix]], units: int, like: torch.Tensor) -> Mix:
     """One participant's Mix over all `units` from owners' pieces (start unit, Mix), zeros where a piece is
-    empty; `like`: its rows [U, P, K], for shape, dtype and device."""
+    empty (top-k: weight 0 at index 0); `like`: its rows [U, P, K], for dtype and device."""
     whole = Mix()
-    for name in ("q", "a", "r", "s"):
-        if all(getattr(m, name) is None for _, m in pieces):
+    for name in ("q", "a", "r", "s", "qi", "rest"):
+        parts = [(lo, getattr(m, name)) for lo, m in pieces if getattr(m, name) is not None]
+        if not parts:
             continue
-        shape = like.shape if name in ("q", "r") else like.shape[:1]
-        full = like.new_zeros(shape)
-        for lo, m in pieces:
-            part = getattr(m, name)
-            if part is not None:
-                full[lo : lo + len(part)] = part.to(device=like.device, dtype=like.dtype)
+        first = parts[0][1]
+        dtype = first.dtype if name == "qi" else like.dtype
+        full = torch.zeros((units, *first.shape[1:]), dtype=dtype, device=like.device)
+        for lo, part in parts:
+            full[lo : lo + len(part)] = part.to(device=like.device, dtype=dtype)
         setattr(whole, name, full)
     return whole
 
@@ -214,7 +286,12 @@ def share(own: torch.Tensor, target: torch.Tensor, index: int, spec: LossSpec, m
     units, temperature = max(len(rows), 1), spec.temperature
     log_p = F.log_softmax(rows / temperature, dim=-1)
     extra = zero
-    if mine.q is not None:  # as a student: sum_k w[k->j] T^2 KL(p_k || p_j)
+    if mine.qi is not None:  # as a student, top-k: the teachers' k tokens and one bucket for the rest
+        at = log_p.gather(-1, mine.qi.long())
+        rest = torch.log((1 - at.exp().sum(dim=-1)).clamp(min=torch.finfo(at.dtype).tiny))
+        cross = (mine.q * at).sum(dim=-1) + torch.where(mine.rest > 0, mine.rest * rest, 0)
+        extra = extra + temperature**2 * (mine.a.sum() - (pos * cross).sum())
+    elif mine.q is not None:  # as a student: sum_k w[k->j] T^2 KL(p_k || p_j)
         extra = extra + temperature**2 * (mine.a.sum() - (pos * (mine.q * log_p).sum(dim=-1)).sum())
     if keep is not None:  # kl_dp: the retention term toward its own frozen start
         extra = extra + (keep.to(rows) * divergence(as_units(task, frozen, target), rows, pos, temperature)).sum()
@@ -239,8 +316,8 @@ def in_one_process(outputs: list[torch.Tensor], target: torch.Tensor, spec: Loss
     step = plan(torch.stack([s.scores for s in told]), spec,
                 torch.stack([s.start_scores for s in told]) if spec.start_copies else None, [s.own_terms for s in told])
     task = task_of(spec)
-    rows = torch.stack([as_units(task, z.detach(), target) for z in outputs])
-    mixes = mix(rows, step.weights.to(rows.device), positions(task, target), spec)
+    rows = stack_rows([sendable(task, z.detach(), target, spec) for z in outputs])
+    mixes = mix(rows, step.weights.to(outputs[0].device), positions(task, target), spec)
     keep = step.keep if step.keep is not None else [None] * len(outputs)
     shares = [share(z, target, m, spec, mixes[m], keep[m], frozen[m]) for m, z in enumerate(outputs)]
     return shares, step, told

@@ -74,10 +74,14 @@ def test_overrides_reach_nested_keys_and_list_items():
     ("transfer.schedule=linear", "'transfer.schedule': expected one of 'constant' | 'cosine'"),
     ("participants.0.in_chans=2", "'participants.0.in_chans': expected 1 | 3 or null, got 2"),
     ("participants.0.zoo=yes please", "'participants.0.zoo': expected bool"),
+    ("transfer.top_k=0", "'transfer.top_k': must be positive"),
+    ("transfer.top_k=4 & transfer.detach_teacher=false", "'transfer.detach_teacher': top_k sends each teacher's top k"),
+    ("data.kind=text", "'data.kind': task classification reads fashion_mnist or folder, got text"),
+    ("task=language_model", "'data.kind': task language_model reads text, got fashion_mnist"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(UserError, match=re.escape(message)):
-        parse_config(raw_smoke(), [override])
+        parse_config(raw_smoke(), override.split(" & "))
 
 
 @pytest.mark.fast

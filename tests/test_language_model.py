@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from kt_swarm.config import parse_config
-from kt_swarm.coordinator import text_tokenizer
+from kt_swarm.coordinator import make_engine, text_tokenizer
 from kt_swarm.data import load_dataset
 from kt_swarm.objectives import LossSpec
 from support.launch import kt_swarm
@@ -65,6 +65,7 @@ def lm_arms(unit: str) -> dict:
             "better": (spec(strategy="better"), "train"), "dml-exact": (spec(strategy="dml", detach_teacher=False), "train"),
             "kd": (spec(strategy="kd", teacher=1), "train"), "kl_dp": (spec(strategy="kl_dp"), "train"),
             "trusted": (spec(strategy="best", trusted=((True, False, True), (True, True, True), (False, False, True))), "train"),
+            "best-top4": (spec(strategy="best", top_k=4), "train"), "dml-top4": (spec(strategy="dml", top_k=4), "train"),
             "none": (spec(strategy="none"), "labelled")}
 
 
@@ -89,6 +90,25 @@ def test_both_engines_agree_in_float64_for_every_strategy(unit, lm_files, tmp_pa
         torch.testing.assert_close(l_pred, s_pred, rtol=1e-9, atol=1e-9)
     # The strategies differ: not every arm ended where the first did.
     assert len({round(float(local[name][2][:, :, 0].sum()), 6) for name in arms}) > len(arms) // 2
+
+
+def test_top_k_sends_k_tokens_a_position_not_the_vocabulary(lm_files, ray_instance):
+    """What a participant reads a step with transfer.top_k = 8 against the dense exchange, dml (every participant
+    teaches every other): about k (value, index) pairs and one bucket per token, a few hundred times fewer bytes."""
+    model, domains = lm_files
+    raw = lm_config(model, domains)
+    raw["data"]["max_per_split"] = 12
+    cfg, data = load(raw)
+    engine = make_engine("ray", cfg, data)
+    try:
+        engine.reset_optimizers("adam", [1e-3] * 3, [0.0] * 3)
+        dense = engine.train_step(0, 0, LossSpec(task="language_model", unit="token", strategy="dml")).received
+        sparse = engine.train_step(0, 1, LossSpec(task="language_model", unit="token", strategy="dml", top_k=8)).received
+    finally:
+        engine.close()
+    tokens = 4 * 16  # a batch's positions
+    assert max(sparse) <= tokens * (2 * 8 * (8 + 4) + 64), sparse  # its shard's rows and its mix: k values and indices
+    assert min(dense) / max(sparse) > 100, (dense, sparse)
 
 
 def run_cli(raw: dict, tmp_path, *args):
@@ -118,6 +138,7 @@ def test_bad_text_input_is_one_line_and_writes_nothing(lm_files, tmp_path):
     cases = {
         "empty domain": (lambda r: r["data"]["text"]["domains"].update(blank=str(empty)), "no text in"),
         "block over the context": (lambda r: r["data"]["text"].update(block=100), "longer than the model's context"),
+        "top-k over the vocabulary": (lambda r: r["transfer"].update(top_k=50_000), "tokens of the vocabulary"),
     }
     other = tiny_lm(tmp_path / "other")  # the same tokenizer with one more special token: another tokenizer
     tok = json.loads((other / "tokenizer_config.json").read_text())

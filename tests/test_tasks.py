@@ -243,3 +243,55 @@ def test_a_language_model_counts_only_tokens_with_a_next_one():
     torch.testing.assert_close(token_counts(moved[0], y), counts)
     torch.testing.assert_close(swarm_loss(moved.expand(2, -1, -1, -1), y, task="language_model", unit="token"),
                                swarm_loss(z.expand(2, -1, -1, -1), y, task="language_model", unit="token"))
+
+
+def width(task, z):
+    """K, what a unit's distribution is over (classes, a vocabulary, a map's pixels)."""
+    return z.shape[2] if task.name == "segmentation" else z.shape[-1] if task.name == "language_model" else H * W
+
+
+@pytest.mark.parametrize("task", TASKS, ids=lambda t: f"{t.name}-{t.unit}")
+@pytest.mark.parametrize("strategy", ["best", "dml", "kl_dp"])
+def test_top_k_of_the_whole_distribution_is_the_dense_exchange(task, strategy):
+    """transfer.top_k = K (every class, token or pixel) sends the whole distribution: shares and gradients
+    are the dense exchange's."""
+    z, y = batch(task, 3, seed=50)
+    frozen = list(z + 0.3 * torch.randn_like(z)) if strategy == "kl_dp" else None
+    spec = LossSpec(task=task.name, unit=task.unit, strategy=strategy, temperature=1.5, weight=1.3)
+    sparse = LossSpec(**{**spec.__dict__, "top_k": width(task, z)})
+    for m in range(3):
+        dense_out = [z[i].clone().requires_grad_() for i in range(3)]
+        sparse_out = [z[i].clone().requires_grad_() for i in range(3)]
+        want, plan_d, _ = in_one_process(dense_out, y, spec, frozen)
+        got, plan_s, _ = in_one_process(sparse_out, y, sparse, frozen)
+        torch.testing.assert_close(got[m], want[m], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(plan_s.roles, plan_d.roles)
+        torch.testing.assert_close(torch.autograd.grad(got[m], sparse_out[m])[0],
+                                   torch.autograd.grad(want[m], dense_out[m])[0], rtol=1e-8, atol=1e-10)
+
+
+def test_top_k_with_one_teacher_is_the_teachers_top_k_kl_with_a_bucket_for_the_rest():
+    """With one teacher per token (best), the share is CE plus, where it learns, T^2 KL between the teacher's
+    top k plus one bucket for the rest of its mass and the student's mass on the same buckets."""
+    task, k, temperature = Task("language_model", "token"), 3, 1.5
+    z, y = batch(task, 3, seed=51, ties=False)
+    spec = LossSpec(task="language_model", unit="token", temperature=temperature, weight=0.8, top_k=k)
+    outputs = [z[m].clone().requires_grad_() for m in range(3)]
+    got, plan, _ = in_one_process(outputs, y, spec)
+    tokens = [(i, t) for i in range(B) for t in range(T) if y[i, t] >= 0]
+    for j in range(3):
+        want = F.cross_entropy(outputs[j][y >= 0], y[y >= 0])
+        for u, (i, t) in enumerate(tokens):
+            teacher = int(plan.weights[:, j, u].argmax())
+            if plan.weights[teacher, j, u] == 0:
+                continue
+            p_t = F.softmax(z[teacher, i, t] / temperature, -1)
+            top = p_t.topk(k).indices
+            p_s = F.softmax(outputs[j][i, t] / temperature, -1)
+            buckets_t = torch.cat([p_t[top], (1 - p_t[top].sum()).view(1)])
+            buckets_s = torch.cat([p_s[top], (1 - p_s[top].sum()).view(1)])
+            kl_top = (buckets_t * (buckets_t.log() - buckets_s.log())).sum() * temperature**2
+            want = want + 0.8 * kl_top / len(tokens)
+        torch.testing.assert_close(got[j], want, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(torch.autograd.grad(got[j], outputs[j], retain_graph=True)[0],
+                                   torch.autograd.grad(want, outputs[j])[0], rtol=1e-9, atol=1e-12)

@@ -39,7 +39,7 @@ from kt_swarm.config import Config
 from kt_swarm.data import Dataset, arm_plan
 from kt_swarm.engine import StepResult, blame
 from kt_swarm.objectives import LossSpec
-from kt_swarm.partition import Mix, Scored, as_units, join, mix, plan, positions, scored, share, task_of, weights
+from kt_swarm.partition import Mix, Rows, Scored, as_units, join, mix, plan, positions, scored, sendable, share, task_of, weights
 from kt_swarm.participant import Participant
 
 WAIT_S = 600.0  # a `mixes` call waits this long for its owner's learn() before giving up
@@ -74,6 +74,11 @@ def nbytes(*tensors: torch.Tensor | None) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
+def _units(sent: Rows, lo: int, hi: int) -> Rows:
+    """Units [lo, hi) of what a participant sent (dense rows, or the top-k pair)."""
+    return tuple(t[lo:hi] for t in sent) if isinstance(sent, tuple) else sent[lo:hi]
+
+
 class Host(Protocol):
     """What the exchange reads of the actor it runs in (actor.ParticipantActor)."""
 
@@ -93,7 +98,7 @@ class Pending:
     """A hosted participant's step between forward() and learn()."""
 
     own: torch.Tensor  # its outputs with their graph (its rows of the batch)
-    sent: torch.Tensor  # the same, detached, in the unit layout and the exchange dtype, on the CPU
+    sent: Rows  # the same, detached, in the unit layout (or its top-k) and the exchange dtype, on the CPU
     frozen: torch.Tensor | None  # its frozen start's outputs (kl_dp)
 
 
@@ -144,18 +149,19 @@ class ActorExchange:
             self.kept_buffers[m] = p.buffers()
             own = p.forward(host.data, rows, loss.learns(m))
             frozen = p.start_logits(host.data, rows) if loss.start_copies else None
-            sent = as_units(task, own.detach(), mine.to(own.device)).cpu()
+            sent = sendable(task, own.detach(), mine.to(own.device), loss)
+            sent = tuple(t.cpu() for t in sent) if isinstance(sent, tuple) else sent.cpu()
             if dtype:  # fewer bytes on the wire; every participant scored itself on its own full-precision outputs
-                sent = sent.to(getattr(torch, dtype))
+                sent = (sent[0].to(getattr(torch, dtype)), sent[1]) if isinstance(sent, tuple) else sent.to(getattr(torch, dtype))
             self.pending[m] = Pending(own, sent, frozen)
             told.append(scored(own, mine.to(own.device), m, loss, frozen))
         return told
 
-    def rows(self, key: tuple, wanted: list[tuple[int, int, int]]) -> list[torch.Tensor]:
+    def rows(self, key: tuple, wanted: list[tuple[int, int, int]]) -> list[Rows]:
         """(Concurrency group `rows`.) Hosted participants' outputs on units [lo, hi) of their own rows,
         wanted as (participant, lo, hi). Never waits: forward() has finished before anyone asks."""
         self._check(key)
-        return [self.pending[m].sent[lo:hi] for m, lo, hi in wanted]
+        return [_units(self.pending[m].sent, lo, hi) for m, lo, hi in wanted]
 
     def outputs(self, key: tuple, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(Concurrency group `rows`.) A gang rank's outputs of its rows (and its start's), for its siblings."""
@@ -213,12 +219,15 @@ class ActorExchange:
             if host.me in asks:
                 got[host.me] = self.rows(layout.key, asks[host.me])
             first_piece = next(iter(got.values()))[0]
-            rows = first_piece.new_empty((layout.participants, hi - lo, *first_piece.shape[1:]))
+            parts = first_piece if isinstance(first_piece, tuple) else (first_piece,)
+            rows = tuple(t.new_empty((layout.participants, hi - lo, *t.shape[1:])) for t in parts)
             for a, wanted in asks.items():
                 for (m, a_lo, _), piece in zip(wanted, got[a]):
                     start = dict((i, f) for i, f, _ in layout.slots[a])[m] + a_lo - lo
-                    rows[m, start : start + len(piece)] = piece  # copied: the pieces are read-only
-                    received += nbytes(piece)
+                    for whole, t in zip(rows, piece if isinstance(piece, tuple) else (piece,)):
+                        whole[m, start : start + len(t)] = t  # copied: the pieces are read-only
+                        received += nbytes(t)
+            rows = rows if isinstance(first_piece, tuple) else rows[0]
             pos = positions(task_of(loss), self.target)[lo:hi]
             mixes = dict(enumerate(mix(rows, weights(*scores[:1], loss, *scores[1:]), pos, loss)))
             dtype = host.cfg.transfer.exchange_dtype
