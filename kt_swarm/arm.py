@@ -39,6 +39,7 @@ class ArmResult:
     skipped_steps: int
     seconds: float
     selected_val: list[float] = field(default_factory=list)  # validation headline metric at best_epoch
+    role_matrix_by_domain: list[dict[str, list]] = field(default_factory=list)  # text: per epoch, each domain's
 
 
 @dataclass
@@ -50,6 +51,7 @@ class ArmState:
     epoch: int = 0
     step: int = 0  # the next step of `epoch`
     matrix: torch.Tensor | None = None  # role matrix of this epoch so far
+    matrix_by: torch.Tensor | None = None  # text: [domains, N, N] of this epoch so far
     losses: torch.Tensor | None = None  # summed shares of this epoch so far
     good_steps: int = 0  # steps of this epoch not skipped
     val_start: torch.Tensor | None = None  # validation predictions at the start (flips count against them)
@@ -59,6 +61,7 @@ class ArmState:
     best_files: list[str | None] = field(default_factory=list)
     shares: list[list[float]] = field(default_factory=list)
     matrices: list[list[list[int]]] = field(default_factory=list)
+    matrices_by: list[dict[str, list]] = field(default_factory=list)
     val_history: list[list[float]] = field(default_factory=list)
     final_train_loss: list[float] = field(default_factory=list)
     skipped: int = 0
@@ -74,6 +77,7 @@ class ArmState:
 
     def new_epoch(self) -> None:
         self.matrix = torch.zeros(self.n, self.n, dtype=torch.float64)
+        self.matrix_by = None
         self.losses = torch.zeros(self.n, dtype=torch.float64)
         self.good_steps = 0
 
@@ -114,6 +118,8 @@ def train_arm(engine: Engine, cfg: Config, data: Dataset, st: ArmState, loss: Lo
             else:
                 st.bad_in_a_row = 0
                 st.matrix += result.roles
+                if result.roles_by_domain is not None:
+                    st.matrix_by = result.roles_by_domain if st.matrix_by is None else st.matrix_by + result.roles_by_domain
                 st.losses += torch.tensor(result.losses, dtype=torch.float64)
                 st.good_steps += 1
                 if step % cfg.transfer.log_every == 0 or step == steps - 1:
@@ -147,6 +153,7 @@ def train_arm(engine: Engine, cfg: Config, data: Dataset, st: ArmState, loss: Lo
         skipped_steps=st.skipped,
         seconds=st.seconds,
         selected_val=st.best_val,
+        role_matrix_by_domain=st.matrices_by,
     )
 
 
@@ -180,12 +187,16 @@ def end_epoch(engine: Engine, cfg: Config, data: Dataset, st: ArmState, steps: i
     val = measure(data, val_preds, val_labels)
     gained, lost = flips(st.val_start, val_preds, val_labels, data.task)
     share = teach_share(st.matrix, st.good_steps * cfg.transfer.batch_size * units_per_image(cfg, data))
+    by_domain = dict(zip(data.classes, st.matrix_by.tolist())) if st.matrix_by is not None else {}
     log({"arm": st.arm, "epoch": st.epoch, "event": "eval", "global_step": (st.epoch + 1) * steps - 1,
          f"val_{HEADLINE[data.task]}": dict(zip(names, val)),
          **({"val_positive_flips": dict(zip(names, gained)), "val_negative_flips": dict(zip(names, lost))} if gained else {}),
-         "teach_share": dict(zip(names, share)), "role_matrix": st.matrix.tolist()})
+         "teach_share": dict(zip(names, share)), "role_matrix": st.matrix.tolist(),
+         **({"role_matrix_by_domain": by_domain} if by_domain else {})})
     st.shares.append(share)
     st.matrices.append(st.matrix.tolist())
+    if by_domain:
+        st.matrices_by.append(by_domain)
     st.val_history.append(val)
     st.final_train_loss = (st.losses / max(st.good_steps, 1)).tolist()
     improved = [i for i in range(st.n) if cfg.selection == "last" or val[i] > st.best_val[i]]

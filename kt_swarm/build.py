@@ -53,8 +53,11 @@ def _vision_model(cfg: Config, index: int, data: Dataset, dtype: torch.dtype) ->
 def pretrain_ids(cfg: Config, index: int, data: Dataset) -> torch.Tensor:
     """What zoo member `index` pretrains on: the whole pretraining split, or (zoo.disjoint) its own share of
     it, like hub models from different labs trained on different data. Shares go to the zoo members in
-    participant order."""
+    participant order. A participant with a `domain` (text) takes that domain's part only."""
     ids = data.splits["pretrain"]
+    domain = cfg.participants[index].domain
+    if domain is not None:  # a language model's specialist: its domain's text only
+        ids = ids[data.labels[ids] == data.classes.index(domain)]
     if not cfg.zoo.disjoint:
         return ids
     members = [i for i, p in enumerate(cfg.participants) if trains_first(p)]

@@ -198,6 +198,8 @@ class DataConfig(Section):
     transfer_samples: Count | None = Field(None, description="keep only the first N of the transfer split (its "
                                          "order is the split seed's)")
     max_per_split: Count | None = Field(None, description="cap on every split: tiny runs")
+    eval_samples: Count | None = Field(None, description="keep only the first N of val and test (the split seed's "
+                                       "order): quicker evaluation of large models")
     split_seed: Int = Field(0, description="the seed of the val / pretrain / unlabelled split")
     skip_corrupt: Bool = Field(False, description="folder kinds: skip unreadable images instead of stopping")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="augmentation of the transfer batches")
@@ -266,6 +268,8 @@ class ParticipantConfig(Section):
     ranks: Int = Field(1, ge=1, description="actors (GPUs) hosting the participant; more than 1 needs deepspeed")
     tokenizer: Str | None = Field(None, description="language_model: the tokenizer's source (a model directory or GGUF "
                                   "file), which must equal the data's; default: the model's")
+    domain: Name | None = Field(None, description="language_model: the text domain its zoo step fine-tunes it on (a "
+                                "specialist); default: every domain")
 
     @model_validator(mode="after")
     def _preprocessing_and_weights(self) -> ParticipantConfig:
@@ -317,7 +321,8 @@ class TransferConfig(Section):
     log_every: Count = Field(1, description="log every N steps")
     top_k: Count | None = Field(None, description="the exchange sends each participant's k most probable classes "
                                 "(tokens) per unit and one bucket for the rest, not its whole distribution; the "
-                                "partition stays exact (docs/method.md); needs detach_teacher")
+                                "partition stays exact (docs/method.md); needs detach_teacher. Default: 64 for "
+                                "language_model (unless an arm has exact gradients), else every class")
     # Listed as autocast lists them: typing caches `Literal[...] | None` by equal (order-blind) Literals.
     exchange_dtype: Literal["bfloat16", "float16"] | None = Field(None, description="--engine ray: outputs and "
                                                                   "mixes sent at this precision (default: the model's); "
@@ -532,6 +537,8 @@ class Config(Section):
             for key, value, default in checks:
                 if value != default:
                     raise _bad(f"not available for task {task} (classification only), got {value}", key)
+        if task == "language_model" and t.top_k is None and all(a.detach_teacher for _, a in self._transfer_settings()):
+            t.top_k = 64  # a batch's dense logits over a vocabulary are hundreds of MB a participant
         if t.top_k:
             for arm, settings in self._transfer_settings():
                 if not settings.detach_teacher:
@@ -547,6 +554,10 @@ class Config(Section):
                     raise _bad(f"the first participant's model is an import path ({_short(first)}): name the "
                                f"tokenizer's source", "data.text.tokenizer")
                 text.tokenizer = first
+            for i, p in enumerate(self.participants):
+                if p.domain is not None and p.domain not in text.domains:
+                    raise _bad(f"{_short(p.domain)} is not a domain of data.text.domains ({', '.join(text.domains)})",
+                               f"participants.{i}.domain")
         if self.autocast and self.dtype != "float32":
             raise _bad(f"needs dtype float32 (the master weights), got dtype {self.dtype}", "autocast")
         return self

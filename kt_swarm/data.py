@@ -374,6 +374,8 @@ def _finish(cfg: DataConfig, images: torch.Tensor, labels: torch.Tensor, classes
         splits = {k: v[: cfg.max_per_split] for k, v in splits.items()}
     if cfg.transfer_samples:  # a smaller labelled set for transfer; the other splits stay whole
         splits["train"] = splits["train"][: cfg.transfer_samples]
+    if cfg.eval_samples:
+        splits["val"], splits["test"] = splits["val"][: cfg.eval_samples], splits["test"][: cfg.eval_samples]
     for name in ("train", "val", "test"):
         if len(splits[name]) == 0:
             raise UserError(f"dataset '{source}': the {name} split is empty (check data.val_fraction / pretrain_fraction)")

@@ -20,8 +20,10 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from kt_swarm.data import Dataset
 from kt_swarm.errors import ParticipantLost
 from kt_swarm.objectives import LossSpec
+from kt_swarm.partition import Plan, roles_by, task_of, unit_groups
 
 
 @dataclass
@@ -30,6 +32,15 @@ class StepResult:
     roles: torch.Tensor  # [N, N] float64: R[k][j] = sum of k's teaching weights toward j over the batch
     bad: list[int] = field(default_factory=list)  # participants blamed for a NaN/Inf; non-empty: nobody stepped
     received: list[int] | None = None  # bytes each participant read from the exchange this step (the Ray swarm's)
+    roles_by_domain: torch.Tensor | None = None  # text: [domains, N, N] the role matrix over each domain's units
+
+
+def domain_roles(data: Dataset, ids: torch.Tensor, target: torch.Tensor, loss: LossSpec, step: Plan) -> torch.Tensor | None:
+    """Text: the step's role matrix over each domain's units (who taught whom on which text); else None."""
+    if data.tokens is None:
+        return None
+    task = task_of(loss)
+    return roles_by(step, unit_groups(task, target.cpu(), data.labels[ids]), len(data.classes))
 
 
 def blame(logits_ok: list[bool], loss_ok: list[bool], grads_ok: list[bool]) -> list[int]:

@@ -15,7 +15,7 @@ import torch
 
 from kt_swarm.config import AugmentConfig
 from kt_swarm.data import Dataset, arm_plan
-from kt_swarm.engine import StepResult, blame  # defined in engine.py; importable from here as before
+from kt_swarm.engine import StepResult, blame, domain_roles  # defined in engine.py; importable from here as before
 from kt_swarm.errors import ParticipantLost, UserError
 from kt_swarm.objectives import LossSpec
 from kt_swarm.partition import in_one_process
@@ -80,7 +80,8 @@ class LocalEngine:
                 p.set_buffers(saved)  # participant stays where the others are
             elif loss.learns(i):
                 p.step(lr_scale)
-        return StepResult([float(s.detach()) for s in shares], part.roles, bad)
+        by_domain = domain_roles(self.data, plan.ids, target, loss, part)
+        return StepResult([float(s.detach()) for s in shares], part.roles, bad, roles_by_domain=by_domain)
 
     def predict(self, split: str, batch_size: int, k: int = 1) -> torch.Tensor:
         """[N, n, k] top-k classes of every participant on a split, best first."""

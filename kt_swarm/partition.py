@@ -167,6 +167,25 @@ def plan(scores: torch.Tensor, spec: LossSpec, start_scores: torch.Tensor | None
     return Plan(w, keep, roles)
 
 
+def unit_groups(task: Task, target: torch.Tensor, row_groups: torch.Tensor) -> torch.Tensor:
+    """[U] each unit's group (a text block's domain), from each row's: a token or pixel takes its row's."""
+    if task.unit in ("pixel", "token"):
+        return row_groups.view(-1, *[1] * (target.dim() - 1)).expand_as(target)[target >= 0]
+    return row_groups
+
+
+def roles_by(step: Plan, groups: torch.Tensor, count: int) -> torch.Tensor:
+    """[G, N, N] float64: the step's role matrix over each group's units alone (kl_dp's retention on the diagonal)."""
+    out = []
+    for g in range(count):
+        units = groups.to(step.weights.device) == g
+        roles = step.weights[..., units].sum(dim=-1).to(torch.float64)
+        if step.keep is not None:
+            roles = roles + torch.diag(step.keep[:, units].sum(dim=-1).to(torch.float64))
+        out.append(roles)
+    return torch.stack(out)
+
+
 @dataclass
 class Mix:
     """What participant j's share needs from the peers on some units (None: nothing there)."""

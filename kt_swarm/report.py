@@ -107,19 +107,25 @@ def report_figure(summary: dict, records: list[dict], examples: dict | None = No
         top, bottom = fig.subfigures(2, 1, height_ratios=[height, 2.2 * len(examples["images"])])
         draw_examples(bottom, summary, examples)
     transfer_arms = transfer_arm_names(summary)  # a role matrix each, side by side
+    strategies = {arm: arm_label(summary, arm) for arm in transfer_arms}
+    panels = [(f"{arm} ({strategies[arm]}): role matrix, last epoch", role_matrix(summary, arm)) for arm in transfer_arms]
+    if summary.get("role_matrix_per_domain"):  # text: the transfer arm's on each domain (who taught whom on which text)
+        panels = [(f"transfer on {domain}: {units(summary)}, last epoch", matrix)
+                  for domain, matrix in summary["role_matrix_per_domain"].items()] + panels[1:]
+    elif len(panels) == 1:
+        panels = [(f"role matrix, last epoch: {units(summary)} t taught s (weighted)", panels[0][1])]
     if many:  # the bars across the top, the curves under them, the role matrices large at the bottom
         grid = top.add_gridspec(3, 2, height_ratios=[3, 3, 12])
         bars, loss, val = top.add_subplot(grid[0, :]), top.add_subplot(grid[1, 0]), top.add_subplot(grid[1, 1])
-        cells = grid[2, :].subgridspec(1, len(transfer_arms))
+        cells = grid[2, :].subgridspec(1, len(panels))
     else:
         grid = top.add_gridspec(2, 2)
         bars, loss, val = top.add_subplot(grid[0, 0]), top.add_subplot(grid[0, 1]), top.add_subplot(grid[1, 0])
-        cells = grid[1, 1].subgridspec(1, len(transfer_arms))
-    roles = [top.add_subplot(cells[0, j]) for j in range(len(transfer_arms))]
+        cells = grid[1, 1].subgridspec(1, len(panels))
+    roles = [top.add_subplot(cells[0, j]) for j in range(len(panels))]
 
     m = summary["metric"]
     parts = with_arms(summary)
-    strategies = {arm: arm_label(summary, arm) for arm in transfer_arms}
     arms = [("before", "before"), *[(f"after {arm} ({strategies[arm]})", "after" if arm == "transfer" else arm)
                                     for arm in transfer_arms],
             ("control (CE only)" if summary.get("task", "classification") == "classification" else "control (task loss only)",
@@ -164,14 +170,13 @@ def report_figure(summary: dict, records: list[dict], examples: dict | None = No
     loss.set_title("training curves: " + ", ".join(f"{STYLE_NAMES[styles[arm]]} {arm.replace('_', '-')}" for arm in drawn))
     loss.legend(fontsize=7, ncol=2)
     val.set_xlabel("epochs trained")
-    val.set_ylabel(f"validation {metric} (%)")
+    val.set_ylabel(f"validation {metric}" + (" (%)" if scale(summary) == 100 else ""))
     val.set_title(f"validation {metric} (selection uses this split only)")
     val.xaxis.get_major_locator().set_params(integer=True)
     val.legend(fontsize=7, ncol=2)
-    for ax, arm in zip(roles, transfer_arms):
-        draw_role_matrix(ax, role_matrix(summary, arm), names)
-        ax.set_title(f"{arm} ({strategies[arm]}): role matrix, last epoch" if len(roles) > 1 else
-                     f"role matrix, last epoch: {units(summary)} t taught s (weighted)", fontsize=9 if len(roles) > 1 else None)
+    for ax, (title, matrix) in zip(roles, panels):
+        draw_role_matrix(ax, matrix, names)
+        ax.set_title(title, fontsize=9 if len(roles) > 1 else None)
     return fig
 
 
@@ -190,7 +195,7 @@ def role_matrix(summary: dict, arm: str) -> list[list[float]]:
 
 def units(summary: dict) -> str:
     """What the role matrix counts."""
-    return {"pixel": "pixels", "image": "images"}.get(summary.get("unit"), "samples")
+    return {"pixel": "pixels", "image": "images", "token": "tokens", "sequence": "sequences"}.get(summary.get("unit"), "samples")
 
 
 def metrics_table(summary: dict) -> str:

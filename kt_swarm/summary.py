@@ -65,6 +65,7 @@ def summarize(cfg: Config, data: Dataset, names: list[str], labels: torch.Tensor
             "success_rate_vs_control": None if control is None else success_rate([v - c for v, c in zip(value, control)]),
             "role_matrix": r.role_matrix[-1],
             "role_matrix_per_epoch": r.role_matrix,
+            **({"role_matrix_per_domain": r.role_matrix_by_domain[-1]} if r.role_matrix_by_domain else {}),
             "participants": {name: {
                 f"{m}_after": value[i], "delta": value[i] - before[i],
                 "delta_vs_control": None if control is None else value[i] - control[i],
@@ -116,6 +117,7 @@ def summarize(cfg: Config, data: Dataset, names: list[str], labels: torch.Tensor
         },
         "role_matrix": transfer.role_matrix[-1],
         "role_matrix_per_epoch": transfer.role_matrix,
+        **({"role_matrix_per_domain": transfer.role_matrix_by_domain[-1]} if transfer.role_matrix_by_domain else {}),
         "transfer_arms": extra,
         "data": {"source": data.source, "skipped_corrupt": data.skipped,
                  **{f"{k}_samples": len(v) for k, v in data.splits.items()}},

@@ -118,6 +118,8 @@ class Tracker:
                     row[f"{name}/{arm}/{key}"] = value
         if "role_matrix" in record:
             row[f"{arm}/role_matrix"] = self._heat_map(record["role_matrix"], f"{arm}, epoch {record['epoch'] + 1}")
+        for domain, matrix in record.get("role_matrix_by_domain", {}).items():  # text: who taught whom on which text
+            row[f"{arm}/role_matrix/{domain}"] = self._heat_map(matrix, f"{arm} on {domain}, epoch {record['epoch'] + 1}")
         if record.get("event") == "skipped":
             row[f"{arm}/skipped_in_a_row"] = record["in_a_row"]
         if record.get("event") in ("restarted", "resumed"):

@@ -41,7 +41,8 @@ def cache_key(spec: ParticipantConfig, participant: Participant, cfg: ZooConfig,
     fields = dict(
         model=spec.model,
         model_args=spec.model_args,
-        preprocess=[p.in_chans, p.input_size, list(p.mean), list(p.std), str(p.dtype)],
+        preprocess=[p.in_chans, p.input_size, list(p.mean), list(p.std), str(p.dtype)] if hasattr(p, "mean")
+        else ["tokens", str(p.dtype)],
         zoo=[cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size],
         augment=[augment.shift, augment.hflip],
         data=data.fingerprint(ids),

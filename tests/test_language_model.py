@@ -57,26 +57,36 @@ def test_text_is_split_by_document_and_cut_into_blocks(lm_files, tmp_path):
     assert torch.equal(again.tokens, data.tokens)
 
 
-def lm_arms(unit: str) -> dict:
-    def spec(**kw):
+def lm_arms() -> dict:
+    """Every strategy by token and by sequence: both gradient modes, trusted teachers and top-k."""
+    def spec(unit="token", **kw):
         return LossSpec(task="language_model", unit=unit, temperature=2.0, **kw)
 
+    trusted = ((True, False, True), (True, True, True), (False, False, True))
     return {"best-detached": (spec(strategy="best"), "train"), "best-exact": (spec(strategy="best", detach_teacher=False), "train"),
             "better": (spec(strategy="better"), "train"), "dml-exact": (spec(strategy="dml", detach_teacher=False), "train"),
             "kd": (spec(strategy="kd", teacher=1), "train"), "kl_dp": (spec(strategy="kl_dp"), "train"),
-            "trusted": (spec(strategy="best", trusted=((True, False, True), (True, True, True), (False, False, True))), "train"),
+            "trusted": (spec(strategy="best", trusted=trusted), "train"),
             "best-top4": (spec(strategy="best", top_k=4), "train"), "dml-top4": (spec(strategy="dml", top_k=4), "train"),
-            "none": (spec(strategy="none"), "labelled")}
+            "none": (spec(strategy="none"), "labelled"),
+            "sequence-best": (spec("sequence", strategy="best"), "train"),
+            "sequence-best-exact": (spec("sequence", strategy="best", detach_teacher=False), "train"),
+            "sequence-better": (spec("sequence", strategy="better"), "train"),
+            "sequence-dml-exact": (spec("sequence", strategy="dml", detach_teacher=False), "train"),
+            "sequence-kd": (spec("sequence", strategy="kd", teacher=0), "train"),
+            "sequence-kl_dp": (spec("sequence", strategy="kl_dp"), "train"),
+            "sequence-trusted": (spec("sequence", strategy="best", trusted=trusted), "train"),
+            "sequence-dml-top4": (spec("sequence", strategy="dml", top_k=4), "train")}
 
 
-@pytest.mark.parametrize("unit", ["token", "sequence"])
-def test_both_engines_agree_in_float64_for_every_strategy(unit, lm_files, tmp_path, ray_instance):
+def test_both_engines_agree_in_float64_for_every_strategy(lm_files, tmp_path, ray_instance):
+    """Token and sequence units, every strategy: the same losses step by step, role matrices (overall and per
+    domain) and test measures on the local engine and on Ray actors."""
     model, domains = lm_files
     raw = lm_config(model, domains)
     raw["data"]["max_per_split"] = 12
-    raw["transfer"]["unit"] = unit
     cfg, data = load(raw)
-    arms = lm_arms(unit)
+    arms = lm_arms()
     local, _ = trace("local", cfg, data, tmp_path / "local", arms)
     swarm, _ = trace("ray", cfg, data, tmp_path / "ray", arms)
     for name in arms:
@@ -87,6 +97,8 @@ def test_both_engines_agree_in_float64_for_every_strategy(unit, lm_files, tmp_pa
             for p in a["losses"]:
                 assert b["losses"][p] == pytest.approx(a["losses"][p], rel=1e-9), (name, a["step"], p)
         same(l_res.role_matrix, s_res.role_matrix)
+        for domain in ("animals", "code"):  # who taught whom on which text, alike
+            same(l_res.role_matrix_by_domain[-1][domain], s_res.role_matrix_by_domain[-1][domain])
         torch.testing.assert_close(l_pred, s_pred, rtol=1e-9, atol=1e-9)
     # The strategies differ: not every arm ended where the first did.
     assert len({round(float(local[name][2][:, :, 0].sum()), 6) for name in arms}) > len(arms) // 2
@@ -129,6 +141,10 @@ def test_a_run_writes_perplexity_per_domain_and_the_report(lm_files, tmp_path):
     assert {"perplexity", "token_accuracy", "perplexity/animals", "perplexity/code"} <= set(metrics)
     assert metrics["perplexity"] == pytest.approx(2.718281828459045 ** -metrics["log_likelihood"])
     assert (tmp_path / "run" / "report.md").is_file() and (tmp_path / "run" / "report.png").is_file()
+    by_domain = summary["role_matrix_per_domain"]  # the transfer arm's, per domain: together, its role matrix
+    assert set(by_domain) == {"animals", "code"}
+    torch.testing.assert_close(torch.tensor(by_domain["animals"], dtype=torch.float64) + torch.tensor(by_domain["code"]),
+                               torch.tensor(summary["role_matrix"], dtype=torch.float64))
 
 
 def test_bad_text_input_is_one_line_and_writes_nothing(lm_files, tmp_path):
@@ -154,3 +170,24 @@ def test_bad_text_input_is_one_line_and_writes_nothing(lm_files, tmp_path):
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and words in lines[0], (name, done.stderr)
         assert not (out / "run").exists(), name
+
+
+def test_specialists_train_on_their_own_domain(lm_files, tmp_path):
+    """`domain` (with the zoo step) makes a specialist: each zoo member trains on its domain's pretraining
+    documents only, and starts the swarm better at its own domain than the other specialist is."""
+    model, domains = lm_files
+    raw = lm_config(model, domains, n=2, control=False)
+    raw["data"].update(pretrain_fraction=0.4, max_per_split=24)
+    for p, domain in zip(raw["participants"], ("animals", "code")):
+        p.update(zoo=True, domain=domain)
+    raw["zoo"] = {"epochs": 4, "lr": 1e-2, "batch_size": 4}
+    cfg, data = load(raw)
+    from kt_swarm.build import pretrain_ids
+
+    for m, domain in enumerate(("animals", "code")):
+        assert set(data.labels[pretrain_ids(cfg, m, data)].tolist()) == {data.classes.index(domain)}
+    done = run_cli(raw, tmp_path)
+    assert done.returncode == 0, done.stderr
+    start = {n: p["metrics"]["start"] for n, p in json.loads((tmp_path / "run" / "summary.json").read_text())["participants"].items()}
+    assert start["lm0"]["perplexity/animals"] < start["lm1"]["perplexity/animals"], start
+    assert start["lm1"]["perplexity/code"] < start["lm0"]["perplexity/code"], start

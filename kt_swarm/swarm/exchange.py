@@ -39,7 +39,7 @@ from kt_swarm.config import Config
 from kt_swarm.data import Dataset, arm_plan
 from kt_swarm.engine import StepResult, blame
 from kt_swarm.objectives import LossSpec
-from kt_swarm.partition import Mix, Rows, Scored, as_units, join, mix, plan, positions, scored, sendable, share, task_of, weights
+from kt_swarm.partition import Mix, Plan, Rows, Scored, as_units, join, mix, plan, positions, scored, sendable, share, task_of, weights
 from kt_swarm.participant import Participant
 
 WAIT_S = 600.0  # a `mixes` call waits this long for its owner's learn() before giving up
@@ -268,10 +268,12 @@ Call = Callable[[str, Callable[[int], tuple]], list]  # RaySwarm._on_actors: a m
 
 
 def train_step(on_actors: Call, hosts: list[list[int]], gangs: list[list[int]], batch_size: int,
-               verdict: bool | None, epoch: int, step: int, loss: LossSpec, split: str, lr_scale: float) -> StepResult:
+               verdict: bool | None, epoch: int, step: int, loss: LossSpec, split: str, lr_scale: float,
+               by_domain: Callable[[Plan], torch.Tensor | None] = lambda part: None) -> StepResult:
     """The driver's side of one step: forward on every actor (carrying the last step's `verdict`), the
     partition, then learn; the step's result, whose `bad` is the next verdict (empty: update).
-    hosts[a]: actor a's participants; gangs[m]: participant m's actors, in rank order."""
+    hosts[a]: actor a's participants; gangs[m]: participant m's actors, in rank order; by_domain: the
+    partition's role matrix per text domain (engine.domain_roles)."""
     key = (epoch, step, split)
     told = on_actors("forward", lambda a: (key, batch_size, verdict, loss))
     ranks = [[told[a][hosts[a].index(m)] for a in gangs[m]] for m in range(len(gangs))]  # participant -> its ranks'
@@ -297,4 +299,5 @@ def train_step(on_actors: Call, hosts: list[list[int]], gangs: list[list[int]], 
     # Every rank computes its participant's whole share; its own rows' gradients are its part.
     bad = blame([all(s.finite for s in r) for r in ranks], [all(x.loss_ok for x in r) for r in results],
                 [all(x.grads_ok for x in r) for r in results])
-    return StepResult([r[0].share for r in results], part.roles, bad, [max(x.received for x in r) for r in results])
+    return StepResult([r[0].share for r in results], part.roles, bad, [max(x.received for x in r) for r in results],
+                      by_domain(part))

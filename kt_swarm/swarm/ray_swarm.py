@@ -19,8 +19,8 @@ from ray.util.placement_group import placement_group, remove_placement_group
 
 from kt_swarm.build import check_classes
 from kt_swarm.config import Config
-from kt_swarm.data import Dataset
-from kt_swarm.engine import StepResult
+from kt_swarm.data import Dataset, arm_plan
+from kt_swarm.engine import StepResult, domain_roles
 from kt_swarm.errors import ParticipantLost
 from kt_swarm.objectives import LossSpec
 from kt_swarm.swarm import exchange
@@ -50,7 +50,7 @@ class RaySwarm:
         self.actors, self.pg, self.owns_pg, self.data_ref = [], None, False, None
         self.placement_group = None
         self.update: bool | None = None  # the verdict on the last step, not yet sent to the actors
-        self.pretrain, self.num_classes = pretrain, data.num_classes
+        self.pretrain, self.num_classes, self.data = pretrain, data.num_classes, data
         self.setup_restarts = {}
         self.owns_ray = init_ray(address)
         try:
@@ -174,8 +174,15 @@ class RaySwarm:
             self._each("set_start_copy", lambda _: (w,), which=[m])
 
     def train_step(self, epoch: int, step: int, loss: LossSpec, split: str = "train", lr_scale: float = 1.0) -> StepResult:
+        def by_domain(part):  # text: the driver derives the batch as every actor does, for its domains
+            if self.data.tokens is None:
+                return None
+            plan = arm_plan(self.data, split, seed=self.cfg.seed, epoch=epoch, step=step, batch_size=self.batch_size,
+                            augment=self.cfg.data.augment)
+            return domain_roles(self.data, plan.ids, self.data.target(plan.ids, plan), loss, part)
+
         result = exchange.train_step(self._on_actors, self.hosts, self.gangs, self.batch_size, self.update, epoch, step,
-                                     loss, split, lr_scale)
+                                     loss, split, lr_scale, by_domain)
         self.update = not result.bad
         return result
 
