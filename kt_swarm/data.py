@@ -333,7 +333,7 @@ def _to_uint8(picture, gray: bool, size: tuple[int, int]) -> np.ndarray:
 
 
 def load_dataset(cfg: DataConfig, task: str = "classification", tokenizer=None) -> Dataset:
-    """The dataset with its splits carved (text: `tokenizer` cuts it, models.load_tokenizer)."""
+    """The dataset with its splits carved (text: `tokenizer` cuts it, lm.load_tokenizer)."""
     if cfg.kind == "text":
         from kt_swarm.text import load_text  # tokenizers and their files: only for text
 

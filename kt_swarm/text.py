@@ -7,7 +7,7 @@ DOCUMENT_CHARS characters at paragraph breaks, so that even one book splits. Eac
 split into test, val, pretrain (the zoo's specialists) and train with the split seed, so that a
 document's text is in one split only and every domain is in every split.
 
-Each split's documents of a domain are tokenised, joined with the tokenizer's end-of-text token and cut
+Each split's documents of a domain are tokenised, joined with the tokenizer's end-of-sequence token and cut
 into blocks of `block + 1` tokens (each position's next token is in the block); the last one is padded
 with -1, which the target keeps (never scored, taught or counted) and the inputs turn into token 0
 (after the last real token, so no real position attends to it). Blocks of all domains are one dataset
