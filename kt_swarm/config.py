@@ -224,6 +224,11 @@ class ZooConfig(Section):
                                   "~/.cache/kt_swarm")
 
 
+def is_import_path(model: str) -> bool:
+    """`pkg.module:factory` (a model built by code), not a timm name or a path (`package:` paths included)."""
+    return ":" in model and not model.startswith("package:")
+
+
 def _read_deepspeed(value: Any) -> Any:
     """A ds_config JSON path becomes its mapping, so config.yaml records what ran."""
     if not isinstance(value, str):
@@ -550,7 +555,7 @@ class Config(Section):
                 raise _bad("data.kind text needs at least one domain (name: file or folder)", "data.text.domains")
             if text.tokenizer is None:  # the first participant's source: every participant must share it (checked at the start)
                 first = self.participants[0].model
-                if ":" in first and not first.startswith("package:"):
+                if is_import_path(first):
                     raise _bad(f"the first participant's model is an import path ({_short(first)}): name the "
                                f"tokenizer's source", "data.text.tokenizer")
                 text.tokenizer = first

@@ -65,8 +65,9 @@ def text_tokenizer(cfg: Config):
     """Text data's tokenizer (None for images), once every participant is known to share it (lm.py)."""
     if cfg.data.kind != "text":
         return None
-    tokenizer = load_tokenizer(cfg.data.text.tokenizer, "data.text.tokenizer")
-    check_tokenizers({p.name: p.tokenizer or p.model for p in cfg.participants}, tokenizer)
+    source = cfg.data.text.tokenizer
+    tokenizer = load_tokenizer(source, "data.text.tokenizer")
+    check_tokenizers({p.name: p.tokenizer or p.model for p in cfg.participants}, tokenizer, source)
     return tokenizer
 
 

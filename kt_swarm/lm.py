@@ -17,13 +17,15 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from kt_swarm.config import is_import_path
 from kt_swarm.errors import UserError, first_line
-from kt_swarm.models import import_factory, is_import_path
+from kt_swarm.models import import_factory
 from kt_swarm.text import fingerprint, resolve
 
 
@@ -55,8 +57,7 @@ def _transformers():
 
 def _where(source: str, who: str) -> tuple[Path, dict]:
     """(directory, from_pretrained's extra arguments) of a model directory or a GGUF file."""
-    path = resolve(source, who)
-    path = Path(path)
+    path = Path(resolve(source, who))
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UserError(f"{who}: GGUF file '{source}' does not exist")
@@ -78,10 +79,11 @@ def load_tokenizer(source: str, who: str):
         raise UserError(f"{who}: cannot load a tokenizer from '{source}': {first_line(e)}") from None
 
 
-def check_tokenizers(sources: dict[str, str], data_tokenizer) -> None:
-    """Every participant (name -> its tokenizer's source) must cut text as the data's tokenizer did."""
+def check_tokenizers(sources: dict[str, str], data_tokenizer, data_source: str) -> None:
+    """Every participant (name -> its tokenizer's source) must cut text as the data's tokenizer (loaded from
+    `data_source`, not loaded again) did."""
     want = fingerprint(data_tokenizer)
-    seen = {}
+    seen = {data_source: want}
     for name, source in sources.items():
         if source not in seen:
             seen[source] = fingerprint(load_tokenizer(source, f"participant '{name}'"))
@@ -142,13 +144,11 @@ def context_length(model: nn.Module) -> int | None:
     return getattr(getattr(inner, "config", None), "max_position_embeddings", None)
 
 
+@dataclass
 class TokenInput:
     """A language model's preprocessing: the block's token ids, on its device."""
 
-    dtype = torch.float32  # the precision its outputs are returned in (the engine's dtype)
-
-    def __init__(self, dtype: torch.dtype):
-        self.dtype = dtype
+    dtype: torch.dtype  # the precision its outputs are returned in (the engine's dtype)
 
     def __call__(self, tokens: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
         return tokens.to(device=device, dtype=torch.long)

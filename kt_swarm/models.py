@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kt_swarm.config import ParticipantConfig
+from kt_swarm.config import ParticipantConfig, is_import_path
 from kt_swarm.data import Preprocess
 from kt_swarm.errors import UserError, first_line, one_line
 from kt_swarm.weights_map import map_state, resolve
@@ -54,9 +54,6 @@ def default_weights(spec: ParticipantConfig) -> str:
         return spec.weights
     return "none" if is_import_path(spec.model) else "pretrained"
 
-
-def is_import_path(model: str) -> bool:
-    return ":" in model and not model.startswith("package:")
 
 
 def trains_first(spec: ParticipantConfig) -> bool:

@@ -1,7 +1,7 @@
-"""data.kind text: plain text in named domains, tokenised once and cut into blocks (docs/tasks.md: Language models).
+"""data.kind text: plain text in named domains, tokenised once and cut into blocks (docs/language-models.md).
 
 A domain is a text file, a folder of .txt / .rst / .md files (recursive), or a glob pattern (any files it
-matches, `/usr/share/perl/5.36/pod/*.pod`); `package:name/sub/path` starts inside an installed Python
+matches, `/usr/share/perl/5.36.0/pod/*.pod`); `package:name/sub/path` starts inside an installed Python
 package. A file of a folder or a pattern is one document; a single file is cut into documents of about
 DOCUMENT_CHARS characters at paragraph breaks, so that even one book splits. Each domain's documents are
 split into test, val, pretrain (the zoo's specialists) and train with the split seed, so that a
