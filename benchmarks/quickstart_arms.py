@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kt_swarm.config import apply_override, load_config, parse_config, to_dict  # noqa: E402
 from kt_swarm.checkpoint import Checkpoints  # noqa: E402
-from kt_swarm.coordinator import arms as run_arms, fresh_arm, make_engine, save_start, train_arm  # noqa: E402
+from kt_swarm.coordinator import arms as run_arms, fresh_arm, make_engine, save_start, text_tokenizer, train_arm  # noqa: E402
 from kt_swarm.data import load_dataset  # noqa: E402
 from kt_swarm.metrics import accuracy, complementary  # noqa: E402
 
@@ -41,6 +41,43 @@ def machine() -> str:
         pass
     gpu = f", {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}" if torch.cuda.is_available() else ""
     return f"{name}, {os.cpu_count()} cores{gpu}, torch {torch.__version__} with {torch.get_num_threads()} threads"
+
+
+def parse_arms(specs: list[str]) -> list[tuple[str, str]]:
+    """--arm NAME:key=v,key=v -> [(name, overrides)], the control first (every table compares with it)."""
+    return [("control", "")] + [tuple(a.split(":", 1)) if ":" in a else (a, "") for a in specs]
+
+
+def seed_arms(base: dict, seed: int, arms: list[tuple[str, str]]):
+    """One seed: its zoo (cached), then every arm from the same starting weights on the local engine.
+    Yields ("start", engine, cfg, data, None) first, then (name, engine, arm's cfg, data, ArmResult) after each
+    arm is trained, the engine holding that arm's selected weights: the caller measures what it needs.
+    The names control and self_training are those baseline arms (same data, steps and learning rates), any
+    other name a transfer arm."""
+    raw = copy.deepcopy(base)
+    raw["seed"] = seed
+    cfg = parse_config(raw)
+    data = load_dataset(cfg.data, cfg.task, text_tokenizer(cfg))
+    t0 = time.perf_counter()
+    engine = make_engine("local", cfg, data)
+    names = [p.name for p in cfg.participants]
+    ckpt = Checkpoints(Path(tempfile.mkdtemp(prefix="kt-arms-")), "bench", names, keep=1)
+    save_start(engine, ckpt)  # every arm starts from these weights
+    print(f"seed {seed}: zoo ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    yield "start", engine, cfg, data, None
+    for name, overrides in arms:
+        arm_raw = copy.deepcopy(raw)
+        for o in filter(None, overrides.split(",")):
+            apply_override(arm_raw, o)
+        baselines = {"control": True, **({"self_training": True} if cfg.task == "classification" else {})}
+        arm_cfg = parse_config({**arm_raw, **baselines})
+        engine.batch_size = arm_cfg.transfer.batch_size
+        specs = {arm: (loss, split) for arm, loss, split in run_arms(arm_cfg)}
+        loss, split = specs.get(name, specs["transfer"])
+        engine.set_start_copies((s["model"] for s in ckpt.load_set("start")[1]) if loss.start_copies else None)
+        res = train_arm(engine, arm_cfg, data, fresh_arm(engine, arm_cfg, ckpt, name), loss, lambda r: None, ckpt,
+                        split=split)
+        yield name, engine, arm_cfg, data, res
 
 
 def main() -> None:
@@ -57,42 +94,21 @@ def main() -> None:
     results = {"machine": machine(),
                "config": args.config, "overrides": args.overrides, "split": args.split, "seeds": {}}
     for seed in args.seeds:
-        raw = copy.deepcopy(base)
-        raw["seed"] = seed
-        cfg = parse_config(raw)
-        data = load_dataset(cfg.data)
-        t0 = time.perf_counter()
-        engine = make_engine("local", cfg, data)
-        names = [p.name for p in cfg.participants]
-        labels = data.labels[data.splits[args.split]]
-        ckpt = Checkpoints(Path(tempfile.mkdtemp(prefix="kt-arms-")), "bench", names, keep=1)
-        save_start(engine, ckpt)  # every arm starts from these weights
-        preds = engine.predict(args.split, cfg.eval_batch_size)
-        rows = {"start": accuracy(preds, labels)}
-        # Validation accuracy of every arm too, whatever --split reports: settings are chosen on it.
-        val_labels = data.labels[data.splits["val"]]
-        val_rows = {"start": accuracy(engine.predict("val", cfg.eval_batch_size), val_labels)}
-        # Complementary knowledge (Roth et al.): samples some other participant gets right and this one wrong.
-        comp = complementary(preds, labels)
-        print(f"  complementary knowledge at start: {[round(100 * c, 2) for c in comp]}", flush=True)
-        print(f"seed {seed}: zoo ready in {time.perf_counter() - t0:.0f} s; start {rows['start']}", flush=True)
-        # NAME:overrides; the names control and self_training are those baseline arms, any other a transfer arm.
-        arms = [("control", "")] + [tuple(a.split(":", 1)) if ":" in a else (a, "") for a in args.arm]
-        seconds = {}
-        for name, overrides in arms:
-            arm_raw = copy.deepcopy(raw)
-            for o in filter(None, overrides.split(",")):
-                apply_override(arm_raw, o)
-            arm_cfg = parse_config({**arm_raw, "control": True, "self_training": True})
-            engine.batch_size = arm_cfg.transfer.batch_size
-            specs = {arm: (loss, split) for arm, loss, split in run_arms(arm_cfg)}
-            loss, split = specs.get(name, specs["transfer"])
-            engine.set_start_copies((s["model"] for s in ckpt.load_set("start")[1]) if loss.start_copies else None)
-            res = train_arm(engine, arm_cfg, data, fresh_arm(engine, arm_cfg, ckpt, name), loss, lambda r: None, ckpt,
-                            split=split)
+        rows, val_rows, seconds = {}, {}, {}
+        for name, engine, cfg, data, res in seed_arms(base, seed, parse_arms(args.arm)):
+            labels = data.labels[data.splits[args.split]]
+            preds = engine.predict(args.split, cfg.eval_batch_size)
+            rows[name] = accuracy(preds, labels)
+            # Validation accuracy of every arm too, whatever --split reports: settings are chosen on it.
+            val_rows[name] = accuracy(engine.predict("val", cfg.eval_batch_size), data.labels[data.splits["val"]])
+            if res is None:  # the start
+                names = [p.name for p in cfg.participants]
+                # Complementary knowledge (Roth et al.): samples some other participant gets right and this one wrong.
+                comp = complementary(preds, labels)
+                print(f"  complementary knowledge at start: {[round(100 * c, 2) for c in comp]}; start {rows['start']}",
+                      flush=True)
+                continue
             seconds[name] = res.seconds
-            rows[name] = accuracy(engine.predict(args.split, cfg.eval_batch_size), labels)
-            val_rows[name] = accuracy(engine.predict("val", cfg.eval_batch_size), val_labels)
             gain = statistics.mean(a - c for a, c in zip(rows[name], rows["control"]))
             print(f"  {name:24s} {[round(100 * a, 2) for a in rows[name]]} mean vs control {100 * gain:+.2f} "
                   f"({res.seconds:.0f} s)", flush=True)

@@ -154,7 +154,9 @@ class Tracker:
         roles = wandb.Table(columns=["teacher"] + self.names,
                             data=[[t] + row for t, row in zip(self.names, summary["role_matrix"])])
         self.run.log({"results": table, "role_matrix_table": roles,
-                      "role_matrix": self._heat_map(summary["role_matrix"], "transfer, last epoch")})
+                      "role_matrix": self._heat_map(summary["role_matrix"], "transfer, last epoch"),
+                      **{f"role_matrix/{domain}": self._heat_map(matrix, f"transfer on {domain}, last epoch")
+                         for domain, matrix in (summary.get("role_matrix_per_domain") or {}).items()}})
         for arm, a in (summary.get("transfer_arms") or {}).items():  # the other transfer arms, each its own table
             rows = [[name, p[f"{m}_after"], p["kept_start"], p["delta"], p["delta_vs_control"]]
                     for name, p in a["participants"].items()]

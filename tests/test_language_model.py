@@ -192,3 +192,38 @@ def test_specialists_train_on_their_own_domain(lm_files, tmp_path):
     start = {n: p["metrics"]["start"] for n, p in json.loads((tmp_path / "run" / "summary.json").read_text())["participants"].items()}
     assert start["lm0"]["perplexity/animals"] < start["lm1"]["perplexity/animals"], start
     assert start["lm1"]["perplexity/code"] < start["lm0"]["perplexity/code"], start
+
+
+def test_an_lm_gang_survives_a_stopped_driver_and_a_killed_rank(lm_files, tmp_path, ray_instance):
+    """Checkpoints, resume, actor restarts and DeepSpeed gangs on a language model (float32, Ray): lm1 on a
+    ZeRO-2 gang of two ranks; the driver stops mid-transfer and the run is resumed; then rank 0 of the gang is
+    SIGKILLed (Ray restarts both ranks, every participant returns to the last checkpoint). Against the same
+    swarm of plain participants never stopped: the same per-step shares (the gang's all-reduce moves them by
+    float32 rounding), role matrices per domain and test measures."""
+    pytest.importorskip("deepspeed")  # the `deepspeed` extra; `make test` installs it
+    from kt_swarm.coordinator import run
+    from kt_swarm.rundir import RunDir, read_records
+    from support.hooks import Stop, killer, stop_at
+
+    model, domains = lm_files
+    raw = lm_config(model, domains, dtype="float32", control=False, transfer={"epochs": 2, "batch_size": 4},
+                    checkpoint={"every_steps": 2, "keep": 2})
+    raw["data"]["max_per_split"] = 12  # 3 steps an epoch
+    with RunDir(tmp_path / "plain") as rd:
+        plain = run(parse_config(raw), rd, "ray")
+    raw["participants"][1].update(deepspeed={"zero_optimization": {"stage": 2}}, ranks=2)
+    cfg = parse_config(raw)
+    with pytest.raises(Stop), RunDir(tmp_path / "gang") as rd:
+        run(cfg, rd, "ray", on_record=stop_at("transfer", epoch=0, step=1))
+    with RunDir(tmp_path / "gang", resume=True) as rd:
+        gang = run(cfg, rd, "ray", on_record=killer(["lm1"], "transfer", step=1, epoch=1))
+    assert gang["faults"]["restarts"] == {"lm0": 0, "lm1": 1, "lm2": 0} and gang["faults"]["resumes"] == 1
+    steps = lambda out: [r for r in read_records(out) if "losses" in r]
+    a, b = steps(tmp_path / "plain"), steps(tmp_path / "gang")
+    assert len(a) == 6 and [(r["epoch"], r["step"]) for r in a] == [(r["epoch"], r["step"]) for r in b]
+    for x, y in zip(a, b):
+        assert y["losses"] == pytest.approx(x["losses"], rel=1e-6), (x["epoch"], x["step"])
+    assert gang["role_matrix"] == plain["role_matrix"] and gang["role_matrix_per_domain"] == plain["role_matrix_per_domain"]
+    for name, p in plain["participants"].items():
+        for metric, value in p["metrics"]["transfer"].items():
+            assert gang["participants"][name]["metrics"]["transfer"][metric] == pytest.approx(value, rel=1e-5), (name, metric)

@@ -193,3 +193,34 @@ def test_trials_asha_stops_say_so_in_their_directories_and_in_sweep_md(tmp_path)
             assert t["params"]["participants.*.lr"] == 1e-9  # the one that cannot learn
         else:
             assert t["epochs"] == 3 and (trial_dir / "summary.json").exists() and not (trial_dir / "stopped.json").exists()
+
+
+def test_a_language_model_sweep_compares_token_and_sequence_units_on_validation_log_likelihood(tmp_path):
+    """Tiny LMs with the real SmolLM2 tokenizer, the local engine: a grid over the unit, chosen on the task's
+    headline (val_log_likelihood_mean, higher is better: it is negative), each trial a whole run."""
+    from support.tiny_lm import corpus, lm_config, tiny_lm
+
+    raw = lm_config(tiny_lm(tmp_path / "model"), corpus(tmp_path / "text"), n=2, control=False)
+    raw["data"]["max_per_split"] = 8
+    write_config(tmp_path / "lm.yaml", raw)
+    path = write(tmp_path, f"""
+        config: {tmp_path / 'lm.yaml'}
+        method: grid
+        parameters:
+          transfer.unit: {{values: [token, sequence]}}
+    """)
+    out = tmp_path / "out"
+    proc = kt_swarm("sweep", path, "--out", out, "--engine", "local", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "sweep.json").read_text())
+    trials = results["trials"]
+    assert results["metric"] == "val_log_likelihood_mean" and results["mode"] == "max"
+    assert sorted(t["params"]["transfer.unit"] for t in trials) == ["sequence", "token"]
+    for t in trials:
+        summary = json.loads((out / "trials" / t["trial"] / "summary.json").read_text())
+        config = yaml.safe_load((out / "trials" / t["trial"] / "config.yaml").read_text())
+        assert summary["task"] == "language_model" and config["transfer"]["unit"] == t["params"]["transfer.unit"]
+        assert t["val_log_likelihood_mean"] == pytest.approx(summary["val_log_likelihood_mean"])
+        assert t["val_log_likelihood_mean"] < 0  # nats a token
+    assert results["best"]["trial"] == max(trials, key=lambda t: t["val_log_likelihood_mean"])["trial"]
+    assert "val_log_likelihood_mean" in (out / "sweep.md").read_text()

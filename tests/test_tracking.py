@@ -105,3 +105,25 @@ def test_a_resumed_run_goes_on_as_the_same_wandb_run(handed, monkeypatch, tmp_pa
         assert steps == list(range(6)), (arm, steps)
         evals = [r["step"] for r in handed["log"] if f"wide/{arm}/val_accuracy" in r]
         assert len(evals) == len(set(evals)) == 3  # the start and two epochs
+
+
+def test_a_language_model_logs_perplexity_per_domain_and_who_taught_whom_on_each(handed, monkeypatch, tmp_path):
+    """Tiny random-weight LMs with the real SmolLM2 tokenizer, offline: the headline (log-likelihood), perplexity
+    per domain, a role-matrix heat map per domain every epoch and at the end, and the results table."""
+    from support.tiny_lm import corpus, lm_config, tiny_lm
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    raw = lm_config(tiny_lm(tmp_path / "model"), corpus(tmp_path / "text"), n=2, tracking={"wandb": {"project": "kt-test"}})
+    raw["data"]["max_per_split"] = 8
+    with RunDir(tmp_path / "run") as out:
+        summary = run(parse_config(raw), out, "local")
+    rows = handed["log"]
+    assert len([r for r in rows if "lm0/transfer/loss" in r]) == summary["steps"] == 2
+    for arm in ("transfer", "control"):
+        assert any(f"lm1/{arm}/val_log_likelihood" in r for r in rows), arm
+        assert any(f"lm0/{arm}/test_perplexity/code" in r and f"lm0/{arm}/test_perplexity/animals" in r for r in rows), arm
+    for domain in ("animals", "code"):  # every epoch's heat map per domain, and the last one's in the summary
+        assert any(isinstance(r.get(f"transfer/role_matrix/{domain}"), wandb.Image) for r in rows), domain
+    (final,) = [r for r in rows if "results" in r]
+    assert [row[0] for row in final["results"].data] == ["lm0", "lm1"]
+    assert all(isinstance(final[f"role_matrix/{d}"], wandb.Image) for d in ("animals", "code"))
