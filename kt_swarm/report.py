@@ -14,9 +14,11 @@ from matplotlib.figure import Figure
 
 from kt_swarm.errors import UserError
 from kt_swarm.rundir import atomic_write, read_records
-from kt_swarm.summary import (kept_note, marked, metric_name, metric_value, pct, scale, shown, transfer_arm_names, upgrade,
+from kt_swarm.summary import (AS_IS, kept_note, marked, metric_name, metric_value, pct, scale, shown, transfer_arm_names, upgrade,
                               with_arms)
 
+# What the metrics table beside the headline should warn of: the task's measures where lower is better.
+LOWER_IS_BETTER = {"saliency": "KLD: lower is better", "language_model": "perplexity: lower is better"}
 STYLE_NAMES = {"-": "solid", "-.": "dash-dot", "--": "dashed", ":": "dotted"}  # each arm's training curves
 
 
@@ -253,7 +255,7 @@ def report_markdown(summary: dict, config: str) -> str:
 Task {summary.get('task', 'classification')}, partitioned by {units(summary)}.
 Success rate (participants whose test {metric} went up): {100 * summary['success_rate']:.0f}%{'' if vs_control is None else f'; above their CE-only control: {100 * vs_control:.0f}%'}{'' if vs_self is None else f'; above self-training: {100 * vs_self:.0f}%'}.
 
-Test {metric} in % (the test split is never used for selection). Flips are against each participant's own
+Test {metric} {'in nats a token, higher is better' if summary.get('metric') in AS_IS else 'in %'} (the test split is never used for selection). Flips are against each participant's own
 starting predictions: + wrong before and right after, - right before and wrong after, per {units(summary)[:-1]}
 (segmentation: labelled pixel; none for saliency maps). Complementary: test {units(summary)} another participant
 got right and this one wrong, before transfer. Best epoch: the transfer epoch selection kept on validation (0: the start).
@@ -261,7 +263,7 @@ got right and this one wrong, before transfer. Best epoch: the transfer epoch se
          for arm, a in (summary.get("transfer_arms") or {}).items())}
 
 {summary_table(summary)}
-{f"{chr(10)}All of the task's metrics on test (KLD: lower is better){chr(10)}{chr(10)}{metrics_table(summary)}{chr(10)}"
+{f"{chr(10)}All of the task's metrics on test{''.join(f' ({w})' for w in [LOWER_IS_BETTER.get(summary.get('task'))] if w)}{chr(10)}{chr(10)}{metrics_table(summary)}{chr(10)}"
  if summary.get("task", "classification") != "classification" else ""}
 ![report](report.png)
 
@@ -344,6 +346,6 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
                       f"{'-' if vs is None else f'{100 * vs:.0f}%'} | {s.get('seconds', {}).get('total', 0):.0f} |")
     notes = [f"{label}: {kept_note(s, width=10_000)[0]}" for label, s in runs if kept_note(s)]
     (out / "compare.md").write_text("# kt-swarm runs side by side\n\nTest metric in % (each run's headline metric, "
-                                    "its `metric` column).\n\n" + "\n".join(totals) + "\n\n" + "\n".join(rows)
+                                    "its `metric` column; a log-likelihood in nats a token).\n\n" + "\n".join(totals) + "\n\n" + "\n".join(rows)
                                     + "".join(f"\n\n{n}" for n in notes) + "\n\n![compare](compare.png)\n")
     return [out / "compare.png", out / "compare.md"]

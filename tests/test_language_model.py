@@ -140,7 +140,9 @@ def test_a_run_writes_perplexity_per_domain_and_the_report(lm_files, tmp_path):
     metrics = summary["participants"]["lm0"]["metrics"]["transfer"]
     assert {"perplexity", "token_accuracy", "perplexity/animals", "perplexity/code"} <= set(metrics)
     assert metrics["perplexity"] == pytest.approx(2.718281828459045 ** -metrics["log_likelihood"])
-    assert (tmp_path / "run" / "report.md").is_file() and (tmp_path / "run" / "report.png").is_file()
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert (tmp_path / "run" / "report.png").is_file() and "perplexity/animals" in report
+    assert "Test log-likelihood in nats a token, higher is better" in report and "(perplexity: lower is better)" in report
     by_domain = summary["role_matrix_per_domain"]  # the transfer arm's, per domain: together, its role matrix
     assert set(by_domain) == {"animals", "code"}
     torch.testing.assert_close(torch.tensor(by_domain["animals"], dtype=torch.float64) + torch.tensor(by_domain["code"]),
