@@ -14,7 +14,7 @@ export RAY_USAGE_STATS_ENABLED=0 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 WANDB_MODE=
 config=benchmarks/configs/lm_gpu.yaml
 steps=300
 if [ "${DRY:-0}" = 1 ]; then
-  small=(--set 'participants.*.model_args={layers: 2}' --set data.text.block=64 --set data.max_per_split=16
+  small=(--set 'participants.*.model_args={layers: 2}' --set data.text.block=64 --set data.max_per_split=64
          --set data.eval_samples=8 --set resources.gpus_per_participant=0 --set device=cpu --set eval_batch_size=8)
   steps=2
 else
@@ -22,6 +22,6 @@ else
   small=()
 fi
 mkdir -p "$OUT"
-/usr/bin/time -v $PY -m kt_swarm run $config --out "$OUT/run" "${small[@]}" 2> "$OUT/run.time" | tail -12
+/usr/bin/time -v -o "$OUT/run.time" $PY -m kt_swarm run $config --out "$OUT/run" -q "${small[@]}"
 grep -E "Elapsed|Maximum resident" "$OUT/run.time"
 $PY benchmarks/lm_arms.py --config $config --steps $steps --out "$OUT/lm_arms" "${small[@]}" "$@" | tail -40
