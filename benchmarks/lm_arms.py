@@ -104,19 +104,21 @@ def plot(results: dict, out: Path) -> None:
     import numpy as np
 
     seeds, names, domains = list(results["seeds"]), results["names"], results["domains"]
-    arms = [a for a in results["seeds"][seeds[0]]["test"]]
+    arms = [a for a in results["seeds"][seeds[0]]["test"] if a not in ("start", "control")]
     first = results["seeds"][seeds[0]]["roles_by_domain"].get("token", {})
     fig, axes = plt.subplots(1, len(domains) + len(first), figsize=(5 * (len(domains) + len(first)), 4.2))
     width = 0.8 / len(arms)
-    for ax, d in zip(axes, domains):
+    for ax, d in zip(axes, domains):  # each arm against the control of its seed: the start is far off the scale
+        key = f"perplexity/{d}"
         for a, arm in enumerate(arms):
-            vals = [[results["seeds"][s]["test"][arm][f"perplexity/{d}"][i] for s in seeds if arm in results["seeds"][s]["test"]]
-                    for i in range(len(names))]
-            ax.bar(np.arange(len(names)) + (a - (len(arms) - 1) / 2) * width, [statistics.mean(v) for v in vals], width,
-                   yerr=[statistics.pstdev(v) if len(v) > 1 else 0 for v in vals], label=arm, capsize=2)
-        ax.set_yscale("log")
+            ratios = [[results["seeds"][s]["test"][arm][key][i] / results["seeds"][s]["test"]["control"][key][i]
+                       for s in seeds if arm in results["seeds"][s]["test"]] for i in range(len(names))]
+            ax.bar(np.arange(len(names)) + (a - (len(arms) - 1) / 2) * width, [statistics.mean(r) for r in ratios], width,
+                   yerr=[statistics.pstdev(r) if len(r) > 1 else 0 for r in ratios], label=arm, capsize=2)
+        ax.axhline(1.0, color="k", lw=0.8)
         ax.set_xticks(range(len(names)), names)
-        ax.set_title(f"test perplexity on {d} (lower is better)")
+        ax.set_ylabel("test perplexity / the control's")
+        ax.set_title(f"on {d}: below 1 beats the control")
     axes[0].legend(fontsize=8)
     for ax, (d, matrix) in zip(axes[len(domains):], first.items()):
         m = np.array(matrix)

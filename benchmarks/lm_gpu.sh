@@ -16,12 +16,12 @@ steps=300
 if [ "${DRY:-0}" = 1 ]; then
   small=(--set 'participants.*.model_args={layers: 2}' --set data.text.block=64 --set data.max_per_split=64
          --set data.eval_samples=8 --set resources.gpus_per_participant=0 --set device=cpu --set eval_batch_size=8)
-  steps=2
+  steps=2 small_study=(--seeds 0)
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || { echo "no GPU here (DRY=1 for a CPU dry run)" >&2; exit 2; }
-  small=()
+  small=() small_study=()
 fi
 mkdir -p "$OUT"
 /usr/bin/time -v -o "$OUT/run.time" $PY -m kt_swarm run $config --out "$OUT/run" -q "${small[@]}"
 grep -E "Elapsed|Maximum resident" "$OUT/run.time"
-$PY benchmarks/lm_arms.py --config $config --steps $steps --out "$OUT/lm_arms" "${small[@]}" "$@" | tail -40
+$PY benchmarks/lm_arms.py --config $config --steps $steps --out "$OUT/lm_arms" "${small[@]}" "${small_study[@]}" "$@" | tail -40
