@@ -61,24 +61,26 @@ def seed_arms(base: dict, seed: int, arms: list[tuple[str, str]]):
     t0 = time.perf_counter()
     engine = make_engine("local", cfg, data)
     names = [p.name for p in cfg.participants]
-    ckpt = Checkpoints(Path(tempfile.mkdtemp(prefix="kt-arms-")), "bench", names, keep=1)
-    save_start(engine, ckpt)  # every arm starts from these weights
-    print(f"seed {seed}: zoo ready in {time.perf_counter() - t0:.0f} s", flush=True)
-    yield "start", engine, cfg, data, None
-    for name, overrides in arms:
-        arm_raw = copy.deepcopy(raw)
-        for o in filter(None, overrides.split(",")):
-            apply_override(arm_raw, o)
-        baselines = {"control": True, **({"self_training": True} if cfg.task == "classification" else {})}
-        arm_cfg = parse_config({**arm_raw, **baselines})
-        engine.batch_size = arm_cfg.transfer.batch_size
-        specs = {arm: (loss, split) for arm, loss, split in run_arms(arm_cfg)}
-        loss, split = specs.get(name, specs["transfer"])
-        engine.set_start_copies((s["model"] for s in ckpt.load_set("start")[1]) if loss.start_copies else None)
-        res = train_arm(engine, arm_cfg, data, fresh_arm(engine, arm_cfg, ckpt, name), loss, lambda r: None, ckpt,
-                        split=split)
-        yield name, engine, arm_cfg, data, res
-
+    # The arms' checkpoints (start set, best epochs) only live while the seed runs: a language model's are
+    # gigabytes a seed, and the study filled the disk when they were kept.
+    with tempfile.TemporaryDirectory(prefix="kt-arms-") as tmp:
+        ckpt = Checkpoints(Path(tmp), "bench", names, keep=1)
+        save_start(engine, ckpt)  # every arm starts from these weights
+        print(f"seed {seed}: zoo ready in {time.perf_counter() - t0:.0f} s", flush=True)
+        yield "start", engine, cfg, data, None
+        for name, overrides in arms:
+            arm_raw = copy.deepcopy(raw)
+            for o in filter(None, overrides.split(",")):
+                apply_override(arm_raw, o)
+            baselines = {"control": True, **({"self_training": True} if cfg.task == "classification" else {})}
+            arm_cfg = parse_config({**arm_raw, **baselines})
+            engine.batch_size = arm_cfg.transfer.batch_size
+            specs = {arm: (loss, split) for arm, loss, split in run_arms(arm_cfg)}
+            loss, split = specs.get(name, specs["transfer"])
+            engine.set_start_copies((s["model"] for s in ckpt.load_set("start")[1]) if loss.start_copies else None)
+            res = train_arm(engine, arm_cfg, data, fresh_arm(engine, arm_cfg, ckpt, name), loss, lambda r: None, ckpt,
+                            split=split)
+            yield name, engine, arm_cfg, data, res
 
 def main() -> None:
     ap = argparse.ArgumentParser()
