@@ -56,32 +56,29 @@ def table(results: dict) -> tuple[str, dict]:
     names, domains = results["names"], results["domains"]
     specialty = results["specialty"]
     arms = [a for a in results["seeds"][seeds[0]]["test"]]
-    per = lambda arm, key, i: [results["seeds"][s]["test"][arm][key][i] for s in seeds if arm in results["seeds"][s]["test"]]
-    mean_ppl = lambda arm, i: [over_domains(results["seeds"][s]["test"][arm], domains)[i]
-                               for s in seeds if arm in results["seeds"][s]["test"]]
+    test = lambda s, arm: results["seeds"][s]["test"][arm]
     lines = [f"| arm | participant | {' | '.join('ppl ' + d for d in domains)} | mean ppl over domains | vs control | "
              f"bar | own domain vs start |", "|---" * (len(domains) + 6) + "|"]
     verdict = {}
     for arm in arms:
+        ran = [s for s in seeds if arm in results["seeds"][s]["test"]]  # dense: seed 0 only
         for i, name in enumerate(names):
-            cells = [f"{m:,.0f} ± {sd:,.0f}" for m, sd in (mean_sd(per(arm, f"perplexity/{d}", i)) for d in domains)]
-            ours, ctrl = mean_ppl(arm, i), mean_ppl("control", i)
+            cells = [f"{m:,.0f} ± {sd:,.0f}" for m, sd in (mean_sd([test(s, arm)[f"perplexity/{d}"][i] for s in ran])
+                                                              for d in domains)]
+            ours = [over_domains(test(s, arm), domains)[i] for s in ran]
             m, sd = mean_sd(ours)
             vs, bar, own = "", "", ""
             if arm not in ("start", "control"):
-                ctrl_seeds = [c for s, c in zip(seeds, mean_ppl("control", i)) if arm in results["seeds"][s]["test"]]
-                diff = [o - c for o, c in zip(ours, ctrl_seeds)]
-                d_m, d_sd = mean_sd(diff)
-                spread = max(sd, mean_sd(ctrl_seeds)[1])
-                ok = len(ours) > 1 and d_m < -spread
-                vs, bar = f"{d_m:+,.0f} ± {d_sd:,.0f}", ("met" if ok else "not met" if len(ours) > 1 else "one seed")
+                ctrl = [over_domains(test(s, "control"), domains)[i] for s in ran]
+                d_m, d_sd = mean_sd([o - c for o, c in zip(ours, ctrl)])
+                ok = len(ran) > 1 and d_m < -max(sd, mean_sd(ctrl)[1])
+                vs, bar = f"{d_m:+,.0f} ± {d_sd:,.0f}", ("met" if ok else "not met" if len(ran) > 1 else "one seed")
                 if specialty[i]:
                     key = f"perplexity/{specialty[i]}"
-                    worse = statistics.mean(results["seeds"][s]["test"][arm][key][i] - results["seeds"][s]["test"]["start"][key][i]
-                                            for s in seeds if arm in results["seeds"][s]["test"])  # the arm's seeds only
+                    worse = statistics.mean(test(s, arm)[key][i] - test(s, "start")[key][i] for s in ran)
                     own = f"{worse:+,.0f}" + (" (worse)" if worse > 0 else "")
                     ok = ok and worse <= 0
-                if len(ours) > 1:  # a one-seed arm (dense) has no spread to beat
+                if len(ran) > 1:  # a one-seed arm (dense) has no spread to beat
                     verdict.setdefault(arm, []).append(ok)
             lines.append(f"| {arm} | {name} | {' | '.join(cells)} | {m:,.0f} ± {sd:,.0f} | {vs} | {bar} | {own} |")
     return "\n".join(lines), {arm: all(v) for arm, v in verdict.items()}

@@ -18,7 +18,7 @@ from kt_swarm.summary import (AS_IS, kept_note, marked, metric_name, metric_valu
                               with_arms)
 
 # What the metrics table beside the headline should warn of: the task's measures where lower is better.
-LOWER_IS_BETTER = {"saliency": "KLD: lower is better", "language_model": "perplexity: lower is better"}
+LOWER_IS_BETTER = {"saliency": " (KLD: lower is better)", "language_model": " (perplexity: lower is better)"}
 STYLE_NAMES = {"-": "solid", "-.": "dash-dot", "--": "dashed", ":": "dotted"}  # each arm's training curves
 
 
@@ -263,7 +263,7 @@ got right and this one wrong, before transfer. Best epoch: the transfer epoch se
          for arm, a in (summary.get("transfer_arms") or {}).items())}
 
 {summary_table(summary)}
-{f"{chr(10)}All of the task's metrics on test{''.join(f' ({w})' for w in [LOWER_IS_BETTER.get(summary.get('task'))] if w)}{chr(10)}{chr(10)}{metrics_table(summary)}{chr(10)}"
+{f"{chr(10)}All of the task's metrics on test{LOWER_IS_BETTER.get(summary.get('task'), '')}{chr(10)}{chr(10)}{metrics_table(summary)}{chr(10)}"
  if summary.get("task", "classification") != "classification" else ""}
 ![report](report.png)
 
