@@ -223,4 +223,4 @@ def units_per_image(cfg: Config, data: Dataset) -> float:
         return float((data.target(train) >= 0).sum()) / len(train)
     if cfg.transfer.unit != "pixel":
         return 1.0
-    return float((data.targets[train] != data.ignore_index).sum()) / len(train)
+    return data.labelled_pixels("train") / len(train)

@@ -4,7 +4,10 @@ Below both engines: the local engine calls it in the driver, each Ray actor in i
 """
 from __future__ import annotations
 
+import copy
+
 import torch
+from torch import nn
 
 from kt_swarm import zoo
 from kt_swarm.config import Config
@@ -21,8 +24,9 @@ def member_seed(cfg: Config, index: int) -> int:
     return cfg.seed * 1000 + index
 
 
-def build_participant(cfg: Config, index: int, data: Dataset) -> Participant:
-    """Participant `index`: its model (seeded), preprocessing, dtype and device; not yet pretrained."""
+def build_participant(cfg: Config, index: int, data: Dataset, given: nn.Module | None = None) -> Participant:
+    """Participant `index`: its model (seeded; or a copy of `given`, an nn.Module built by the user), preprocessing,
+    dtype and device; not yet pretrained."""
     spec = cfg.participants[index]
     dtype = getattr(torch, cfg.dtype)
     device = resolve_device(cfg.device)
@@ -31,7 +35,7 @@ def build_participant(cfg: Config, index: int, data: Dataset) -> Participant:
                                  f"participant '{spec.name}'")
         prep = TokenInput(dtype)
     else:
-        model, prep = _vision_model(cfg, index, data, dtype)
+        model, prep = _vision_model(cfg, index, data, dtype, given)
     model = model.to(device=device, dtype=dtype)
     autocast = getattr(torch, cfg.autocast) if cfg.autocast else None
     hosted = ds_config(spec.deepspeed, cfg.transfer.batch_size, spec.ranks) if spec.deepspeed is not None else None
@@ -39,14 +43,19 @@ def build_participant(cfg: Config, index: int, data: Dataset) -> Participant:
                        rng=seeded_rng(member_seed(cfg, index), device))
 
 
-def _vision_model(cfg: Config, index: int, data: Dataset, dtype: torch.dtype) -> tuple:
-    """A timm (or import-path) model for the data's channels and classes, and its preprocessing."""
+def _vision_model(cfg: Config, index: int, data: Dataset, dtype: torch.dtype, given: nn.Module | None) -> tuple:
+    """A timm (or import-path, or given) model for the data's channels and classes, and its preprocessing."""
     spec = cfg.participants[index]
     in_chans = spec.in_chans or data.channels
     if data.channels not in (1, in_chans):
         raise UserError(f"participant '{spec.name}': in_chans {in_chans} for {data.channels}-channel images "
                         f"(only grayscale goes to 3 channels)")
-    model = create_model(spec, num_classes=data.num_classes, in_chans=in_chans, seed=member_seed(cfg, index), task=cfg.task)
+    if given is not None:  # a copy: training must not change the caller's module (a resume starts from it again)
+        torch.manual_seed(member_seed(cfg, index))
+        model = copy.deepcopy(given)
+    else:
+        model = create_model(spec, num_classes=data.num_classes, in_chans=in_chans, seed=member_seed(cfg, index),
+                             task=cfg.task)
     return model, preprocess_for(model, spec, in_chans=in_chans, image_size=data.image_size, dtype=dtype)
 
 
@@ -75,4 +84,6 @@ def check_classes(widths: dict[str, int], num_classes: int) -> None:
     """Participants must agree with each other, and with the data, on the classes."""
     if len(set(widths.values())) > 1 or num_classes not in widths.values():
         listed = ", ".join(f"{k}={v}" for k, v in widths.items())
-        raise UserError(f"participants disagree on the number of classes ({listed}; the data has {num_classes})")
+        odd = next((k for k, v in widths.items() if v != num_classes), None)
+        raise UserError(f"participant '{odd}' outputs {widths[odd]} classes; the data has {num_classes} ({listed})" if odd
+                        else f"participants disagree on the number of classes ({listed}; the data has {num_classes})")

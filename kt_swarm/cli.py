@@ -103,8 +103,8 @@ def _sweep(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import yaml
 
-    from kt_swarm.config import load_config, to_dict
-    from kt_swarm.rundir import RunDir, is_resumable
+    from kt_swarm.config import to_dict
+    from kt_swarm.rundir import is_resumable
 
     if args.fork:
         if args.config or args.resume or args.dry_run:
@@ -113,18 +113,10 @@ def _run(args: argparse.Namespace) -> int:
 
         out = Path(args.out or Path("runs") / f"{Path(args.fork).name}-fork-{time.strftime('%Y%m%d-%H%M%S')}")
         cfg, run_dir = prepare_fork(Path(args.fork), args.overrides + args.assignments, out)
-    elif args.resume:
-        if args.config or args.out or args.overrides or args.assignments:
-            raise UserError("--resume continues with the run's own config.yaml: give no CONFIG, --out or overrides")
-        out = Path(args.resume)
-        run_dir = RunDir(out, resume=True)  # checks it is an unfinished run directory; creates nothing
-        cfg = load_config(out / "config.yaml")
-    else:
-        if not args.config:
-            raise UserError("run needs a CONFIG (or --resume RUN_DIR)")
-        cfg = load_config(args.config, args.overrides + args.assignments)
-        out = Path(args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir = RunDir(out)
+    else:  # the same opening as kt_swarm.run's, so the two cannot drift apart
+        from kt_swarm.api import open_run
+
+        cfg, run_dir, out = open_run(args.config or None, args.overrides + args.assignments, args.out, args.resume)
     from kt_swarm.coordinator import run
     from kt_swarm.summary import format_table
 

@@ -155,10 +155,10 @@ class ScenesConfig(Section):
     max_items: Count = Field(3, description="1 to max_items items per scene")
 
 
-DATA_KINDS = {  # which data kinds each task reads
-    "classification": ("fashion_mnist", "folder"),
-    "segmentation": ("scenes", "segmentation_folder"),
-    "saliency": ("scenes", "saliency_folder"),
+DATA_KINDS = {  # which data kinds each task reads (python, huggingface: sources.py)
+    "classification": ("fashion_mnist", "folder", "python", "huggingface"),
+    "segmentation": ("scenes", "segmentation_folder", "python", "huggingface"),
+    "saliency": ("scenes", "saliency_folder", "python", "huggingface"),
     "language_model": ("text",),
 }
 UNITS = {"classification": ("sample",), "segmentation": ("pixel", "image"), "saliency": ("sample",),
@@ -179,14 +179,34 @@ class TextConfig(Section):
                                         "seed's order")
 
 
+class ColumnsConfig(Section):
+    """data.kind huggingface: which columns of the dataset hold what."""
+
+    image: Str = Field("image", description="the input images (an Image feature, or arrays)")
+    label: Str = Field("label", description="classification: the class (a ClassLabel feature names the classes)")
+    target: Str | None = Field(None, description="segmentation: the mask column; saliency: the map column (required "
+                               "for those tasks)")
+
+
+FACTORY = r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*"  # pkg.module:function
+
+
 class DataConfig(Section):
     """The dataset and its splits."""
 
-    kind: Literal["fashion_mnist", "folder", "scenes", "segmentation_folder", "saliency_folder", "text"] = Field(
-        "fashion_mnist", description="the dataset: classification reads fashion_mnist or folder, segmentation "
-        "scenes or segmentation_folder, saliency scenes or saliency_folder, language_model text")
+    kind: Literal["fashion_mnist", "folder", "scenes", "segmentation_folder", "saliency_folder", "text", "python",
+                  "huggingface"] = Field(
+        "fashion_mnist", description="the dataset: classification reads fashion_mnist, folder, python or huggingface; "
+        "segmentation scenes, segmentation_folder, python or huggingface; saliency scenes, saliency_folder, python or "
+        "huggingface; language_model text (docs/own-data.md)")
     root: Str | None = Field(None, description="where the data is; fashion_mnist, scenes: searched in $KT_SWARM_DATA "
-                             "and the Debian path when unset")
+                             "and the Debian path when unset; huggingface: a save_to_disk folder or Parquet files")
+    factory: Str | None = Field(None, description="kind python: `pkg.module:function` returning the splits "
+                                "(docs/own-data.md); `given` when kt_swarm.run(data=...) was handed them")
+    args: Data = Field({}, description="kind python: keyword arguments of the factory (plain YAML data)")
+    classes: list[Str] | None = Field(None, description="kinds python, huggingface: the class names in label order; "
+                                      "default: what the data says, else 0 .. the largest label")
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig, description="kind huggingface: the columns read")
     scenes: ScenesConfig = Field(default_factory=ScenesConfig, description="kind scenes: how the scenes are composed")
     text: TextConfig = Field(default_factory=TextConfig, description="kind text: the domains and their blocks")
     ignore_index: Int = Field(255, ge=0, le=255, description="segmentation masks: the label of pixels no loss or "
@@ -206,6 +226,14 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _transfer_data_left(self) -> DataConfig:
+        if self.kind == "python" and self.factory is None:
+            raise _bad("data.kind python needs data.factory (pkg.module:function)", "factory")
+        if self.factory is not None and self.kind != "python":
+            raise _bad(f"is read by data.kind python only, but data.kind is {self.kind}", "factory")
+        if self.factory is not None and self.factory != "given" and not re.fullmatch(FACTORY, self.factory):
+            raise _bad(f"expected pkg.module:function, got {_short(self.factory)}", "factory")
+        if self.kind == "huggingface" and not self.root:
+            raise _bad("data.kind huggingface needs data.root (a save_to_disk folder or Parquet files)", "root")
         if self.val_fraction + self.pretrain_fraction >= 1:
             raise _bad(f"data.val_fraction {self.val_fraction} + data.pretrain_fraction {self.pretrain_fraction} "
                        f"leave no transfer data", "pretrain_fraction")
@@ -254,7 +282,7 @@ class ParticipantConfig(Section):
 
     name: Name = Field(description="names its files, metrics and W&B keys: letters, digits, '_', '.' and '-', unique (case too)")
     model: Str = Field(description="timm name (`resnet18`, `timm/resnet18`) or import path `pkg.module:factory`; "
-                       "language_model: a model directory, a .gguf file (`package:name/file.gguf` inside an installed "
+                       "`given`: an nn.Module handed to kt_swarm.run(models=...) (docs/python-api.md); language_model: a model directory, a .gguf file (`package:name/file.gguf` inside an installed "
                        "package) or an import path")
     lr: Positive = Field(description="learning rate in every arm")
     weights: Str | None = Field(None, description="pretrained (hub) | zoo | none | path to a weight file; default per model kind")
@@ -281,6 +309,9 @@ class ParticipantConfig(Section):
         for stat in ("mean", "std"):
             if getattr(self, stat) is not None and len(getattr(self, stat)) not in (1, 3):
                 raise _bad("expected 1 or 3 values", stat)
+        if self.model == "given" and self.weights is not None:
+            raise _bad(f"a given nn.Module comes with its own weights, got weights {_short(self.weights)} (zoo: true "
+                       f"fine-tunes it on the pretraining split first)", "weights")
         if self.weights_map is None:
             return self
         if self.weights_map != "order" and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.weights_map):
@@ -530,7 +561,10 @@ class Config(Section):
         have (no unlabelled pixels, no class scores to calibrate); autocast over float32 master weights."""
         task, t = self.task, self.transfer
         if self.data.kind not in DATA_KINDS[task]:
-            raise _bad(f"task {task} reads {' or '.join(DATA_KINDS[task])}, got {self.data.kind}", "data.kind")
+            raise _bad(f"task {task} reads {', '.join(DATA_KINDS[task])}, got {self.data.kind}", "data.kind")
+        if self.data.kind == "huggingface" and task != "classification" and self.data.columns.target is None:
+            raise _bad(f"task {task} reads its {'masks' if task == 'segmentation' else 'maps'} from a column: name it",
+                       "data.columns.target")
         t.unit = t.unit or UNITS[task][0]
         if t.unit not in UNITS[task]:
             raise _bad(f"task {task} partitions by {' or '.join(UNITS[task])}, got {t.unit}", "transfer.unit")
@@ -701,6 +735,11 @@ def parse_config(raw: Any, overrides: list[str] = ()) -> Config:
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    return parse_config(read_config_file(path), overrides)
+
+
+def read_config_file(path: str | Path) -> Any:
+    """A config file's YAML, as plain data (not yet validated)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -719,7 +758,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         raise UserError(f"config file '{path}': YAML nested too deeply") from None
     except Exception as e:  # PyYAML's constructors raise anything on `!!int x`, `!!timestamp x`, 2001-02-30, 5000 digits
         raise UserError(f"config file '{path}': bad YAML value ({type(e).__name__}): {first_line(e)[:200]}") from None
-    return parse_config(raw, overrides)
+    return raw
 
 
 def to_dict(cfg: Config) -> dict:

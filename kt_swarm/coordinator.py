@@ -56,7 +56,7 @@ def write_examples(out: RunDir, data: Dataset, examples: dict[str, torch.Tensor]
     ids = data.splits["test"][:EXAMPLES]
     truth = data.target(ids)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, images=data.images[ids].numpy(), truth=truth.numpy(),
+    np.savez_compressed(buffer, images=data.pixels(ids).numpy(), truth=truth.numpy(),
                         **{f"arm_{arm}": v.numpy() for arm, v in examples.items()})
     out.write_bytes("examples.npz", buffer.getvalue())
 
@@ -80,14 +80,17 @@ def check_engine(name: str, cfg: Config) -> None:
                             f"use --engine ray (not {name})")
 
 
-def make_engine(name: str, cfg: Config, data: Dataset, address: str | None = None, pretrain: bool = True) -> Engine:
+def make_engine(name: str, cfg: Config, data: Dataset, address: str | None = None, pretrain: bool = True,
+                models: dict[int, torch.nn.Module] | None = None) -> Engine:
     """`local`: every participant in this process. `ray`: one Ray actor per participant. Without
-    `pretrain`, zoo members are left untrained (a resumed run loads its checkpoint into them)."""
+    `pretrain`, zoo members are left untrained (a resumed run loads its checkpoint into them). `models`:
+    participants given as built nn.Modules (kt_swarm.run), by index."""
+    models = models or {}
     if name == "ray":
         from kt_swarm.swarm import RaySwarm
 
-        return RaySwarm(cfg, data, address=address, pretrain=pretrain)
-    participants = [build_participant(cfg, i, data) for i in range(len(cfg.participants))]
+        return RaySwarm(cfg, data, address=address, pretrain=pretrain, models=models)
+    participants = [build_participant(cfg, i, data, models.get(i)) for i in range(len(cfg.participants))]
     check_classes({p.name: p.output_width(data) for p in participants}, data.num_classes)
     if pretrain:  # every model is checked (above) before the slow pretraining of any
         for i, p in enumerate(participants):
@@ -197,23 +200,26 @@ def run_swarm(engine: Engine, cfg: Config, data: Dataset, out: RunDir, ckpt: Che
 
 
 def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None = None,
-        on_record: Callable[[dict], None] | None = None) -> dict:
+        on_record: Callable[[dict], None] | None = None, models: dict[str, torch.nn.Module] | None = None,
+        data_given=None) -> dict:
     """The main job. Writes config.yaml, metrics.jsonl, checkpoints/, summary.json and report.{png,md}
     into `out`, tracks the run in W&B when the config asks, and returns the summary. Continues from
     the last checkpoint when `out` was opened to resume. `on_record` also receives every metrics
-    record (a sweep trial reports its epochs to Ray Tune through it)."""
+    record (a sweep trial reports its epochs to Ray Tune through it). `models` (participants' nn.Modules
+    by name) and `data_given` (a factory or the splits) are what kt_swarm.run was handed."""
     import yaml
 
     t_start = time.perf_counter()
     check_engine(engine_name, cfg)
     if not out.resume:
         out.write_text("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    models = models or {}
     for spec in cfg.participants:
-        check_model_name(spec, cfg.task)
+        check_model_name(spec, cfg.task, given=spec.name in models)
     names = [p.name for p in cfg.participants]
     # A damaged or foreign checkpoint is refused here, before anything starts.
     ckpt = Checkpoints(out.path / "checkpoints", config_digest(to_dict(cfg)), names, cfg.checkpoint.keep)
-    data = load_dataset(cfg.data, cfg.task, text_tokenizer(cfg))
+    data = load_dataset(cfg.data, cfg.task, text_tokenizer(cfg), given=data_given)
     if any(trains_first(p) for p in cfg.participants) and len(data.splits["pretrain"]) == 0:
         raise UserError("participants use weights: zoo (or zoo: true) but data.pretrain_fraction is 0 (no pretraining split)")
     width = data.image_size**2 if cfg.task == "saliency" else data.num_classes  # what a unit's distribution is over
@@ -232,7 +238,8 @@ def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None 
 
     try:
         t0 = time.perf_counter()
-        engine = make_engine(engine_name, cfg, data, address, pretrain=ckpt.latest is None)
+        engine = make_engine(engine_name, cfg, data, address, pretrain=ckpt.latest is None,
+                             models={names.index(n): m for n, m in models.items()})
         t_zoo = time.perf_counter() - t0
         try:
             state = run_swarm(engine, cfg, data, out, ckpt, log)

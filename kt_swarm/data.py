@@ -15,8 +15,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,9 +42,9 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 @dataclass
 class Dataset:
-    """All images of a dataset in memory, with named splits as index tensors."""
+    """A dataset's images (in memory, or read lazily by `items`) with named splits as index tensors."""
 
-    images: torch.Tensor  # uint8 [n, C, H, W]
+    images: torch.Tensor  # uint8 [n, C, H, W]; lazy (items) and text: empty [0, C, H, W], the shape of one
     labels: torch.Tensor  # int64 [n] (dense tasks: 0, every image labelled; their targets are below)
     classes: list[str]
     splits: dict[str, torch.Tensor]  # pretrain (may be empty), train, val, test -> ids into images
@@ -54,6 +55,29 @@ class Dataset:
     ignore_index: int = 255
     tokens: torch.Tensor | None = None  # text (text.py): int64 [n, block + 1] token blocks, -1 padding; images empty
     vocab: int = 0  # text: the tokenizer's vocabulary, the width of every participant's outputs
+    items: Any = None  # data.kind python / huggingface given as Datasets: sources.LazyItems reads batches on demand
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def open(self) -> None:
+        """Read what a lazy dataset needs in this process (a Ray actor calls its factory again) before any batch."""
+        if self.items is not None:
+            self.items.open()
+
+    def pixels(self, ids: torch.Tensor) -> torch.Tensor:
+        """The images of these ids, uint8 [B, C, H, W], not augmented."""
+        return self.images[ids] if self.items is None else self.items.pixels(ids)
+
+    def dense(self, ids: torch.Tensor) -> torch.Tensor:
+        """Dense tasks: the masks or maps of these ids, uint8 [B, H, W], not augmented."""
+        return self.targets[ids] if self.items is None else self.items.dense(ids)
+
+    def labelled_pixels(self, split: str) -> int:
+        """Segmentation: the pixels of a split's masks that are not ignore_index (read once, in chunks)."""
+        if split not in self._memo:
+            ids = self.splits[split]
+            self._memo[split] = sum(int((self.dense(ids[i:i + 1024]) != self.ignore_index).sum())
+                                    for i in range(0, len(ids), 1024))
+        return self._memo[split]
 
     @property
     def num_classes(self) -> int:
@@ -71,9 +95,14 @@ class Dataset:
     def fingerprint(self, ids: torch.Tensor) -> str:
         """Content hash of these samples (images and labels): a cache key for what was trained on them."""
         h = hashlib.sha256()
-        h.update(self.images[ids].numpy().tobytes() if self.tokens is None else self.tokens[ids].numpy().tobytes())
+        if self.items is not None:  # not every item read again: the source, the ids and a few items' pixels
+            h.update(self.items.identity().encode())
+            h.update(ids.numpy().tobytes())
+            h.update(self.pixels(ids[torch.linspace(0, len(ids) - 1, min(len(ids), 16)).long()]).numpy().tobytes())
+        else:
+            h.update(self.images[ids].numpy().tobytes() if self.tokens is None else self.tokens[ids].numpy().tobytes())
         h.update(self.labels[ids].numpy().tobytes())
-        if self.targets is not None:
+        if self.targets is not None and self.items is None:
             h.update(self.targets[ids].numpy().tobytes())
         return h.hexdigest()[:16]
 
@@ -83,7 +112,7 @@ class Dataset:
         token: causal attention keeps it from every scored position)."""
         if self.tokens is not None:
             return self.tokens[ids, :-1].clamp(min=0)
-        return augment_images(self.images[ids], plan) if plan is not None else self.images[ids]
+        return augment_images(self.pixels(ids), plan) if plan is not None else self.pixels(ids)
 
     def truth(self, ids: torch.Tensor) -> torch.Tensor:
         """What the metrics compare predictions with (metrics.py): the target, or (text) each block's domain."""
@@ -95,9 +124,9 @@ class Dataset:
         brings in); density maps float32 [B, H, W]; text: each position's next token [B, T] (-1: none)."""
         if self.tokens is not None:
             return self.tokens[ids, 1:]
-        if self.targets is None:
+        if self.task == "classification":
             return self.labels[ids]
-        dense = self.targets[ids].unsqueeze(1)
+        dense = self.dense(ids).unsqueeze(1)
         if plan is not None:
             dense = augment_images(dense, plan, fill=self.ignore_index if self.task == "segmentation" else 0)
         dense = dense.squeeze(1)
@@ -120,6 +149,7 @@ class Loaded:
     labels: torch.Tensor | None = None  # classification: int64 [n]
     targets: torch.Tensor | None = None  # dense tasks: uint8 [n, H, W] masks or maps
     skipped: int = 0  # corrupt files skipped (data.skip_corrupt)
+    items: Any = None  # sources.LazyItems: images (and targets) read on demand; `images` is then empty
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -332,8 +362,9 @@ def _to_uint8(picture, gray: bool, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(picture.resize(size) if picture.size != size else picture)
 
 
-def load_dataset(cfg: DataConfig, task: str = "classification", tokenizer=None) -> Dataset:
-    """The dataset with its splits carved (text: `tokenizer` cuts it, lm.load_tokenizer)."""
+def load_dataset(cfg: DataConfig, task: str = "classification", tokenizer=None, given: Any = None) -> Dataset:
+    """The dataset with its splits carved (text: `tokenizer` cuts it, lm.load_tokenizer; kind python: `given` is
+    what kt_swarm.run(data=...) was handed, a factory or the splits)."""
     if cfg.kind == "text":
         from kt_swarm.text import load_text  # tokenizers and their files: only for text
 
@@ -346,10 +377,21 @@ def load_dataset(cfg: DataConfig, task: str = "classification", tokenizer=None) 
         loaded = _load_folder(cfg)
     elif cfg.kind == "scenes":
         loaded = _load_scenes(cfg, task)
+    elif cfg.kind in ("python", "huggingface"):
+        from kt_swarm import sources  # the user's code, and the datasets package: only for these kinds
+
+        if cfg.kind == "huggingface":
+            loaded = sources.load_python(cfg, task, sources.hf_splits, sources.huggingface_args(cfg, task))
+        elif cfg.factory == "given" and given is None:
+            raise UserError("data.factory: given means data handed to kt_swarm.run(data=...): resume this run from "
+                            "Python with the same data")
+        else:
+            loaded = sources.load_python(cfg, task, given if given is not None else cfg.factory, cfg.args)
     else:
         loaded = _load_dense_folder(cfg, task)
     images, splits, classes, source = loaded.images, loaded.splits, loaded.classes, loaded.source
-    labels = loaded.labels if loaded.labels is not None else torch.zeros(len(images), dtype=torch.long)
+    n_items = len(loaded.items) if loaded.items is not None else len(images)
+    labels = loaded.labels if loaded.labels is not None else torch.zeros(n_items, dtype=torch.long)
     if images.shape[2] != images.shape[3]:
         raise UserError(f"dataset '{source}': images must be square, got {tuple(images.shape[2:])}")
     # Carve val (if absent) and the zoo's pretraining part from train, with a seed of their own so
@@ -358,17 +400,21 @@ def load_dataset(cfg: DataConfig, task: str = "classification", tokenizer=None) 
     train = splits["train"][torch.randperm(len(splits["train"]), generator=g)]
     n = len(train)
     n_val = 0 if "val" in splits else round(cfg.val_fraction * n)
-    n_pre = round(cfg.pretrain_fraction * n)
+    if "pretrain" in splits and cfg.pretrain_fraction:
+        raise UserError(f"dataset '{source}' has its own pretrain split; data.pretrain_fraction must be 0, "
+                        f"got {cfg.pretrain_fraction}")
+    n_pre = 0 if "pretrain" in splits else round(cfg.pretrain_fraction * n)
     if "val" not in splits:
         splits["val"] = train[:n_val]
-    splits["pretrain"] = train[n_val : n_val + n_pre]
+    if "pretrain" not in splits:
+        splits["pretrain"] = train[n_val : n_val + n_pre]
     splits["train"] = train[n_val + n_pre :]
-    return _finish(cfg, images, labels, classes, splits, source, task, loaded.skipped, loaded.targets)
+    return _finish(cfg, images, labels, classes, splits, source, task, loaded.skipped, loaded.targets, items=loaded.items)
 
 
 def _finish(cfg: DataConfig, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
             splits: dict[str, torch.Tensor], source: str, task: str, skipped: int = 0, targets: torch.Tensor | None = None,
-            tokens: torch.Tensor | None = None, vocab: int = 0) -> Dataset:
+            tokens: torch.Tensor | None = None, vocab: int = 0, items: Any = None) -> Dataset:
     """The carved splits capped, checked and their hidden labels drawn: the Dataset."""
     if cfg.max_per_split:
         splits = {k: v[: cfg.max_per_split] for k, v in splits.items()}
@@ -380,7 +426,7 @@ def _finish(cfg: DataConfig, images: torch.Tensor, labels: torch.Tensor, classes
         if len(splits[name]) == 0:
             raise UserError(f"dataset '{source}': the {name} split is empty (check data.val_fraction / pretrain_fraction)")
     labels = hide_labels(labels, splits, cfg.unlabelled_fraction, cfg.split_seed)
-    return Dataset(images, labels, classes, splits, skipped, source, task, targets, cfg.ignore_index, tokens, vocab)
+    return Dataset(images, labels, classes, splits, skipped, source, task, targets, cfg.ignore_index, tokens, vocab, items)
 
 
 def hide_labels(labels: torch.Tensor, splits: dict[str, torch.Tensor], fraction: float, seed: int) -> torch.Tensor:

@@ -25,8 +25,17 @@ from kt_swarm.errors import UserError, first_line, one_line
 from kt_swarm.weights_map import map_state, resolve
 
 
-def check_model_name(spec: ParticipantConfig, task: str = "classification") -> None:
-    """Fail fast on a model that cannot exist, before any data is loaded."""
+def check_model_name(spec: ParticipantConfig, task: str = "classification", given: bool = False) -> None:
+    """Fail fast on a model that cannot exist, before any data is loaded (`given`: an nn.Module was handed to
+    kt_swarm.run for this participant)."""
+    if spec.model == "given" or given:
+        if task == "language_model":
+            raise UserError(f"participant '{spec.name}': kt_swarm.run(models=...) takes vision models; a language "
+                            f"model is a directory, a .gguf file or an import path")
+        if not given:
+            raise UserError(f"participant '{spec.name}': model: given is an nn.Module handed to kt_swarm.run(models=...);"
+                            f" run (or resume) it from Python with the same models")
+        return
     if task == "language_model":  # a directory, a GGUF file or an import path (lm.py); its files are read later
         if is_import_path(spec.model):
             import_factory(spec.model, spec.name)
@@ -52,6 +61,8 @@ def default_weights(spec: ParticipantConfig) -> str:
     import paths."""
     if spec.weights:
         return spec.weights
+    if spec.model == "given":  # built by the user's code, with whatever weights it has: counts as pretrained
+        return "given"
     return "none" if is_import_path(spec.model) else "pretrained"
 
 

@@ -49,10 +49,20 @@ def cache_key(spec: ParticipantConfig, participant: Participant, cfg: ZooConfig,
         seed=seed,
     )
     start = default_weights(spec)
-    if start not in ("zoo", "none"):  # (a key without this field is a member trained from random weights)
+    if start == "given":  # an nn.Module built by the user's code: what it is and holds
+        fields["start"] = [type(participant.model).__qualname__, _state_digest(participant.model)]
+    elif start not in ("zoo", "none"):  # (a key without this field is a member trained from random weights)
         fields["start"] = [start if start == "pretrained" else _file_digest(Path(start)), spec.weights_map]
     text = json.dumps(fields, sort_keys=True, default=str)
     return f"{spec.model.replace('/', '_').replace(':', '_')}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def _state_digest(model) -> str:
+    h = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _file_digest(path: Path) -> str:

@@ -77,7 +77,7 @@ def test_overrides_reach_nested_keys_and_list_items():
     ("participants.0.zoo=yes please", "'participants.0.zoo': expected bool"),
     ("transfer.top_k=0", "'transfer.top_k': must be positive"),
     ("transfer.top_k=4 & transfer.detach_teacher=false", "'transfer.detach_teacher': top_k sends each teacher's top k"),
-    ("data.kind=text", "'data.kind': task classification reads fashion_mnist or folder, got text"),
+    ("data.kind=text", "'data.kind': task classification reads fashion_mnist, folder, python, huggingface, got text"),
     ("task=language_model", "'data.kind': task language_model reads text, got fashion_mnist"),
 ])
 def test_bad_values_name_the_key(override, message):

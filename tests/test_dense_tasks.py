@@ -24,8 +24,8 @@ from support.launch import kt_swarm
 
 @pytest.mark.fast
 @pytest.mark.parametrize("overrides,message", [
-    ({"task": "segmentation", "data": {"kind": "fashion_mnist"}}, "task segmentation reads scenes or segmentation_folder"),
-    ({"task": "classification", "data": {"kind": "scenes"}}, "task classification reads fashion_mnist or folder"),
+    ({"task": "segmentation", "data": {"kind": "fashion_mnist"}}, "task segmentation reads scenes, segmentation_folder, python, huggingface"),
+    ({"task": "classification", "data": {"kind": "scenes"}}, "task classification reads fashion_mnist, folder, python, huggingface"),
     ({"task": "saliency", "transfer": {"unit": "pixel"}}, "task saliency partitions by sample, got pixel"),
     ({"task": "classification", "data": {"kind": "fashion_mnist"}, "transfer": {"unit": "image"}}, "task classification partitions by sample"),
     ({"data": {"kind": "scenes", "unlabelled_fraction": 0.5}}, "'data.unlabelled_fraction': not available for task segmentation"),

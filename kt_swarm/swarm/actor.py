@@ -47,14 +47,18 @@ class ParticipantActor:
         """Rank 0's address and a free port on its node, where its gang's process group meets."""
         return gang.rendezvous()
 
-    def setup(self, data: Dataset, me: int, peers: list, address: str | None = None, port: int | None = None) -> list[int]:
+    def setup(self, data: Dataset, me: int, peers: list, address: str | None = None, port: int | None = None,
+              given: dict | None = None) -> list[int]:
         """Build the hosted participants (and a gang rank's process group: its gang's at address:port, or its
         own); returns the number of classes each predicts. (The data and the peers are not constructor
         arguments: Ray warns about those in the object store for restartable actors, and a restarted actor
-        is given them again here.)"""
+        is given them again here.) `given`: object refs of the hosted participants' nn.Modules built by the
+        user (kt_swarm.run), read from the object store here."""
         self.data, self.me, self.peers = data, me, peers
         self.exchange.forget()
-        hosted = {m: build_participant(self.cfg, m, data) for m in self.indices}
+        data.open()  # a lazy dataset's factory, called again in this process: its errors surface here
+        modules = dict(zip(given, ray.get(list(given.values())))) if given else {}
+        hosted = {m: build_participant(self.cfg, m, data, modules.get(m)) for m in self.indices}
         for p in hosted.values():
             if p.deepspeed is not None:  # a gang's rank, or a DeepSpeed participant alone: never hosted with others
                 init_group(p.device, self.rank, self.ranks, address or "127.0.0.1", port)

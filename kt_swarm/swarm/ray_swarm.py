@@ -40,7 +40,8 @@ class RaySwarm:
     placement_group: str | None  # its id, for summary.json
     setup_restarts: dict[str, int]  # actors lost while the swarm was set up, by participant
 
-    def __init__(self, cfg: Config, data: Dataset, *, address: str | None = None, pretrain: bool = True):
+    def __init__(self, cfg: Config, data: Dataset, *, address: str | None = None, pretrain: bool = True,
+                 models: dict | None = None):
         self.cfg, self.batch_size = cfg, cfg.transfer.batch_size
         self.names = [p.name for p in cfg.participants]
         # A participant on k ranks (a gang) has k actors, in rank order; small ones may share one.
@@ -48,6 +49,7 @@ class RaySwarm:
         self.owner = [ms[0] for ms in self.hosts]  # actor -> the participant its failures are reported under
         self.gangs = [[a for a, ms in enumerate(self.hosts) if m in ms] for m in range(len(cfg.participants))]
         self.actors, self.pg, self.owns_pg, self.data_ref = [], None, False, None
+        self.models, self.model_refs = models or {}, {}  # participants given as nn.Modules (kt_swarm.run), by index
         self.placement_group = None
         self.update: bool | None = None  # the verdict on the last step, not yet sent to the actors
         self.pretrain, self.num_classes, self.data = pretrain, data.num_classes, data
@@ -83,6 +85,7 @@ class RaySwarm:
             wait_placed(self.pg, cfg, n, bundle)
         self.placement_group = self.pg.id.hex()
         self.data_ref = ray.put(data)  # one copy in the object store, read by every actor (restarts too)
+        self.model_refs = {m: ray.put(module) for m, module in self.models.items()}  # the same, once each
         self.actors = place_actors(self.pg, cfg, bundle, first_bundle, self.hosts)
 
     def _bring_up(self, which) -> None:
@@ -104,7 +107,9 @@ class RaySwarm:
         addresses = self._gather([self.actors[self.gangs[m][0]].rendezvous.remote() for m in gangs], actors=gangs)
         meet = {m: (None, None) for m in which} | dict(zip(gangs, addresses))
         actors = sorted({a for m in which for a in self.gangs[m]})
-        widths = self._gather([self.actors[a].setup.remote(self.data_ref, a, self.actors, *meet[self.owner[a]])
+        # Refs inside a dict are passed as refs: the actor gets the given modules it hosts from the store itself.
+        given = [{m: self.model_refs[m] for m in self.hosts[a] if m in self.model_refs} for a in range(len(self.hosts))]
+        widths = self._gather([self.actors[a].setup.remote(self.data_ref, a, self.actors, *meet[self.owner[a]], given[a])
                                for a in actors], actors=[self.owner[a] for a in actors])
         return [widths[actors.index(self.gangs[m][0])][self.hosts[self.gangs[m][0]].index(m)] for m in which]
 
@@ -205,7 +210,7 @@ class RaySwarm:
     def close(self) -> None:
         for a in self.actors:
             ray.kill(a)
-        self.actors = []
+        self.actors, self.model_refs = [], {}
         if self.pg is not None and self.owns_pg:
             remove_placement_group(self.pg)
         self.pg = None
