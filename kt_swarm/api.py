@@ -124,7 +124,10 @@ def run(config: str | os.PathLike | Mapping | Any = None, *, models: Mapping[str
     try:
         models = dict(models or {})
         if resume is not None:
-            cfg, run_dir, path = open_run(None if config is None else config, overrides, out, resume)
+            if config is not None or out is not None or overrides:
+                raise UserError("kt_swarm.run: resume continues with the run's own config.yaml: give no config, out "
+                                "or overrides")
+            cfg, run_dir, path = open_run(None, (), None, resume)
             _, modules = _hand_over({"participants": [{"name": n} for n in models]}, models, None)
         else:
             raw, modules = _hand_over(_raw_config(config), models, data)
