@@ -381,7 +381,8 @@ def load_dataset(cfg: DataConfig, task: str = "classification", tokenizer=None, 
         from kt_swarm import sources  # the user's code, and the datasets package: only for these kinds
 
         if cfg.kind == "huggingface":
-            loaded = sources.load_python(cfg, task, sources.hf_splits, sources.huggingface_args(cfg, task))
+            loaded = sources.load_python(cfg, task, sources.hf_splits, sources.huggingface_args(cfg, task),
+                                         f"dataset '{cfg.root}'")
         elif cfg.factory == "given" and given is None:
             raise UserError("data.factory: given means data handed to kt_swarm.run(data=...): resume this run from "
                             "Python with the same data")

@@ -105,7 +105,7 @@ def as_dense(y: Any, task: str, ignore_index: int) -> torch.Tensor:
         raise ValueError(f"a target of shape {tuple(t.shape)} (expected a [H, W] {'mask' if task == 'segmentation' else 'map'})")
     if task == "segmentation":
         t = torch.where(t.long() < 0, ignore_index, t.long())
-        if t.is_floating_point() or (t > 255).any():
+        if (t > 255).any():
             raise ValueError(f"a mask with label {int(t.max())} (masks hold class indices, -1 or ignore_index)")
         return t.to(torch.uint8)
     if t.is_floating_point():
@@ -144,6 +144,7 @@ class LazyItems:
     task: str
     ignore_index: int
     classes: int
+    who: str  # how messages name the source
     _cache: tuple = field(default=(), repr=False)  # the last batch read: (ids bytes, pixels, dense)
 
     def __getstate__(self) -> dict:
@@ -163,35 +164,29 @@ class LazyItems:
         """The Datasets, from the factory again in a process that was sent this without them."""
         if self.parts is not None:
             return
-        parts = call_factory(self.factory, self.args)
+        parts = call_factory(self.factory, self.args, self.who)
         got = {s: len(d) for s, d in parts.items() if s in SPLITS}
         if got != self.lengths:
-            raise UserError(f"{describe(self.factory)} returned splits of {got} in this process and {self.lengths} in "
-                            f"the driver: it must return the same data in every process")
+            raise UserError(f"{self.who} returned splits of {got} in this process and {self.lengths} in the driver: "
+                            f"it must return the same data in every process")
         self.parts = parts
         if item_digest(self.read_one("train", 0)) != self.first:
-            raise UserError(f"{describe(self.factory)}: train item 0 differs between processes: it must return "
-                            f"the same data in every process")
+            raise UserError(f"{self.who}: train item 0 differs between processes: it must return the same data in "
+                            f"every process")
 
     def locate(self, ids: torch.Tensor) -> list[tuple[str, int]]:
-        out, starts = [], {}
-        offset = 0
-        for s in SPLITS:
-            if s in self.lengths:
-                starts[s] = offset
-                offset += self.lengths[s]
-        bounds = sorted(starts.items(), key=lambda kv: kv[1])
-        for i in ids.tolist():
-            split = next(s for s, start in reversed(bounds) if i >= start)
-            out.append((split, i - starts[split]))
-        return out
+        """Each id's split and index in it (ids count through the splits in SPLITS order)."""
+        names = [s for s in SPLITS if s in self.lengths]
+        starts = np.cumsum([0] + [self.lengths[s] for s in names])
+        where = np.searchsorted(starts, ids.numpy(), side="right") - 1
+        return [(names[k], int(i - starts[k])) for k, i in zip(where, ids.tolist())]
 
     def read_one(self, split: str, index: int):
         self.open()
         try:
             return self.parts[split][index]
         except Exception as e:  # the user's __getitem__
-            raise UserError(f"{describe(self.factory)}: reading {split} item {index} failed: {first_line(e)}") from None
+            raise UserError(f"{self.who}: reading {split} item {index} failed: {first_line(e)}") from None
 
     def _read(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         key = ids.numpy().tobytes()
@@ -215,7 +210,7 @@ class LazyItems:
                                          f"data.ignore_index {self.ignore_index}")
                     dense.append(d)
             except ValueError as e:
-                raise UserError(f"{describe(self.factory)}: {split} item {index} has {e}") from None
+                raise UserError(f"{self.who}: {split} item {index} has {e}") from None
         out = torch.stack(pixels), (torch.stack(dense) if dense else None)
         self._cache = (key, *out)
         return out
@@ -235,9 +230,9 @@ def item_digest(item) -> str:
 # ----------------------------------------------------------------------------- the factory's result
 
 
-def call_factory(factory: Callable | str | Mapping | None, args: dict) -> dict[str, Any]:
+def call_factory(factory: Callable | str | Mapping | None, args: dict, who: str | None = None) -> dict[str, Any]:
     """The splits the factory returns (or the mapping given), checked for their form: split -> Dataset."""
-    who = describe(factory if not isinstance(factory, Mapping) else None)
+    who = who or describe(factory if not isinstance(factory, Mapping) else None)
     if isinstance(factory, Mapping):
         result = factory
     else:
@@ -299,13 +294,13 @@ def labels_of(d, split: str, who: str) -> torch.Tensor:
         raise UserError(f"{who}: split {split!r}'s targets are not class indices (classification)") from None
 
 
-def load_python(cfg, task: str, factory: Callable | str | Mapping | None, args: dict):
+def load_python(cfg, task: str, factory: Callable | str | Mapping | None, args: dict, who: str | None = None):
     """data.kind python (and huggingface, through hf_splits): data.Loaded, in memory when every split is tensors,
-    else lazy (LazyItems)."""
+    else lazy (LazyItems). `who` names the source in messages (default: the factory)."""
     from kt_swarm.data import Loaded
 
-    who = describe(factory if not isinstance(factory, Mapping) else None)
-    parts = call_factory(factory, args)
+    who = who or describe(factory if not isinstance(factory, Mapping) else None)
+    parts = call_factory(factory, args, who)
     classes = parts.pop("classes", None) or cfg.classes
     present = [s for s in SPLITS if s in parts]
     lengths = {s: len(parts[s]) for s in present}
@@ -369,18 +364,18 @@ def load_python(cfg, task: str, factory: Callable | str | Mapping | None, args: 
                                 f"or data.ignore_index {cfg.ignore_index}")
         else:
             classes = ["saliency"]
-    name = factory if isinstance(factory, str) else "kt_swarm.run(data=...)"
     all_tensors = all(isinstance(parts[s], Pairs) and isinstance(parts[s].inputs, (torch.Tensor, np.ndarray))
                       for s in present)
+    source = args["root"] if factory is hf_splits else factory if isinstance(factory, str) else "kt_swarm.run(data=...)"
     items = LazyItems(None if isinstance(factory, Mapping) else factory, dict(args), parts, lengths, shape, digest,
-                      task, cfg.ignore_index, len(classes))
+                      task, cfg.ignore_index, len(classes), who)
     if all_tensors:  # small data: read it all, like every in-memory kind (one copy per Ray actor)
         everything = torch.arange(len(items))
         images = torch.cat([items.pixels(everything[i:i + 4096]) for i in range(0, len(items), 4096)])
         targets = None if task == "classification" else torch.cat(
             [items.dense(everything[i:i + 4096]) for i in range(0, len(items), 4096)])
-        return Loaded(images, splits, list(classes), str(name), labels=labels, targets=targets)
-    return Loaded(torch.empty(0, *shape, dtype=torch.uint8), splits, list(classes), str(name), labels=labels, items=items)
+        return Loaded(images, splits, list(classes), source, labels=labels, targets=targets)
+    return Loaded(torch.empty(0, *shape, dtype=torch.uint8), splits, list(classes), source, labels=labels, items=items)
 
 
 # ----------------------------------------------------------------------------- Hugging Face, from disk

@@ -178,7 +178,7 @@ def test_cli_unknown_model(tmp_path):
 
 def test_cli_participants_disagree_on_classes(tmp_path):
     msg = _cli_error(tmp_path, SMOKE.read_text(), "--set", "participants.1.model_args.num_classes=7", engine="ray")
-    assert "participants disagree on the number of classes (resnet=10, vit=7, mixer=10" in msg
+    assert "participant 'vit' outputs 7 classes; the data has 10 (resnet=10, vit=7, mixer=10" in msg
 
 
 def test_cli_missing_dataset(tmp_path):
