@@ -80,21 +80,9 @@ def test_dense_targets_come_from_the_items_and_move_with_the_batch():
 
 
 def test_a_hugging_face_dataset_from_disk_or_parquet_reads_like_the_same_data(tmp_path):
-    datasets = pytest.importorskip("datasets")
-    from PIL import Image
-
-    features = datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=["top", "middle", "bottom"])})
-
-    def split(n, seed):
-        images, labels = own_data.stripe_images(n, 16, 3, seed)
-        return datasets.Dataset.from_dict({"img": [Image.fromarray(x.transpose(1, 2, 0)) for x in images],
-                                           "y": labels.tolist()}, features=features)
-
-    saved = datasets.DatasetDict({"train": split(240, 0), "test": split(60, 1)})
-    saved.save_to_disk(str(tmp_path / "disk"))
-    (tmp_path / "pq").mkdir()
-    for name, table in saved.items():
-        table.to_parquet(str(tmp_path / "pq" / f"{name}.parquet"))
+    pytest.importorskip("datasets")
+    own_data.save_stripes_hf(tmp_path / "disk")
+    own_data.save_stripes_hf(tmp_path / "pq", parquet=True)
     columns = {"image": "img", "label": "y"}
     eager = load_dataset(DataConfig(kind="python", factory=STRIPES, args={"lazy": False}))
     for root in ("disk", "pq"):

@@ -118,6 +118,17 @@ def test_the_ray_engine_gets_the_given_objects_once_and_agrees_with_the_local_en
     assert not differences(result.summary, local_run[0].summary, across_engines=True)
 
 
+def test_a_hugging_face_dataset_on_disk_runs_on_the_ray_engine(ray_instance, tmp_path):
+    pytest.importorskip("datasets")
+    own_data.save_stripes_hf(tmp_path / "hf")
+    cfg = {**CONFIG, "data": {"kind": "huggingface", "root": str(tmp_path / "hf"), "columns": {"image": "img", "label": "y"}},
+           "control": False}
+    result = kt_swarm.run(cfg, models={"conv": nets()["conv"]}, out=tmp_path / "run", engine="ray")
+    assert (result.run_dir / "report.png").is_file() and result.summary["engine"] == "ray"
+    assert result.summary["data"]["source"] == str(tmp_path / "hf") and result.summary["data"]["test_samples"] == 60
+    assert all(p["accuracy_after"] > 0.9 for p in result.summary["participants"].values())
+
+
 def test_a_memory_mapped_dataset_stays_out_of_the_actors_memory(ray_instance, tmp_path):
     """A 1 GiB memory-mapped dataset (sparse on disk): each actor opens it and reads its batches, and holds
     far less than the data in its own memory (anonymous pages); the driver reads labels and first items only."""

@@ -90,6 +90,26 @@ def memmap_images(path: str, train: int, test: int, classes: int = 4) -> dict:
     return {"train": MemmapImages(path, 0, train, classes), "test": MemmapImages(path, train, train + test, classes)}
 
 
+def save_stripes_hf(root, parquet: bool = False) -> None:
+    """The stripes as a Hugging Face dataset of our own (Image and ClassLabel features, columns `img` and `y`):
+    saved with save_to_disk, or as train.parquet and test.parquet."""
+    import datasets
+    from PIL import Image
+
+    features = datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=["top", "middle", "bottom"])})
+    splits = {}
+    for name, count, seed in (("train", 240, 0), ("test", 60, 1)):
+        images, labels = stripe_images(count, 16, 3, seed)
+        splits[name] = datasets.Dataset.from_dict({"img": [Image.fromarray(x.transpose(1, 2, 0)) for x in images],
+                                                   "y": labels.tolist()}, features=features)
+    if not parquet:
+        datasets.DatasetDict(splits).save_to_disk(str(root))
+        return
+    root.mkdir(parents=True)
+    for name, table in splits.items():
+        table.to_parquet(str(root / f"{name}.parquet"))
+
+
 # ----------------------------------------------------------------------------- broken on purpose
 
 
