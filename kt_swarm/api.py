@@ -82,6 +82,9 @@ def _hand_over(raw: Any, models: Mapping[str, Any], data: Any) -> tuple[dict, di
             raise UserError("config: participants must be a list")
         entry = next((e for e in entries if isinstance(e, dict) and e.get("name") == name), None)
         if entry is None:
+            if "lr" not in settings:
+                raise UserError(f"kt_swarm.run: models[{name!r}] is not a participant of the config; give its "
+                                f"learning rate at least: models={{{name!r}: (module, {{'lr': 1e-3}})}}")
             entry = {"name": name}
             entries.append(entry)
         elif entry.get("model", "given") != "given":
@@ -135,7 +138,7 @@ def run(config: str | os.PathLike | Mapping | Any = None, *, models: Mapping[str
             cfg, run_dir, path = open_run(raw, overrides, out, None, stem)
         unknown = [n for n in modules if n not in [p.name for p in cfg.participants]]
         if unknown:
-            raise UserError(f"kt_swarm.run: models names {unknown[0]!r}, not a participant of the run")
+            raise UserError(f"kt_swarm.run: models[{unknown[0]!r}] is not a participant of the run being resumed")
         with run_dir:
             summary = run_job(cfg, run_dir, engine, address, on_record, models=modules, data_given=data)
     except UserError as e:  # the command line's one line, as an exception

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from kt_swarm.config import AugmentConfig, DataConfig
 from kt_swarm.errors import UserError
 from kt_swarm.roles import UNLABELLED
+from kt_swarm.sources import GRAY_MODES, pil_to_uint8
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_FILES = {
@@ -57,6 +58,24 @@ class Dataset:
     vocab: int = 0  # text: the tokenizer's vocabulary, the width of every participant's outputs
     items: Any = None  # data.kind python / huggingface given as Datasets: sources.LazyItems reads batches on demand
     _memo: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        # Tensors as numpy arrays: Ray sends those out of band, and an actor maps the object store's one copy
+        # on its node instead of unpickling a private one (benchmarks/results/data_memory.md). Read-only there,
+        # which is fine: nothing writes a Dataset's tensors after load_dataset.
+        state = dict(self.__dict__, _memo={})
+        for key in ("images", "labels", "targets", "tokens"):
+            if state[key] is not None:
+                state[key] = state[key].numpy()
+        state["splits"] = {k: v.numpy() for k, v in self.splits.items()}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for key in ("images", "labels", "targets", "tokens"):
+            if state[key] is not None:
+                state[key] = torch.from_numpy(state[key])
+        state["splits"] = {k: torch.from_numpy(v) for k, v in state["splits"].items()}
+        self.__dict__.update(state)
 
     def open(self) -> None:
         """Read what a lazy dataset needs in this process (a Ray actor calls its factory again) before any batch."""
@@ -343,23 +362,11 @@ def _load_folder(cfg: DataConfig) -> Loaded:
 def _stack(pictures: list) -> tuple[torch.Tensor, tuple[int, int]]:
     """PIL images as one uint8 tensor [n, C, H, W], and the size they were brought to. Channels and size come
     from the data: grayscale stays one channel; mixed sizes go to the most common one."""
-    gray = all(p.mode in ("L", "1", "I;16", "I;16B", "I;16L", "I") for p in pictures)
+    gray = all(p.mode in GRAY_MODES for p in pictures)
     sizes = [p.size for p in pictures]
     size = max(set(sizes), key=sizes.count)
-    images = torch.from_numpy(np.stack([_to_uint8(p, gray, size) for p in pictures]))
+    images = torch.from_numpy(np.stack([pil_to_uint8(p, gray, size) for p in pictures]))
     return (images.unsqueeze(1) if gray else images.permute(0, 3, 1, 2).contiguous()), size
-
-
-def _to_uint8(picture, gray: bool, size: tuple[int, int]) -> np.ndarray:
-    """One PIL image as uint8 HxW (gray) or HxWx3, at `size`; 16/32-bit grayscale is scaled, not clipped."""
-    from PIL import Image
-
-    if picture.mode in ("I;16", "I;16B", "I;16L", "I"):
-        wide = np.asarray(picture, dtype=np.int64)
-        top = 65535 if picture.mode.startswith("I;16") or wide.max() > 255 else 255
-        picture = Image.fromarray((wide.clip(0, top) * 255 // top).astype(np.uint8), mode="L")
-    picture = picture.convert("L" if gray else "RGB")
-    return np.asarray(picture.resize(size) if picture.size != size else picture)
 
 
 def load_dataset(cfg: DataConfig, task: str = "classification", tokenizer=None, given: Any = None) -> Dataset:
@@ -378,16 +385,16 @@ def load_dataset(cfg: DataConfig, task: str = "classification", tokenizer=None, 
     elif cfg.kind == "scenes":
         loaded = _load_scenes(cfg, task)
     elif cfg.kind in ("python", "huggingface"):
-        from kt_swarm import sources  # the user's code, and the datasets package: only for these kinds
+        from kt_swarm import sources
 
         if cfg.kind == "huggingface":
-            loaded = sources.load_python(cfg, task, sources.hf_splits, sources.huggingface_args(cfg, task),
-                                         f"dataset '{cfg.root}'")
+            loaded = Loaded(**sources.load_python(cfg, task, sources.hf_splits, sources.huggingface_args(cfg, task),
+                                                  f"dataset '{cfg.root}'"))
         elif cfg.factory == "given" and given is None:
             raise UserError("data.factory: given means data handed to kt_swarm.run(data=...): resume this run from "
                             "Python with the same data")
-        else:
-            loaded = sources.load_python(cfg, task, given if given is not None else cfg.factory, cfg.args)
+        else:  # a factory by name (actors import it themselves), or what kt_swarm.run was handed
+            loaded = Loaded(**sources.load_python(cfg, task, cfg.factory if cfg.factory != "given" else given, cfg.args))
     else:
         loaded = _load_dense_folder(cfg, task)
     images, splits, classes, source = loaded.images, loaded.splits, loaded.classes, loaded.source
@@ -396,11 +403,15 @@ def load_dataset(cfg: DataConfig, task: str = "classification", tokenizer=None, 
     if images.shape[2] != images.shape[3]:
         raise UserError(f"dataset '{source}': images must be square, got {tuple(images.shape[2:])}")
     # Carve val (if absent) and the zoo's pretraining part from train, with a seed of their own so
-    # that every run seed sees the same splits (and shares one zoo).
+    # that every run seed sees the same splits (and shares one zoo). Val takes labelled samples only (a
+    # factory's train may hold -1 labels): the first n_val labelled ones in that order, the rest follow.
     g = torch.Generator().manual_seed(cfg.split_seed)
     train = splits["train"][torch.randperm(len(splits["train"]), generator=g)]
     n = len(train)
     n_val = 0 if "val" in splits else round(cfg.val_fraction * n)
+    if n_val and (labels[train] < 0).any():
+        first = train[labels[train] >= 0][:n_val]
+        train = torch.cat([first, train[~torch.isin(train, first)]])
     if "pretrain" in splits and cfg.pretrain_fraction:
         raise UserError(f"dataset '{source}' has its own pretrain split; data.pretrain_fraction must be 0, "
                         f"got {cfg.pretrain_fraction}")

@@ -38,6 +38,9 @@ def check_fork(old: Config, new: Config) -> None:
             raise UserError(f"--fork: '{key}' cannot change (the checkpoint's steps were taken with it); start a new run")
     if len(a["participants"]) != len(b["participants"]):
         raise UserError("--fork: the participants cannot change; start a new run")
+    if any(p.model == "given" for p in old.participants) or old.data.factory == "given":
+        raise UserError("--fork: the run was handed nn.Modules or data in Python (kt_swarm.run), which the command "
+                        "line does not have; start a new run from Python")
     if any(p.deepspeed for p in old.participants):  # its optimizer state is DeepSpeed's, partitioned by rank
         raise UserError("--fork: runs with DeepSpeed participants cannot be forked yet; start a new run")
     for i, (p, q) in enumerate(zip(a["participants"], b["participants"])):

@@ -58,11 +58,11 @@ class RunDir:
         self.resume = resume
         if resume:
             if not (self.path / "config.yaml").is_file():
-                raise UserError(f"--resume '{self.path}' is not a kt_swarm run directory (no config.yaml)")
+                raise UserError(f"run directory '{self.path}' to resume is not a kt_swarm run directory (no config.yaml)")
             if (self.path / "summary.json").exists():
-                raise UserError(f"--resume '{self.path}': the run has already finished (summary.json exists)")
+                raise UserError(f"run directory '{self.path}' to resume has already finished (summary.json exists)")
         elif self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-            raise UserError(f"--out '{self.path}' already exists and is not empty")
+            raise UserError(f"run directory '{self.path}' already exists and is not empty (choose another out)")
         self._metrics = None
 
     def __enter__(self) -> "RunDir":

@@ -39,7 +39,10 @@ def import_factory(path: str, who: str) -> Callable:
     module_name, _, attr = path.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
-    except Exception as e:  # ImportError, or whatever the module raises while importing
+    except ModuleNotFoundError as e:
+        raise UserError(f"{who}: cannot import '{module_name}': {first_line(e)} (each process that reads the data "
+                        f"imports it, Ray's workers too: put its folder on PYTHONPATH or install it)") from None
+    except Exception as e:  # whatever the module raises while importing
         raise UserError(f"{who}: cannot import '{module_name}': {first_line(e)}") from None
     for part in attr.split("."):
         target = getattr(target, part, None)
@@ -68,13 +71,34 @@ def describe(factory: Callable | str | None) -> str:
 # ----------------------------------------------------------------------------- one item
 
 
+GRAY_MODES = ("L", "1", "I;16", "I;16B", "I;16L", "I")
+
+
+def pil_to_uint8(picture, gray: bool, size: tuple[int, int]) -> np.ndarray:
+    """One PIL image as uint8 HxW (gray) or HxWx3, at `size`; 16/32-bit grayscale is scaled, not clipped."""
+    from PIL import Image
+
+    if picture.mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(picture, dtype=np.int64)
+        top = 65535 if picture.mode.startswith("I;16") or wide.max() > 255 else 255
+        picture = Image.fromarray((wide.clip(0, top) * 255 // top).astype(np.uint8), mode="L")
+    picture = picture.convert("L" if gray else "RGB")
+    return np.asarray(picture.resize(size) if picture.size != size else picture)
+
+
 def as_pixels(x: Any) -> torch.Tensor:
     """One input as uint8 [C, H, W]; raises ValueError saying why it cannot be."""
     if hasattr(x, "convert") and hasattr(x, "mode"):  # a PIL image
-        gray = x.mode in ("L", "1", "I", "I;16", "I;16B", "I;16L", "F")
-        array = np.asarray(x.convert("L" if gray else "RGB"))
-        return torch.from_numpy(array.copy()).unsqueeze(0) if gray else torch.from_numpy(array.copy()).permute(2, 0, 1)
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+        if x.mode == "F":  # 32-bit float: read as the array it is (0..1 expected, below)
+            x = np.asarray(x)
+        else:
+            gray = x.mode in GRAY_MODES
+            array = pil_to_uint8(x, gray, x.size).copy()
+            return torch.from_numpy(array).unsqueeze(0) if gray else torch.from_numpy(array).permute(2, 0, 1)
+    try:  # a copy: the item may be read-only
+        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x))
+    except (TypeError, ValueError):
+        raise ValueError(f"an input of type {type(x).__name__} (expected an image: PIL, a tensor or an array)") from None
     if t.ndim == 2:
         t = t.unsqueeze(0)
     if t.ndim != 3:
@@ -98,7 +122,10 @@ def as_dense(y: Any, task: str, ignore_index: int) -> torch.Tensor:
     """One dense target as uint8 [H, W]: a mask's classes (ignored pixels: ignore_index) or a map's 0-255."""
     if hasattr(y, "convert") and hasattr(y, "mode"):  # a PIL mask (P: a palette's indices) or map
         y = np.asarray(y if y.mode in ("L", "P") else y.convert("L"))
-    t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+    try:
+        t = y if isinstance(y, torch.Tensor) else torch.from_numpy(np.array(y))
+    except (TypeError, ValueError):
+        raise ValueError(f"a target of type {type(y).__name__} (expected a [H, W] mask or map)") from None
     if t.ndim == 3 and t.shape[0] == 1:
         t = t[0]
     if t.ndim != 2:
@@ -294,11 +321,10 @@ def labels_of(d, split: str, who: str) -> torch.Tensor:
         raise UserError(f"{who}: split {split!r}'s targets are not class indices (classification)") from None
 
 
-def load_python(cfg, task: str, factory: Callable | str | Mapping | None, args: dict, who: str | None = None):
-    """data.kind python (and huggingface, through hf_splits): data.Loaded, in memory when every split is tensors,
-    else lazy (LazyItems). `who` names the source in messages (default: the factory)."""
-    from kt_swarm.data import Loaded
-
+def load_python(cfg, task: str, factory: Callable | str | Mapping | None, args: dict, who: str | None = None) -> dict:
+    """data.kind python (and huggingface, through hf_splits): what data.Loaded holds, as a mapping, in memory when
+    every split is tensors, else lazy (`items`, a LazyItems). `who` names the source in messages (default: the
+    factory)."""
     who = who or describe(factory if not isinstance(factory, Mapping) else None)
     parts = call_factory(factory, args, who)
     classes = parts.pop("classes", None) or cfg.classes
@@ -374,8 +400,9 @@ def load_python(cfg, task: str, factory: Callable | str | Mapping | None, args: 
         images = torch.cat([items.pixels(everything[i:i + 4096]) for i in range(0, len(items), 4096)])
         targets = None if task == "classification" else torch.cat(
             [items.dense(everything[i:i + 4096]) for i in range(0, len(items), 4096)])
-        return Loaded(images, splits, list(classes), source, labels=labels, targets=targets)
-    return Loaded(torch.empty(0, *shape, dtype=torch.uint8), splits, list(classes), source, labels=labels, items=items)
+        return dict(images=images, splits=splits, classes=list(classes), source=source, labels=labels, targets=targets)
+    return dict(images=torch.empty(0, *shape, dtype=torch.uint8), splits=splits, classes=list(classes), source=source,
+                labels=labels, items=items)
 
 
 # ----------------------------------------------------------------------------- Hugging Face, from disk
@@ -441,6 +468,8 @@ def hf_splits(root: str, image: str = "image", label: str = "label", target: str
         tables = {k: datasets.Dataset.from_parquet(v, cache_dir=str(cache)) for k, v in files.items()}
     classification = task == "classification"
     column = label if classification else target
+    if column is None:
+        raise UserError(f"task {task} reads its targets from a column: set data.columns.target")
     out: dict[str, Any] = {}
     for split, table in tables.items():
         if split not in SPLITS:

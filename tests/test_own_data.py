@@ -63,8 +63,28 @@ def test_splits_are_carved_as_for_every_kind_and_a_factory_may_bring_its_own():
     assert {k: len(v) for k, v in own.splits.items()} == {"train": 240, "val": 60, "test": 60, "pretrain": 40,
                                                            "labelled": 210, "unlabelled": 30}
     assert (own.labels[own.splits["unlabelled"]] == -1).all()  # the factory's -1: hidden, like unlabelled_fraction's
+    hidden = load_dataset(DataConfig(kind="python", factory=STRIPES, val_fraction=0.2, args={"unlabelled": 100}))
+    assert len(hidden.splits["val"]) == 48 and (hidden.labels[hidden.splits["val"]] >= 0).all()  # val: labelled only
+    assert len(hidden.splits["unlabelled"]) == 100 and len(hidden.splits["train"]) == 192
     with pytest.raises(kt_swarm.UserError, match="has its own pretrain split; data.pretrain_fraction must be 0"):
         load_dataset(DataConfig(kind="python", factory=STRIPES, pretrain_fraction=0.2, args={"pretrain": 40}))
+
+
+@pytest.mark.fast
+def test_inputs_of_every_usual_form_become_the_same_pixels():
+    import numpy as np
+    from PIL import Image
+
+    from kt_swarm.sources import as_pixels
+
+    gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    expected = torch.from_numpy(gray).unsqueeze(0)
+    for form in (Image.fromarray(gray), gray, gray[:, :, None], torch.from_numpy(gray).float() / 255,
+                 Image.fromarray(gray.astype(np.uint16) * 257),  # 16-bit: scaled, not clipped
+                 Image.fromarray(gray.astype(np.float32) / 255)):  # mode F, 0..1
+        assert torch.equal(as_pixels(form), expected), type(form)
+    rgb = np.stack([gray, gray // 2, gray // 3], -1)
+    assert torch.equal(as_pixels(Image.fromarray(rgb)), torch.from_numpy(rgb).permute(2, 0, 1))
 
 
 @pytest.mark.fast
@@ -106,7 +126,7 @@ BROKEN = [
     ("normalised", "train item 0 has float values in -2..1.28, not 0..1 (already normalised?"),
     ("not_square", "data.factory 'own_data:not_square': images must be square, train item 0 is 16x12"),
     ("random_items", "train item 0 differs each time it is read (a random transform?)"),
-    ("nowhere:stripes", "data.factory 'nowhere:stripes': cannot import 'nowhere': No module named 'nowhere'"),
+    ("nowhere:stripes", "data.factory 'nowhere:stripes': cannot import 'nowhere': No module named 'nowhere' (each process"),
 ]
 
 
