@@ -47,10 +47,10 @@ def open_run(config: Any, overrides: Sequence[str], out: str | os.PathLike | Non
 
 def _raw_config(config: Any) -> Any:
     """The config as plain data that can take the markers of what was handed over."""
-    from kt_swarm.config import Config, read_config_file, to_dict
+    from kt_swarm.config import Config, read_config_file
 
-    if isinstance(config, Config):
-        return to_dict(config)
+    if isinstance(config, Config):  # what was set, not the defaults (data.kind's default would refuse data=)
+        return config.model_dump(exclude_unset=True, warnings=False)
     if isinstance(config, (str, os.PathLike)):
         return read_config_file(config)
     if isinstance(config, Mapping):
@@ -120,10 +120,13 @@ def run(config: str | os.PathLike | Mapping | Any = None, *, models: Mapping[str
     again). overrides: `key=value` strings as on the command line. engine: "ray" or "local"."""
     from kt_swarm.coordinator import run as run_job
     from kt_swarm.rundir import is_resumable
+    from kt_swarm.sources import factory_name
 
     if engine not in ("ray", "local"):
         raise UserError(f"kt_swarm.run: engine must be 'ray' or 'local', got {engine!r}")
     path = None
+    if isinstance(overrides, str):
+        overrides = [overrides]
     try:
         models = dict(models or {})
         if resume is not None:
@@ -131,14 +134,21 @@ def run(config: str | os.PathLike | Mapping | Any = None, *, models: Mapping[str
                 raise UserError("kt_swarm.run: resume continues with the run's own config.yaml: give no config, out "
                                 "or overrides")
             cfg, run_dir, path = open_run(None, (), None, resume)
+            named = cfg.data.factory not in (None, "given")
+            if data is not None and named and not (callable(data) and factory_name(data) == cfg.data.factory):
+                raise UserError(f"kt_swarm.run: the run reads data.factory '{cfg.data.factory}'; data= is another "
+                                f"(leave it out to resume)")
             _, modules = _hand_over({"participants": [{"name": n} for n in models]}, models, None)
         else:
             raw, modules = _hand_over(_raw_config(config), models, data)
             stem = Path(config).stem if isinstance(config, (str, os.PathLike)) else "python"
             cfg, run_dir, path = open_run(raw, overrides, out, None, stem)
-        unknown = [n for n in modules if n not in [p.name for p in cfg.participants]]
-        if unknown:
-            raise UserError(f"kt_swarm.run: models[{unknown[0]!r}] is not a participant of the run being resumed")
+        given = {p.name: p.model == "given" for p in cfg.participants}
+        for name in modules:
+            if not given.get(name):
+                raise UserError(f"kt_swarm.run: models[{name!r}] is not " + (
+                    "a participant of the run being resumed" if name not in given else
+                    "a participant the run was handed as an nn.Module (its config builds it)"))
         with run_dir:
             summary = run_job(cfg, run_dir, engine, address, on_record, models=modules, data_given=data)
     except UserError as e:  # the command line's one line, as an exception

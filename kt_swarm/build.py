@@ -13,7 +13,7 @@ from kt_swarm import zoo
 from kt_swarm.config import Config
 from kt_swarm.data import Dataset
 from kt_swarm.deepspeed_host import ds_config
-from kt_swarm.errors import UserError
+from kt_swarm.errors import UserError, first_line
 from kt_swarm.lm import TokenInput, create_causal_lm
 from kt_swarm.models import create_model, default_weights, preprocess_for, trains_first
 from kt_swarm.participant import Participant, resolve_device, seeded_rng
@@ -52,7 +52,10 @@ def _vision_model(cfg: Config, index: int, data: Dataset, dtype: torch.dtype, gi
                         f"(only grayscale goes to 3 channels)")
     if given is not None:  # a copy: training must not change the caller's module (a resume starts from it again)
         torch.manual_seed(member_seed(cfg, index))
-        model = copy.deepcopy(given)
+        try:
+            model = copy.deepcopy(given)
+        except Exception as e:  # a module holding a lock, an open file, ...
+            raise UserError(f"participant '{spec.name}': its nn.Module cannot be copied: {first_line(e)}") from None
     else:
         model = create_model(spec, num_classes=data.num_classes, in_chans=in_chans, seed=member_seed(cfg, index),
                              task=cfg.task)

@@ -204,8 +204,9 @@ class DataConfig(Section):
     factory: Str | None = Field(None, description="kind python: `pkg.module:function` returning the splits "
                                 "(docs/own-data.md); `given` when kt_swarm.run(data=...) was handed them")
     args: Data = Field({}, description="kind python: keyword arguments of the factory (plain YAML data)")
-    classes: list[Str] | None = Field(None, description="kinds python, huggingface: the class names in label order; "
-                                      "default: what the data says, else 0 .. the largest label")
+    classes: list[Str] | None = Field(None, description="kinds python, huggingface: the class names in label order "
+                                      "(they win over the data's own); default: the factory's `classes` or the "
+                                      "ClassLabel feature's names, else 0 .. the largest label")
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig, description="kind huggingface: the columns read")
     scenes: ScenesConfig = Field(default_factory=ScenesConfig, description="kind scenes: how the scenes are composed")
     text: TextConfig = Field(default_factory=TextConfig, description="kind text: the domains and their blocks")

@@ -220,6 +220,7 @@ def run(cfg: Config, out: RunDir, engine_name: str = "ray", address: str | None 
     # A damaged or foreign checkpoint is refused here, before anything starts.
     ckpt = Checkpoints(out.path / "checkpoints", config_digest(to_dict(cfg)), names, cfg.checkpoint.keep)
     data = load_dataset(cfg.data, cfg.task, text_tokenizer(cfg), given=data_given)
+    out.check_data(data.outline())  # a resumed run reads the data it started with (given data is not in its config)
     if any(trains_first(p) for p in cfg.participants) and len(data.splits["pretrain"]) == 0:
         raise UserError("participants use weights: zoo (or zoo: true) but data.pretrain_fraction is 0 (no pretraining split)")
     width = data.image_size**2 if cfg.task == "saliency" else data.num_classes  # what a unit's distribution is over

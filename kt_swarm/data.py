@@ -111,13 +111,22 @@ class Dataset:
     def image_size(self) -> int:
         return self.images.shape[2]
 
+    def outline(self) -> dict:
+        """What a resumed run must find again (rundir's data.json): each split's size and a digest of the labels.
+        Not the pixels: a fixed item may be read again, a different dataset may not."""
+        return {"source": self.source, "splits": {k: len(v) for k, v in self.splits.items()},
+                "labels": hashlib.sha256(self.labels.numpy().tobytes()).hexdigest()[:16]}
+
     def fingerprint(self, ids: torch.Tensor) -> str:
         """Content hash of these samples (images and labels): a cache key for what was trained on them."""
         h = hashlib.sha256()
         if self.items is not None:  # not every item read again: the source, the ids and a few items' pixels
             h.update(self.items.identity().encode())
             h.update(ids.numpy().tobytes())
-            h.update(self.pixels(ids[torch.linspace(0, len(ids) - 1, min(len(ids), 16)).long()]).numpy().tobytes())
+            probes = ids[torch.linspace(0, len(ids) - 1, min(len(ids), 16)).long()]
+            h.update(self.pixels(probes).numpy().tobytes())
+            if self.task != "classification":
+                h.update(self.dense(probes).numpy().tobytes())
         else:
             h.update(self.images[ids].numpy().tobytes() if self.tokens is None else self.tokens[ids].numpy().tobytes())
         h.update(self.labels[ids].numpy().tobytes())
@@ -411,6 +420,9 @@ def load_dataset(cfg: DataConfig, task: str = "classification", tokenizer=None, 
     n_val = 0 if "val" in splits else round(cfg.val_fraction * n)
     if n_val and (labels[train] < 0).any():
         first = train[labels[train] >= 0][:n_val]
+        if len(first) < n_val:
+            raise UserError(f"dataset '{source}': train has {len(first)} labelled samples, fewer than the {n_val} a "
+                            f"validation split of data.val_fraction {cfg.val_fraction} needs: return a val split")
         train = torch.cat([first, train[~torch.isin(train, first)]])
     if "pretrain" in splits and cfg.pretrain_fraction:
         raise UserError(f"dataset '{source}' has its own pretrain split; data.pretrain_fraction must be 0, "

@@ -16,7 +16,7 @@ from torch import nn
 
 from kt_swarm import deepspeed_host as ds
 from kt_swarm.data import BatchPlan, Dataset, Preprocess
-from kt_swarm.errors import UserError, first_line
+from kt_swarm.errors import UserError, first_line, one_line
 from kt_swarm.lm import context_length
 from kt_swarm.tasks import SALIENCY_METRICS, saliency_metrics, token_counts
 
@@ -263,7 +263,11 @@ class Participant:
         if self.engine is not None:
             ds.load_weights(self.engine, state["model"])
         else:
-            self.model.load_state_dict(state["model"])
+            try:
+                self.model.load_state_dict(state["model"])
+            except RuntimeError as e:  # a module handed to a resume that is not the one the run started with
+                raise UserError(f"participant '{self.name}': the checkpoint does not fit its model (another "
+                                f"architecture?): {one_line(e)}") from None
         if state.get("optimizer") is not None:
             if self.engine is not None:
                 ds.load_optimizer_state(self.engine, state["optimizer"])

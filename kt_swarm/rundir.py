@@ -94,6 +94,21 @@ class RunDir:
         self._metrics.truncate(size)
         self._metrics.seek(size)
 
+    def check_data(self, outline: dict) -> None:
+        """data.json: the data's outline (Dataset.outline) when the run starts; on resume, the data read again
+        must have the same one (a run directory from before data.json is not checked)."""
+        path = self.path / "data.json"
+        if not self.resume:
+            self.write_json("data.json", outline)
+            return
+        if not path.exists():
+            return
+        was = json.loads(path.read_text())
+        if was != outline:
+            what = next(k for k in ("splits", "labels", "source") if was.get(k) != outline.get(k))
+            raise UserError(f"run directory '{self.path}' was run on other data: its {what} were {was.get(what)}, now "
+                            f"{outline.get(what)} (resume it with the data it started with)")
+
     def write_json(self, name: str, data) -> None:
         atomic_write(self.path / name, (json.dumps(data, indent=2) + "\n").encode())
 

@@ -327,7 +327,8 @@ def load_python(cfg, task: str, factory: Callable | str | Mapping | None, args: 
     factory)."""
     who = who or describe(factory if not isinstance(factory, Mapping) else None)
     parts = call_factory(factory, args, who)
-    classes = parts.pop("classes", None) or cfg.classes
+    returned = parts.pop("classes", None)
+    classes = cfg.classes or returned  # the config's names win (a run that renames them)
     present = [s for s in SPLITS if s in parts]
     lengths = {s: len(parts[s]) for s in present}
     offsets = np.cumsum([0] + [lengths[s] for s in present])

@@ -24,6 +24,14 @@ CONFIG = {"dtype": "float64", "transfer": {"epochs": 2, "batch_size": 24}, "eval
           "participants": [{"name": "mlp", "model": "faulty_models:tiny_mlp", "model_args": {"img_size": 16}, "lr": 1e-2}]}
 
 
+class Locked(nn.Linear):
+    def __init__(self):
+        super().__init__(768, 3)
+        import threading
+
+        self.lock = threading.Lock()
+
+
 def nets() -> dict:
     """Two models built by hand, one with its own preprocessing."""
     torch.manual_seed(0)
@@ -60,9 +68,39 @@ def test_a_run_stopped_in_python_resumes_to_the_same_summary(local_run, tmp_path
         kt_swarm.run(CONFIG, models=nets(), data=own_data.stripes, out=out, engine="local", on_record=stop_after(9))
     code, _, err = cli(["run", "--resume", str(out), "--engine", "local"])  # the modules live in Python only
     assert code == 2 and "model: given is an nn.Module handed to kt_swarm.run(models=...)" in err
+    with pytest.raises(kt_swarm.UserError, match=r"the run reads data.factory 'own_data:stripes'; data= is another"):
+        kt_swarm.run(resume=out, models=nets(), data=lambda: own_data.stripes(n=480), engine="local")
+    other = nets()
+    other["conv"] = (nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3)), {})
+    with pytest.raises(kt_swarm.UserError, match="participant 'conv': the checkpoint does not fit its model"):
+        kt_swarm.run(resume=out, models=other, data=own_data.stripes, engine="local")
+    with pytest.raises(kt_swarm.UserError, match=r"models\['mlp'\] is not a participant the run was handed as an "):
+        kt_swarm.run(resume=out, models={**nets(), "mlp": nets()["linear"]}, data=own_data.stripes, engine="local")
     resumed = kt_swarm.run(resume=out, models=nets(), data=own_data.stripes, engine="local")
     assert resumed.summary["faults"]["resumes"] == 1
     assert not differences(resumed.summary, local_run[0].summary, across_engines=False)
+
+
+def test_a_run_resumed_on_other_data_is_refused(tmp_path):
+    """Data handed over as objects is not in config.yaml: data.json's outline is what a resume is checked against."""
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        kt_swarm.run(CONFIG, models=nets(), data=own_data.stripes(), out=out, engine="local", on_record=stop_after(5))
+    with pytest.raises(kt_swarm.UserError, match=r"was run on other data: its splits were \{'train': 216, .* now "
+                                                  r"\{'train': 432"):
+        kt_swarm.run(resume=out, models=nets(), data=own_data.stripes(n=480), engine="local")
+    assert kt_swarm.run(resume=out, models=nets(), data=own_data.stripes(), engine="local").summary["faults"]["resumes"] == 1
+
+
+def test_a_config_object_takes_models_and_data_too(tmp_path):
+    from kt_swarm.config import parse_config
+
+    cfg = parse_config({**CONFIG, "data": {}, "transfer": {"epochs": 1, "batch_size": 24}, "control": False})
+    result = kt_swarm.run(cfg, models={"linear": nets()["linear"]}, data=own_data.stripes, out=tmp_path / "r",
+                          engine="local", overrides="participants.*.lr=0.02")
+    assert [*result.summary["participants"]] == ["mlp", "linear"]
+    text = (result.run_dir / "config.yaml").read_text()
+    assert "kind: python" in text and text.count("lr: 0.02") == 2
 
 
 def test_datasets_handed_over_as_objects_and_a_given_model_fine_tuned_first(tmp_path):
@@ -89,6 +127,10 @@ def test_bad_arguments_are_one_line(tmp_path):
         ({"models": {"mlp": (net, {"lr": 1e-2})}}, "participant 'mlp' has model 'faulty_models:tiny_mlp' in the "
                                                     "config and an nn.Module in models=: give one of them"),
         ({"data": [1, 2]}, "kt_swarm.run: data is a list; give a factory"),
+        ({"models": {"locked": (Locked(), {"lr": 1e-2})}}, "participant 'locked': its nn.Module cannot be copied: "
+                                                           "cannot pickle '_thread.lock' object"),
+        ({"data": own_data.mostly_unlabelled}, "train has 3 labelled samples, fewer than the 24 a validation split of "
+                                               "data.val_fraction 0.1 needs: return a val split"),
         ({"overrides": ["transfer.epochs=0"]}, "'transfer.epochs': must be positive, got 0"),
         ({"resume": tmp_path}, "kt_swarm.run: resume continues with the run's own config.yaml: give no config"),
     ]

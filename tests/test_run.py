@@ -30,8 +30,8 @@ def smoke_run(tmp_path_factory, zoo_cache):
 
 def test_smoke_run_writes_a_complete_run_directory(smoke_run):
     out, proc = smoke_run
-    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoints", "config.yaml", "metrics.jsonl", "report.md", "report.png",
-                                                    "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoints", "config.yaml", "data.json", "metrics.jsonl",
+                                                    "report.md", "report.png", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["engine"] == "ray" and summary["gradient_mode"] in ("detached", "exact") and summary["metric"] == "accuracy"
     names = ["resnet", "vit", "mixer"]

@@ -21,7 +21,7 @@ from kt_swarm.build import check_classes
 from kt_swarm.config import Config
 from kt_swarm.data import Dataset, arm_plan
 from kt_swarm.engine import StepResult, domain_roles
-from kt_swarm.errors import ParticipantLost
+from kt_swarm.errors import ParticipantLost, UserError, first_line
 from kt_swarm.objectives import LossSpec
 from kt_swarm.swarm import exchange
 from kt_swarm.swarm.gang import gang_state, rank_state
@@ -31,6 +31,15 @@ from kt_swarm.swarm.ray_start import init_ray
 from kt_swarm.swarm.recovery import count_restarts, restart_gang, restarted
 
 log = logging.getLogger("kt_swarm")
+
+
+def put(value, what: str):
+    """ray.put, with one line for what cannot be pickled (a Dataset holding an open file handle, a module a lock)."""
+    try:
+        return ray.put(value)
+    except Exception as e:
+        raise UserError(f"{what} cannot be sent to the Ray actors (pickled): {first_line(e)}; the local engine "
+                        f"does not pickle, or open such handles inside a data factory") from None
 
 
 class RaySwarm:
@@ -84,8 +93,9 @@ class RaySwarm:
             self.pg, self.owns_pg = placement_group([dict(bundle) for _ in range(n)], strategy=cfg.placement.strategy), True
             wait_placed(self.pg, cfg, n, bundle)
         self.placement_group = self.pg.id.hex()
-        self.data_ref = ray.put(data)  # one copy in the object store, read by every actor (restarts too)
-        self.model_refs = {m: ray.put(module) for m, module in self.models.items()}  # the same, once each
+        self.data_ref = put(data, "the data")  # one copy in the object store, read by every actor (restarts too)
+        self.model_refs = {m: put(module, f"participant '{self.names[m]}''s nn.Module")  # the same, once each
+                           for m, module in self.models.items()}
         self.actors = place_actors(self.pg, cfg, bundle, first_bundle, self.hosts)
 
     def _bring_up(self, which) -> None:
