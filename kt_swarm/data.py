@@ -112,8 +112,9 @@ class Dataset:
         return self.images.shape[2]
 
     def outline(self) -> dict:
-        """What a resumed run must find again (rundir's data.json): each split's size and a digest of the labels.
-        Not the pixels: a fixed item may be read again, a different dataset may not."""
+        """What a resumed run must find again (rundir's data.json): each split's size and a digest of the labels
+        (the source is recorded, not compared: data may move). Not the pixels: a fixed item may be read again, a
+        different dataset may not."""
         return {"source": self.source, "splits": {k: len(v) for k, v in self.splits.items()},
                 "labels": hashlib.sha256(self.labels.numpy().tobytes()).hexdigest()[:16]}
 

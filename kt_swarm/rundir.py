@@ -104,8 +104,9 @@ class RunDir:
         if not path.exists():
             return
         was = json.loads(path.read_text())
-        if was != outline:
-            what = next(k for k in ("splits", "labels", "source") if was.get(k) != outline.get(k))
+        differs = [k for k in ("splits", "labels") if was.get(k) != outline.get(k)]  # not the source: data may move
+        if differs:
+            what = differs[0]
             raise UserError(f"run directory '{self.path}' was run on other data: its {what} were {was.get(what)}, now "
                             f"{outline.get(what)} (resume it with the data it started with)")
 
