@@ -103,9 +103,10 @@ def test_a_config_object_takes_models_and_data_too(tmp_path):
     assert "kind: python" in text and text.count("lr: 0.02") == 2
 
 
-def test_datasets_handed_over_as_objects_and_a_given_model_fine_tuned_first(tmp_path):
+def test_datasets_handed_over_as_objects_and_a_given_model_fine_tuned_first(tmp_path, monkeypatch):
     """data= the splits themselves (recorded as `given`: only Python can resume it); zoo: true trains a given
     model on the pretraining split first, cached under a key of its weights."""
+    monkeypatch.setenv("KT_SWARM_CACHE", str(tmp_path / "cache"))  # a zoo of its own: others count theirs
     splits = own_data.stripes()
     cfg = {**CONFIG, "data": {"pretrain_fraction": 0.3}, "zoo": {"epochs": 1, "batch_size": 16}}
     models = {"linear": (nets()["linear"][0], {"lr": 1e-2, "zoo": True})}
