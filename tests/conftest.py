@@ -42,20 +42,3 @@ def ray_instance():
     start_private_ray_with_helpers(num_cpus=2)
     yield
     ray.shutdown()
-
-
-# `make test` runs two files at a time (pytest-xdist, --dist loadfile), each worker taking the next file when it is
-# free. xdist's default order (most tests first) leaves the few-but-long files for the end, where one worker runs
-# them while the other idles; the files that take longest go first instead (durations from CI's log).
-LONGEST_FIRST = ["test_swarm.py", "test_language_model.py", "test_sweep.py", "test_deepspeed.py", "test_cluster.py",
-                 "test_resume.py", "test_run.py", "test_python_api.py", "test_config.py", "test_tracking.py"]
-
-
-def pytest_configure(config):
-    if hasattr(config.option, "loadscopereorder"):
-        config.option.loadscopereorder = False  # keep the order below
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
