@@ -87,6 +87,5 @@ def check_classes(widths: dict[str, int], num_classes: int) -> None:
     """Participants must agree with each other, and with the data, on the classes."""
     if len(set(widths.values())) > 1 or num_classes not in widths.values():
         listed = ", ".join(f"{k}={v}" for k, v in widths.items())
-        odd = next((k for k, v in widths.items() if v != num_classes), None)
-        raise UserError(f"participant '{odd}' outputs {widths[odd]} classes; the data has {num_classes} ({listed})" if odd
-                        else f"participants disagree on the number of classes ({listed}; the data has {num_classes})")
+        odd = next(k for k, v in widths.items() if v != num_classes)  # there is one, or the check above passed
+        raise UserError(f"participant '{odd}' outputs {widths[odd]} classes; the data has {num_classes} ({listed})")
